@@ -1,0 +1,367 @@
+"""A Store: one LMDB environment holding many logs.
+
+Layout (named databases, big-endian integer keys so ranges sort):
+
+========  ==============================  =============================================
+ db        key                             value
+========  ==============================  =============================================
+ meta      b"seed", b"next_id", ...        the primary seed, the id counter
+ logs      log key (32 bytes)              msgpack {id, name, writable, manifest, ...}
+ names     log name (utf-8)                log key
+ heads     u32 log id                      fork, length, contiguous, byte length,
+                                           tree hash, signature (``_log.HEAD``)
+ blocks    u32 id || u64 block index       block bytes
+ nodes     u32 id || u64 flat index        u64 size (LE) || 32-byte hash
+ forks     u32 id || u64 fork              previous fork, length kept (truncation history)
+========  ==============================  =============================================
+
+One process writes a store at a time: the writer holds an exclusive ``flock`` on
+``corelog.lock``. Readers (``readonly=True``) take no lock and see committed
+snapshots. Writable logs' key pairs derive from the primary seed and the name,
+so a store can be re-created from its seed.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import lmdb
+import msgpack
+
+from . import _crypto
+from ._log import HEAD, Log, check_key
+from .errors import InvalidKey, LogNotFound, StoreFull, StoreLocked, StoreNotFound
+
+DEFAULT_MAP_SIZE = 1 << 36  # 64 GiB of address space; the file grows only as data is written
+_DBS = ("meta", "logs", "names", "heads", "blocks", "nodes", "forks")
+_FORMAT = b"corelog/1"
+
+# LMDB forbids opening one environment twice in a process; share it by path.
+_ENVS: dict[str, list] = {}
+_ENVS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class LogInfo:
+    """One line of ``Store.list()``."""
+
+    name: str | None
+    key: bytes
+    discovery_key: bytes
+    length: int
+    contiguous_length: int
+    byte_length: int
+    fork: int
+    writable: bool
+    conflict: bool
+
+
+class Store:
+    """Many signed logs in one LMDB environment.
+
+    ``Store(path)`` opens (creating if needed) a store for writing; a second
+    writer, in this process or another, gets :class:`StoreLocked`.
+    ``Store(path, readonly=True)`` opens it for reading alongside a writer.
+    ``sync=True`` (default) fsyncs every commit; ``sync=False`` leaves it to the OS
+    (survives a process crash, not a power loss: what Hypercore does).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        sync: bool = True,
+        readonly: bool = False,
+        map_size: int = DEFAULT_MAP_SIZE,
+        seed: bytes | None = None,
+    ):
+        self.path = Path(path)
+        self.sync = sync
+        self.readonly = readonly
+        self.map_size = map_size
+        self._logs: dict[bytes, Log] = {}
+        self._by_dkey: dict[bytes, bytes] = {}
+        self._lock_fd: int | None = None
+        self._closed = False
+        self._mutex = threading.RLock()
+        if readonly:
+            if not (self.path / "data.mdb").exists():
+                raise StoreNotFound(f"no corelog store at {self.path} (create one by opening it without readonly)")
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._take_lock()
+        try:
+            self._env = self._open_env()
+            self._dbs = SimpleNamespace(**{n: self._env.open_db(n.encode(), create=not readonly) for n in _DBS})
+            self._seed = self._init_meta(seed)
+        except BaseException:
+            self._release()
+            raise
+
+    # --- opening and closing ---------------------------------------------------
+
+    def _take_lock(self) -> None:
+        fd = os.open(self.path / "corelog.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                try:
+                    holder = (self.path / "corelog.lock").read_text().strip() or "another process"
+                except OSError:
+                    holder = "another process"
+                if holder == f"pid {os.getpid()}":
+                    raise StoreLocked(
+                        f"the store at {self.path} is already open for writing in this process; "
+                        "reuse that Store object (or close it first)"
+                    ) from None
+                raise StoreLocked(
+                    f"the store at {self.path} is open for writing by {holder}; close it there, "
+                    "or open this one with readonly=True to read alongside"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}".encode())
+        self._lock_fd = fd
+
+    def _open_env(self) -> lmdb.Environment:
+        real = os.path.realpath(self.path)
+        with _ENVS_LOCK:
+            entry = _ENVS.get(real)
+            if entry is not None:
+                env, count, writer = entry
+                if not self.readonly and writer:
+                    raise StoreLocked(f"the store at {self.path} is already open for writing in this process")
+                if not self.readonly and not writer:
+                    raise StoreLocked(
+                        f"the store at {self.path} is open read-only in this process; close that Store first"
+                    )
+                entry[1] += 1
+                return env
+            try:
+                env = lmdb.open(
+                    str(self.path),
+                    map_size=self.map_size,
+                    max_dbs=len(_DBS),
+                    sync=self.sync,
+                    metasync=self.sync,
+                    readonly=self.readonly,
+                    lock=True,
+                    readahead=False,
+                    max_readers=256,
+                )
+            except lmdb.Error as exc:
+                raise StoreNotFound(f"cannot open the store at {self.path}: {exc}") from None
+            _ENVS[real] = [env, 1, not self.readonly]
+            return env
+
+    def _init_meta(self, seed: bytes | None) -> bytes:
+        with self._env.begin(write=not self.readonly, db=self._dbs.meta) as txn:
+            stored = txn.get(b"seed")
+            fmt = txn.get(b"format")
+            if stored is None:
+                if self.readonly:
+                    raise StoreNotFound(f"{self.path} is not an initialised corelog store")
+                stored = seed if seed is not None else os.urandom(32)
+                if len(stored) != 32:
+                    raise InvalidKey("a store seed is 32 bytes")
+                txn.put(b"seed", stored)
+                txn.put(b"format", _FORMAT)
+                txn.put(b"next_id", (1).to_bytes(4, "big"))
+            elif seed is not None and seed != stored:
+                raise InvalidKey(f"the store at {self.path} was created with a different seed")
+            elif fmt != _FORMAT:
+                raise StoreNotFound(f"{self.path} holds an unknown format {fmt!r}; it is not a corelog store")
+            return stored
+
+    def _release(self) -> None:
+        real = os.path.realpath(self.path)
+        with _ENVS_LOCK:
+            entry = _ENVS.get(real)
+            if entry is not None and getattr(self, "_env", None) is entry[0]:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    entry[0].close()
+                    del _ENVS[real]
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def close(self) -> None:
+        """Close the store (idempotent). Logs obtained from it must not be used afterwards."""
+        if self._closed:
+            return
+        self._closed = True
+        for log in self._logs.values():
+            log._closed = True
+        self._release()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def seed(self) -> bytes:
+        """The primary seed every writable log's key pair derives from. Keep it secret."""
+        return self._seed
+
+    # --- logs ---------------------------------------------------------------------
+
+    def get(
+        self,
+        name: str | None = None,
+        *,
+        key: bytes | None = None,
+        create: bool = True,
+        key_seed: bytes | None = None,
+    ) -> Log:
+        """Open a log: by ``name`` (writable, created on first use) or by ``key`` (a replica).
+
+        A new named log's key pair derives from the store's seed and the name,
+        unless ``key_seed`` (32 bytes) is given to import an existing writer's key.
+        Asking by key for a log this store writes returns the writable log.
+        """
+        if self._closed:
+            raise StoreLocked("the store is closed")
+        if (name is None) == (key is None):
+            raise TypeError("pass exactly one of name or key=")
+        with self._mutex:
+            if name is not None:
+                if not isinstance(name, str) or not name:
+                    raise TypeError("a log name is a non-empty str")
+                with self._env.begin(buffers=False) as txn:
+                    found = txn.get(name.encode(), db=self._dbs.names)
+                if found is None:
+                    if not create or self.readonly:
+                        raise LogNotFound(f"no log named {name!r} in {self.path}")
+                    return self._create_writable(name, key_seed)
+                key = found
+            key = check_key(key)  # type: ignore[arg-type]
+            log = self._logs.get(key)
+            if log is not None:
+                return log
+            with self._env.begin(buffers=False) as txn:
+                raw = txn.get(key, db=self._dbs.logs)
+            if raw is None:
+                if not create or self.readonly:
+                    raise LogNotFound(f"no log with key {key.hex()} in {self.path}")
+                return self._create_replica(key)
+            return self._open(key, msgpack.unpackb(raw))
+
+    def _open(self, key: bytes, record: dict) -> Log:
+        log = Log(self, record["id"], key, record)
+        self._logs[key] = log
+        self._by_dkey[log.discovery_key] = key
+        return log
+
+    def _new_id(self, txn: lmdb.Transaction) -> int:
+        next_id = int.from_bytes(txn.get(b"next_id", db=self._dbs.meta), "big")
+        txn.put(b"next_id", (next_id + 1).to_bytes(4, "big"), db=self._dbs.meta)
+        return next_id
+
+    def _create_writable(self, name: str, key_seed: bytes | None) -> Log:
+        seed = _crypto.derive_seed(self._seed, name) if key_seed is None else key_seed
+        public, secret = _crypto.keypair_from_seed(seed)
+        manifest = _crypto.manifest_for(public)
+        key = _crypto.log_key(manifest)
+        root = _crypto.tree_hash([])
+        sig = _crypto.sign(_crypto.signable(key, root, 0, 0), secret)
+        try:
+            with self._env.begin(write=True) as txn:
+                existing = txn.get(key, db=self._dbs.logs)
+                record = msgpack.unpackb(existing) if existing else None
+                if record is None:
+                    record = {"id": self._new_id(txn), "name": name, "writable": True, "manifest": manifest}
+                    if key_seed is not None:
+                        record["key_seed"] = key_seed
+                    txn.put(key, msgpack.packb(record), db=self._dbs.logs)
+                    txn.put(record["id"].to_bytes(4, "big"), HEAD.pack(0, 0, 0, 0, root, sig), db=self._dbs.heads)
+                else:  # we had it as a replica (e.g. re-created from the seed): become its writer
+                    record.update(name=name, writable=True, manifest=manifest)
+                    if key_seed is not None:
+                        record["key_seed"] = key_seed
+                    txn.put(key, msgpack.packb(record), db=self._dbs.logs)
+                txn.put(name.encode(), key, db=self._dbs.names)
+        except lmdb.MapFullError:
+            raise StoreFull(f"the store at {self.path} is full; reopen it with a larger map_size") from None
+        self._logs.pop(key, None)
+        return self._open(key, record)
+
+    def _create_replica(self, key: bytes) -> Log:
+        try:
+            with self._env.begin(write=True) as txn:
+                record = {"id": self._new_id(txn), "name": None, "writable": False, "manifest": None}
+                txn.put(key, msgpack.packb(record), db=self._dbs.logs)
+        except lmdb.MapFullError:
+            raise StoreFull(f"the store at {self.path} is full; reopen it with a larger map_size") from None
+        return self._open(key, record)
+
+    def _update_record(self, log: Log, *, txn: lmdb.Transaction | None = None, **changes: object) -> None:
+        log._record = {**log._record, **changes}
+        packed = msgpack.packb(log._record)
+        if txn is not None:
+            txn.put(log.key, packed, db=self._dbs.logs)
+        else:
+            with self._env.begin(write=True) as t:
+                t.put(log.key, packed, db=self._dbs.logs)
+
+    def find(self, discovery_key: bytes) -> Log | None:
+        """The log with this discovery key, if the store holds it (used by replication)."""
+        key = self._by_dkey.get(discovery_key)
+        if key is None:
+            for k in self.keys():
+                if _crypto.discovery_key(k) == discovery_key:
+                    key = k
+                    break
+            else:
+                return None
+        return self.get(key=key)
+
+    def keys(self) -> list[bytes]:
+        """Keys of every log in the store."""
+        with self._env.begin(buffers=False) as txn:
+            return [bytes(k) for k, _ in txn.cursor(db=self._dbs.logs)]
+
+    def __iter__(self) -> Iterator[Log]:
+        for k in self.keys():
+            yield self.get(key=k)
+
+    def __contains__(self, name_or_key: str | bytes) -> bool:
+        with self._env.begin(buffers=False) as txn:
+            if isinstance(name_or_key, str):
+                return txn.get(name_or_key.encode(), db=self._dbs.names) is not None
+            return txn.get(name_or_key, db=self._dbs.logs) is not None
+
+    def list(self) -> list[LogInfo]:
+        """Every log with its name, key, length, fork and whether this store writes it."""
+        out = []
+        for log in self:
+            h = log.head()
+            out.append(
+                LogInfo(
+                    log.name,
+                    log.key,
+                    log.discovery_key,
+                    h.length,
+                    log.contiguous_length,
+                    h.byte_length,
+                    h.fork,
+                    bool(log._record.get("writable")),
+                    log.conflict is not None,
+                )
+            )
+        return out
+
+    def __repr__(self) -> str:
+        mode = "readonly" if self.readonly else "writable"
+        return f"<Store {str(self.path)!r} {mode} sync={self.sync}>"

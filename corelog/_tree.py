@@ -1,0 +1,244 @@
+"""The Merkle tree over a log: nodes, roots, and proofs.
+
+Theory of operation
+-------------------
+A log of ``n`` blocks is a forest of perfect binary trees (the *roots*), one for
+each set bit of ``n`` (see ``_flat``). Every complete subtree is a stored node
+``(index, size, hash)``; appending block ``i`` adds leaf ``2i`` and merges it with
+the previous roots like a binary counter. The *tree hash* commits to the roots,
+and the signed head is a signature over (key, tree hash, length, fork).
+
+A proof lets someone who trusts only the log key check blocks ``[start, end)``
+against a signed head of length ``n``. The verifier may already hold a verified
+prefix ``[0, have)`` (``have <= start``): nodes inside it come from its own store.
+Every other subtree the roots of ``n`` depend on is either computed from the
+given blocks (if it lies inside ``[start, end)``), or must be sent (if it lies
+wholly outside both ranges), or is split into its two children. ``needed_nodes``
+walks that decision from each root, left to right, and yields exactly the nodes
+to send; the verifier walks the same decision (``resolve``), so a proof with a
+missing, extra or altered node, block, size or signature never verifies.
+
+An *upgrade* proof is the special case ``start == end == have``: no blocks, just
+the subtrees covering ``[have, n)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import msgpack
+
+from . import _crypto, _flat
+from .errors import InvalidProof
+
+
+class Node(NamedTuple):
+    """A tree node: flat index, byte size of the blocks it covers, BLAKE2b-256 hash."""
+
+    index: int
+    size: int
+    hash: bytes
+
+
+def parent_node(left: Node, right: Node) -> Node:
+    size = left.size + right.size
+    return Node((left.index + right.index) >> 1, size, _crypto.parent_hash(size, left.hash, right.hash))
+
+
+def append_nodes(roots: list[Node], start: int, blocks: Sequence[bytes]) -> tuple[list[Node], list[Node]]:
+    """Nodes created by appending ``blocks`` at index ``start`` to a tree with ``roots``.
+
+    Returns ``(new_nodes, new_roots)``; ``roots`` is not modified.
+    """
+    roots = list(roots)
+    new: list[Node] = []
+    leaf_hash = _crypto.leaf_hash
+    parent_hash = _crypto.parent_hash
+    for i, data in enumerate(blocks, start):
+        node = Node(2 * i, len(data), leaf_hash(data))
+        new.append(node)
+        # number of merges = trailing one bits of i
+        merges = ((i + 1) & ~i).bit_length() - 1
+        for _ in range(merges):
+            left = roots.pop()
+            size = left.size + node.size
+            node = Node((left.index + node.index) >> 1, size, parent_hash(size, left.hash, node.hash))
+            new.append(node)
+        roots.append(node)
+    return new, roots
+
+
+def needed_nodes(length: int, have: int, start: int, end: int) -> list[int]:
+    """Flat indices a prover must send to prove ``[start, end)`` against length ``length``.
+
+    The verifier holds ``[0, have)``; ``have <= start <= end <= length``.
+    """
+    out: list[int] = []
+
+    def walk(x: int) -> None:
+        lo, hi = _flat.leaf_span(x)
+        if hi <= have or (start <= lo and hi <= end):
+            return
+        if lo >= have and (hi <= start or lo >= end):
+            out.append(x)
+            return
+        left, right = _flat.children(x)
+        walk(left)
+        walk(right)
+
+    for r in _flat.full_roots(length):
+        walk(r)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Proof:
+    """Blocks ``[start, start + len(blocks))`` with the nodes to check them against a signed head.
+
+    ``have`` is the prefix the verifier is assumed to hold already. ``manifest``
+    travels with a proof so a fresh replica (that knows only the key) can learn
+    the signer's public key; it is checked against the key.
+    """
+
+    fork: int
+    length: int
+    signature: bytes
+    start: int
+    blocks: tuple[bytes, ...]
+    nodes: tuple[Node, ...]
+    have: int = 0
+    manifest: bytes | None = None
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.blocks)
+
+    def to_bytes(self) -> bytes:
+        return msgpack.packb(
+            [
+                1,
+                self.fork,
+                self.length,
+                self.signature,
+                self.start,
+                list(self.blocks),
+                [[n.index, n.size, n.hash] for n in self.nodes],
+                self.have,
+                self.manifest,
+            ],
+            use_bin_type=True,
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Proof:
+        """Decode a proof; any malformed input raises InvalidProof."""
+        try:
+            v = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+            version, fork, length, signature, start, blocks, nodes, have, manifest = v
+            if version != 1:
+                raise ValueError(f"unknown proof version {version}")
+            return cls.build(fork, length, signature, start, blocks, nodes, have, manifest)
+        except InvalidProof:
+            raise
+        except Exception as exc:  # msgpack raises many types on garbage
+            raise InvalidProof(f"malformed proof encoding ({exc}); the peer sent garbage") from None
+
+    @classmethod
+    def build(cls, fork, length, signature, start, blocks, nodes, have, manifest) -> Proof:
+        """Construct from untrusted plain values, checking every type and bound."""
+        ints = (fork, length, start, have)
+        if not all(type(i) is int and 0 <= i < 2**63 for i in ints):
+            raise InvalidProof("proof fork/length/start/have must be non-negative integers")
+        if type(signature) is not bytes or len(signature) != _crypto.SIGNATURE_SIZE:
+            raise InvalidProof("proof signature must be 64 bytes")
+        if not isinstance(blocks, list) or not all(type(b) is bytes for b in blocks):
+            raise InvalidProof("proof blocks must be a list of byte strings")
+        if manifest is not None and type(manifest) is not bytes:
+            raise InvalidProof("proof manifest must be bytes or nil")
+        if not isinstance(nodes, list):
+            raise InvalidProof("proof nodes must be a list")
+        out_nodes = []
+        for n in nodes:
+            if (
+                not isinstance(n, list | tuple)
+                or len(n) != 3
+                or type(n[0]) is not int
+                or type(n[1]) is not int
+                or not 0 <= n[0] < 2**64
+                or not 0 <= n[1] < 2**64
+                or type(n[2]) is not bytes
+                or len(n[2]) != 32
+            ):
+                raise InvalidProof("each proof node must be [index, size, 32-byte hash]")
+            out_nodes.append(Node(n[0], n[1], n[2]))
+        if not have <= start <= start + len(blocks) <= length:
+            raise InvalidProof(
+                f"proof range is inconsistent: have={have} start={start} "
+                f"end={start + len(blocks)} length={length}"
+            )
+        return cls(fork, length, signature, start, tuple(blocks), tuple(out_nodes), have, manifest)
+
+
+class Verified(NamedTuple):
+    """The outcome of checking a proof: the new roots, tree hash and every node learnt."""
+
+    roots: list[Node]
+    tree_hash: bytes
+    nodes: dict[int, Node]  # every node computed or received (not the ones looked up)
+    byte_length: int
+
+
+def verify(
+    proof: Proof,
+    key: bytes,
+    public_key: bytes,
+    lookup: Callable[[int], Node | None] | None = None,
+) -> Verified:
+    """Check ``proof`` against ``key``; raise InvalidProof unless every byte is right.
+
+    ``lookup`` returns nodes of the verifier's trusted prefix ``[0, proof.have)``.
+    """
+    have, start, end, length = proof.have, proof.start, proof.end, proof.length
+    if have and lookup is None:
+        raise InvalidProof("a proof that assumes a prefix needs the verifier's stored nodes")
+    expected = needed_nodes(length, have, start, end)
+    if [n.index for n in proof.nodes] != expected:
+        raise InvalidProof(
+            "proof carries the wrong set of nodes for its range; it does not match the signed head"
+        )
+    given = {n.index: n for n in proof.nodes}
+    learnt: dict[int, Node] = dict(given)
+    blocks = proof.blocks
+    leaf_hash = _crypto.leaf_hash
+
+    def resolve(x: int) -> Node:
+        n = learnt.get(x)
+        if n is not None:
+            return n
+        lo, hi = _flat.leaf_span(x)
+        if hi <= have:
+            n = lookup(x)  # type: ignore[misc]
+            if n is None:
+                raise InvalidProof(f"proof assumes node {x} of our prefix, which we do not hold")
+            return n
+        if lo == hi - 1:  # a leaf inside [start, end)
+            data = blocks[lo - start]
+            n = Node(x, len(data), leaf_hash(data))
+        else:
+            left, right = _flat.children(x)
+            n = parent_node(resolve(left), resolve(right))
+        learnt[x] = n
+        return n
+
+    roots = [resolve(r) for r in _flat.full_roots(length)]
+    th = _crypto.tree_hash(roots)
+    if not _crypto.verify(_crypto.signable(key, th, length, proof.fork), proof.signature, public_key):
+        raise InvalidProof(
+            f"proof for blocks [{start}, {end}) does not verify against the signed head "
+            f"(fork {proof.fork}, length {length}): a block, node or the signature was altered"
+        )
+    if any(n.index != x for x, n in given.items()):
+        raise InvalidProof("proof node index mismatch")
+    return Verified(roots, th, learnt, sum(r.size for r in roots))
