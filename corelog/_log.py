@@ -631,7 +631,9 @@ class Log:
                     first_bad = index
                 problems.append(msg)
 
-            stack: list[Node] = []  # completed subtrees so far, like append's roots
+            # completed subtrees so far (like append's roots), each with a flag saying it
+            # sits above a problem already reported, so one bad block is reported once
+            stack: list[tuple[Node, bool]] = []
             leaf_hash = _crypto.leaf_hash
             node_get = txn.get
             nodes_db = self._dbs.nodes
@@ -651,25 +653,28 @@ class Log:
                 stored = self._stored_nodes(txn, 2 * i, 2 * end - 1)
                 for j, data in enumerate(blocks, i):
                     node = Node(2 * j, len(data), leaf_hash(data))
-                    if stored.get(node.index) != _node_value(node):
+                    tainted = stored.get(node.index) != _node_value(node)
+                    if tainted:
                         bad(j, f"block {j} does not match its stored leaf node (block or node altered)")
                     merges = ((j + 1) & ~j).bit_length() - 1
                     for _ in range(merges):
-                        left = stack.pop()
+                        left, left_tainted = stack.pop()
                         node = parent_node(left, node)
+                        tainted = tainted or left_tainted
                         v = stored.get(node.index)
                         if v is None:
                             v = node_get(KEY.pack(self.id, node.index), db=nodes_db)
-                        if v != _node_value(node):
-                            start_leaf = _flat.leaf_span(node.index)[0]
-                            bad(start_leaf, f"node {node.index} (blocks {_flat.leaf_span(node.index)}) is wrong")
-                    stack.append(node)
+                        if v != _node_value(node) and not tainted:
+                            span = _flat.leaf_span(node.index)
+                            bad(span[0], f"node {node.index} (blocks {span[0]}-{span[1] - 1}) is altered")
+                            tainted = True
+                    stack.append((node, tainted))
                 i = end
                 if progress is not None:
                     progress(i, contig)
             # roots of the signed length: computed (if we hold every block) or stored
             if contig == length:
-                roots = stack
+                roots = [n for n, _ in stack]
             else:
                 try:
                     roots = [self._node(txn, r) for r in _flat.full_roots(length)]

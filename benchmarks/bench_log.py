@@ -1,0 +1,155 @@
+"""corelog log benchmarks, with raw LMDB and Ed25519 baselines measured in the same run.
+
+Plain script: ``python benchmarks/bench_log.py [--quick]``. Prints a table.
+Targets (issue 2, 2-core machine): single appends sync=False >= 15k/s; sync=True >=
+0.8 x raw put+fsync commit; batches of 1000 sync=True >= 150k entries/s; reopen a
+1M-entry log and read its head < 10 ms; audit >= 300k entries/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lmdb
+import nacl.bindings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from corelog import Store  # noqa: E402
+
+BLOCK = b"x" * 100
+
+
+def rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds else float("inf")
+
+
+def raw_lmdb(path: Path, n: int, sync: bool) -> float:
+    env = lmdb.open(str(path), map_size=1 << 34, sync=sync, metasync=sync, max_dbs=2)
+    db = env.open_db(b"b")
+    t = time.perf_counter()
+    for i in range(n):
+        with env.begin(write=True) as txn:
+            txn.put(i.to_bytes(12, "big"), BLOCK, db=db)
+    dt = time.perf_counter() - t
+    env.close()
+    return rate(n, dt)
+
+
+def raw_sign(n: int) -> float:
+    _, sk = nacl.bindings.crypto_sign_seed_keypair(b"\1" * 32)
+    msg = b"m" * 112
+    t = time.perf_counter()
+    for _ in range(n):
+        nacl.bindings.crypto_sign(msg, sk)
+    return rate(n, time.perf_counter() - t)
+
+
+def best(fn, repeats: int = 3) -> float:
+    return max(fn() for _ in range(repeats))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    ap.add_argument("--big", type=int, default=1_000_000, help="entries for the reopen/audit run")
+    args = ap.parse_args()
+    n_single = 5_000 if args.quick else 30_000
+    n_sync = 300 if args.quick else 2_000
+    big = 20_000 if args.quick else args.big
+    root = Path(tempfile.mkdtemp(prefix="corelog-bench-"))
+    rows: list[tuple[str, str, str]] = []
+    try:
+        def tmp(name: str) -> Path:
+            p = root / name
+            shutil.rmtree(p, ignore_errors=True)
+            return p
+
+        sign_rate = raw_sign(20_000)
+        raw_nosync = best(lambda: raw_lmdb(tmp("raw"), n_single, False))
+        raw_fsync = best(lambda: raw_lmdb(tmp("rawsync"), n_sync, True))
+        limit = 1 / (1 / raw_nosync + 1 / sign_rate)
+        rows.append(("raw Ed25519 sign", f"{sign_rate:,.0f} /s", "baseline"))
+        rows.append(("raw LMDB put+commit (no fsync)", f"{raw_nosync:,.0f} /s", "baseline"))
+        rows.append(("raw LMDB put+commit (fsync)", f"{raw_fsync:,.0f} /s", "baseline"))
+        rows.append(("raw put+commit + one sign (the limit)", f"{limit:,.0f} /s", "baseline"))
+
+        def single(sync: bool, n: int) -> float:
+            with Store(tmp("single"), sync=sync) as s:
+                log = s.get("bench")
+                t = time.perf_counter()
+                for _ in range(n):
+                    log.append(BLOCK)
+                return rate(n, time.perf_counter() - t)
+
+        r = best(lambda: single(False, n_single))
+        rows.append(("append 1 block, sync=False", f"{r:,.0f} /s", f">= 15,000 /s  {'OK' if r >= 15000 else 'MISS'}"))
+        r = best(lambda: single(True, n_sync))
+        ratio = r / raw_fsync
+        rows.append(
+            ("append 1 block, sync=True", f"{r:,.0f} /s", f"{ratio:.2f} x raw fsync (>= 0.8) {'OK' if ratio >= 0.8 else 'MISS'}")
+        )
+
+        def batches(sync: bool, batch: int, total: int) -> float:
+            with Store(tmp("batch"), sync=sync) as s:
+                log = s.get("bench")
+                data = [BLOCK] * batch
+                t = time.perf_counter()
+                for _ in range(total // batch):
+                    log.append(data)
+                return rate(total, time.perf_counter() - t)
+
+        r = best(lambda: batches(True, 1000, 50_000 if not args.quick else 10_000))
+        rows.append(("append batches of 1000, sync=True", f"{r:,.0f} entries/s", f">= 150,000 {'OK' if r >= 150000 else 'MISS'}"))
+
+        # a big log: build in batches, then reopen and audit
+        path = tmp("big")
+        with Store(path, sync=False) as s:
+            log = s.get("big")
+            data = [BLOCK] * 10_000
+            for _ in range(big // 10_000):
+                log.append(data)
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            with Store(path, sync=False) as s:
+                h = s.get("big").head()
+                times.append(time.perf_counter() - t)
+        assert h.length == big // 10_000 * 10_000
+        ms = statistics.median(times) * 1000
+        rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rows.append(
+            (f"reopen {h.length:,}-entry log + read head", f"{ms:.2f} ms", f"< 10 ms {'OK' if ms < 10 else 'MISS'}")
+        )
+        rows.append(("  peak RSS growth during reopen", f"{(rss_after - rss_before) / 1024:.1f} MiB", "flat"))
+        with Store(path, sync=False, readonly=False) as s:
+            log = s.get("big")
+            t = time.perf_counter()
+            report = log.audit()
+            dt = time.perf_counter() - t
+        assert report.ok, report
+        r = rate(h.length, dt)
+        rows.append((f"audit {h.length:,} entries", f"{r:,.0f} entries/s", f">= 300,000 {'OK' if r >= 300000 else 'MISS'}"))
+        size = sum(f.stat().st_size for f in path.iterdir())
+        rows.append(("  store size", f"{size / h.length:.0f} B/entry", ""))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    w = max(len(r[0]) for r in rows)
+    print(f"corelog log benchmark  (python {sys.version.split()[0]}, {os.cpu_count()} cpus)")
+    print(f"{'measure':<{w}}  {'result':>22}  target")
+    print("-" * (w + 50))
+    for name, val, target in rows:
+        print(f"{name:<{w}}  {val:>22}  {target}")
+
+
+if __name__ == "__main__":
+    main()
