@@ -48,6 +48,7 @@ from ._messages import (
     PROTOCOL_VERSION,
     Close,
     Data,
+    Done,
     Error,
     FrameDecoder,
     Head,
@@ -204,7 +205,7 @@ class Connection:
         if isinstance(msg, Error):
             self.closed = True
             return encode(msg)
-        if isinstance(msg, Ping | Pong):
+        if isinstance(msg, Ping | Pong | Done):
             return encode(msg)
         if isinstance(msg, Open):
             dkey = msg.discovery_key
@@ -305,7 +306,7 @@ class Connection:
             return
         if self.remote_hello is None:
             raise ProtocolError(f"the peer sent {type(msg).__name__} before Hello")
-        if isinstance(msg, Ping | Pong):
+        if isinstance(msg, Ping | Pong | Done):
             return
         if isinstance(msg, Open):
             if len(msg.discovery_key) != 32 or len(msg.capability) != 32:

@@ -161,6 +161,14 @@ class Pong(Message):
     id: int
 
 
+@dataclass(frozen=True, slots=True)
+class Done(Message):
+    """The sender holds everything the peer announced (used by one-shot syncs to end)."""
+
+    CODE = 10
+    TYPES = ()
+
+
 def encode(msg: Message) -> bytes:
     """One frame: u32 length || msgpack([code, *fields])."""
     body = msgpack.packb([msg.CODE, *[getattr(msg, f) for f in msg.__slots__]], use_bin_type=True)  # type: ignore[attr-defined]
@@ -225,6 +233,7 @@ class FrameDecoder:
 __all__ = [
     "Close",
     "Data",
+    "Done",
     "Error",
     "FrameDecoder",
     "Head",

@@ -21,8 +21,10 @@ Per log (channel):
   (A -> B -> C) work, without polling.
 
 Anything invalid from the peer (bad proof, forged signature, garbage, a frame
-too large, unsolicited data) is fatal for the connection: ``receive_data``
-returns an ``Error`` frame for the peer, sets ``error`` and raises it.
+too large, unsolicited data) is fatal for the connection: like h11, the
+methods never raise for the peer's faults; they return the bytes to send (an
+``Error`` frame telling the peer why) and set ``error``, which the transport
+raises after sending them.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from corelog.errors import (
 )
 
 from ._connection import CLOSED, NEED_DATA, ChannelState, Connection
-from ._messages import Close, Data, Head, Hello, Message, NoData, Open, Ping, Pong, Request
+from ._messages import Close, Data, Done, Head, Hello, Message, NoData, Open, Ping, Pong, Request
 
 DEFAULT_BATCH_BYTES = 512 * 1024
 DEFAULT_BATCH_BLOCKS = 4096
@@ -99,6 +101,8 @@ class Replicator:
         self.error: BaseException | None = None
         self._barrier_sent = False
         self._barrier_done = False
+        self._done_sent = False
+        self.remote_done = False
         self._out: list[bytes] = []
 
     # --- public, sans-IO ------------------------------------------------------------
@@ -131,8 +135,10 @@ class Replicator:
         return self._flush()
 
     def receive_data(self, data: bytes) -> bytes:
-        """Feed bytes from the peer; returns bytes to send. Raises on a fatal error (after
-        preparing an Error frame for the peer, which the returned bytes of ``error_bytes`` hold)."""
+        """Feed bytes from the peer (``b""`` at EOF); returns the bytes to send back.
+
+        On a fatal error the returned bytes end with an Error frame and ``error`` is set.
+        """
         self.conn.receive_data(data)
         self._guard(self._process)
         return self._flush()
@@ -170,14 +176,13 @@ class Replicator:
 
     def _guard(self, fn) -> None:
         if self.error is not None:
-            raise self.error
+            return
         try:
             fn()
         except (ProtocolError, CorelogError) as exc:
             self.error = exc
             if not self.conn.closed:
                 self._out.append(self.conn.error_frame(exc))
-            raise
 
     def _process(self) -> None:
         while True:
@@ -186,6 +191,9 @@ class Replicator:
                 break
             self._handle(ev)  # type: ignore[arg-type]
         self._pump_all()
+        if not self._done_sent and self.synced:
+            self._done_sent = True
+            self._out.append(self.conn.send(Done()))
 
     def _handle(self, msg: Message) -> None:
         if isinstance(msg, Hello):
@@ -195,6 +203,9 @@ class Replicator:
             return
         if isinstance(msg, Pong):
             self._barrier_done = True
+            return
+        if isinstance(msg, Done):
+            self.remote_done = True
             return
         if isinstance(msg, Open):
             self._on_open(msg)
