@@ -43,10 +43,32 @@ _log = logging.getLogger("corelog")
 
 # heads value: fork, length (signed), contiguous length, byte length, tree hash, signature
 HEAD = struct.Struct(">QQQQ32s64s")
-KEY = struct.Struct(">IQ")  # log id, index (big-endian so ranges sort)
+# Every record of a log lives in ONE named database ("data"), keyed
+# u32 log id || kind || u64 index, kinds sorting head < forks < nodes < blocks.
+# One B-tree per commit keeps durable (fsync) commits close to raw LMDB, and the
+# blocks, the bulk of the data, sort last so appends fill pages at the right edge.
+KEY = struct.Struct(">IBQ")
+HEAD_KIND, FORK, NODE, BLOCK = 0, 1, 2, 3
+_HEAD_KEY = struct.Struct(">IB")
 NODE_VALUE = struct.Struct("<Q")  # size, then the 32-byte hash
 FORK_VALUE = struct.Struct(">QQ")  # previous fork, length kept by the truncation
-_U32 = struct.Struct(">I")
+
+
+def block_key(log_id: int, index: int) -> bytes:
+    return KEY.pack(log_id, BLOCK, index)
+
+
+def node_key(log_id: int, index: int) -> bytes:
+    return KEY.pack(log_id, NODE, index)
+
+
+def fork_key(log_id: int, fork: int) -> bytes:
+    return KEY.pack(log_id, FORK, fork)
+
+
+def head_key(log_id: int) -> bytes:
+    return _HEAD_KEY.pack(log_id, HEAD_KIND)
+
 _AUDIT_CHUNK = 1 << 15
 
 
@@ -115,7 +137,8 @@ class Log:
         self._manifest: bytes | None = record.get("manifest")
         self._record = record
         self._secret: bytes | None = None
-        self._prefix = _U32.pack(log_id)
+        self._hkey = head_key(log_id)
+        self._blocks_db = self._data = store._dbs.data
         self._lock = threading.RLock()
         self._watchers: list[Callable[[Log], None]] = []
         self._roots: list[Node] = []
@@ -131,7 +154,7 @@ class Log:
         if txn is None:
             with self._env.begin(buffers=False) as t:
                 return self._load(t)
-        raw = txn.get(self._prefix, db=self._dbs.heads)
+        raw = txn.get(self._hkey, db=self._data)
         if raw is None:
             self._fork = self._length = self._contig = self._byte_length = 0
             self._tree_hash = _crypto.tree_hash([])
@@ -218,7 +241,7 @@ class Log:
         if not 0 <= index < self._length:
             raise OutOfRange(f"block {index} is outside the log (length {self._length})")
         with self._env.begin(buffers=False) as txn:
-            data = txn.get(KEY.pack(self.id, index), db=self._dbs.blocks)
+            data = txn.get(block_key(self.id, index), db=self._blocks_db)
         if data is None:
             if index >= contig:
                 raise BlockNotAvailable(f"block {index} is not downloaded yet (have {contig}); sync first")
@@ -243,13 +266,15 @@ class Log:
         while i < stop:
             chunk_end = min(stop, i + 4096)
             with self._env.begin(buffers=False) as txn:
-                cur = txn.cursor(db=self._dbs.blocks)
-                if not cur.set_key(KEY.pack(self.id, i)):
+                cur = txn.cursor(db=self._blocks_db)
+                if not cur.set_key(block_key(self.id, i)):
                     raise Corrupt(f"block {i} of log {self.key.hex()} is missing; run audit()")
                 out = []
                 for k, v in cur:
-                    lid, idx = KEY.unpack(k)
-                    if lid != self.id or idx >= chunk_end:
+                    if len(k) != KEY.size:  # the next log's head key
+                        break
+                    lid, kind, idx = KEY.unpack(k)
+                    if lid != self.id or kind != BLOCK or idx >= chunk_end:
                         break
                     if idx != i + len(out):
                         raise Corrupt(f"block {i + len(out)} of log {self.key.hex()} is missing; run audit()")
@@ -261,11 +286,11 @@ class Log:
 
     def _node(self, txn: lmdb.Transaction, index: int) -> Node:
         """A tree node: stored, or computed from its children (replicas serving a newer head)."""
-        raw = txn.get(KEY.pack(self.id, index), db=self._dbs.nodes)
+        raw = txn.get(node_key(self.id, index), db=self._data)
         if raw is not None:
             return _decode_node(index, raw)
         if _flat.depth(index) == 0:
-            data = txn.get(KEY.pack(self.id, index >> 1), db=self._dbs.blocks)
+            data = txn.get(block_key(self.id, index >> 1), db=self._blocks_db)
             if data is None:
                 raise BlockNotAvailable(f"node {index} (block {index >> 1}) is not held by this store")
             return Node(index, len(data), _crypto.leaf_hash(data))
@@ -319,23 +344,25 @@ class Log:
             sig = self._sign(th, length, self._fork)
             lid = self.id
             pack = KEY.pack
+            data_db = self._data
+            blocks_db = self._blocks_db
             try:
                 with self._env.begin(write=True) as txn:
                     if len(blocks) == 1:
-                        txn.put(pack(lid, start), blocks[0], db=self._dbs.blocks)
+                        txn.put(pack(lid, BLOCK, start), blocks[0], db=blocks_db)
                         for n in new_nodes:
-                            txn.put(pack(lid, n.index), NODE_VALUE.pack(n.size) + n.hash, db=self._dbs.nodes)
+                            txn.put(pack(lid, NODE, n.index), NODE_VALUE.pack(n.size) + n.hash, db=data_db)
                     else:
-                        txn.cursor(db=self._dbs.blocks).putmulti(
-                            [(pack(lid, i), b) for i, b in enumerate(blocks, start)]
+                        txn.cursor(db=blocks_db).putmulti(
+                            [(pack(lid, BLOCK, i), b) for i, b in enumerate(blocks, start)]
                         )
-                        txn.cursor(db=self._dbs.nodes).putmulti(
-                            [(pack(lid, n.index), NODE_VALUE.pack(n.size) + n.hash) for n in new_nodes]
+                        txn.cursor(db=data_db).putmulti(
+                            [(pack(lid, NODE, n.index), NODE_VALUE.pack(n.size) + n.hash) for n in new_nodes]
                         )
                     txn.put(
-                        self._prefix,
+                        self._hkey,
                         HEAD.pack(self._fork, length, length, byte_length, th, sig),
-                        db=self._dbs.heads,
+                        db=self._data,
                     )
             except lmdb.MapFullError:
                 raise StoreFull(
@@ -363,8 +390,8 @@ class Log:
                 sig = self._sign(th, length, fork)
                 byte_length = sum(r.size for r in roots)
                 self._delete_from(txn, length, self._length)
-                txn.put(KEY.pack(self.id, fork), FORK_VALUE.pack(self._fork, length), db=self._dbs.forks)
-                txn.put(self._prefix, HEAD.pack(fork, length, length, byte_length, th, sig), db=self._dbs.heads)
+                txn.put(fork_key(self.id, fork), FORK_VALUE.pack(self._fork, length), db=self._data)
+                txn.put(self._hkey, HEAD.pack(fork, length, length, byte_length, th, sig), db=self._data)
             self._roots = roots
             self._fork, self._length, self._contig = fork, length, length
             self._byte_length, self._tree_hash, self._signature = byte_length, th, sig
@@ -372,14 +399,17 @@ class Log:
 
     def _delete_from(self, txn: lmdb.Transaction, length: int, old_length: int) -> None:
         """Delete every block >= length and every node not wholly inside [0, length)."""
-        for db, first in ((self._dbs.blocks, length), (self._dbs.nodes, 2 * length)):
+        for db, start, prefix in (
+            (self._blocks_db, block_key(self.id, length), block_key(self.id, 0)[:5]),
+            (self._data, node_key(self.id, 2 * length), node_key(self.id, 0)[:5]),
+        ):
             cur = txn.cursor(db=db)
-            if cur.set_range(KEY.pack(self.id, first)):
-                while cur.key()[:4] == self._prefix:
+            if cur.set_range(start):
+                while cur.key()[: len(prefix)] == prefix:
                     if not cur.delete():
                         break
         for x in _flat.crossing_ancestors(length, max(old_length, length)):
-            txn.delete(KEY.pack(self.id, x), db=self._dbs.nodes)
+            txn.delete(node_key(self.id, x), db=self._data)
 
     # --- watching -------------------------------------------------------------
 
@@ -422,7 +452,7 @@ class Log:
                 f"of {self._length} blocks"
             )
         with self._env.begin(buffers=False) as txn:
-            head = HEAD.unpack(txn.get(self._prefix, db=self._dbs.heads) or HEAD.pack(0, 0, 0, 0, b"", b""))
+            head = HEAD.unpack(txn.get(self._hkey, db=self._data) or HEAD.pack(0, 0, 0, 0, b"", b""))
             fork, length, contig = head[0], head[1], head[2]
             if end > contig:
                 raise OutOfRange(f"cannot prove up to {end}: only {contig} blocks held")
@@ -438,11 +468,13 @@ class Log:
         out: list[bytes] = []
         if start == end:
             return out
-        cur = txn.cursor(db=self._dbs.blocks)
-        if cur.set_key(KEY.pack(self.id, start)):
+        cur = txn.cursor(db=self._blocks_db)
+        if cur.set_key(block_key(self.id, start)):
             for k, v in cur:
-                lid, idx = KEY.unpack(k)
-                if lid != self.id or idx >= end:
+                if len(k) != KEY.size:
+                    break
+                lid, kind, idx = KEY.unpack(k)
+                if lid != self.id or kind != BLOCK or idx >= end:
                     break
                 out.append(v)
         if len(out) != end - start:
@@ -470,7 +502,7 @@ class Log:
 
     def _lookup(self, txn: lmdb.Transaction, have: int) -> Callable[[int], Node | None]:
         def lookup(x: int) -> Node | None:
-            raw = txn.get(KEY.pack(self.id, x), db=self._dbs.nodes)
+            raw = txn.get(node_key(self.id, x), db=self._data)
             return None if raw is None else _decode_node(x, raw)
 
         return lookup
@@ -526,7 +558,7 @@ class Log:
         cur = self._fork
         with self._env.begin(buffers=False) as txn:
             while cur > fork:
-                raw = txn.get(KEY.pack(self.id, cur), db=self._dbs.forks)
+                raw = txn.get(fork_key(self.id, cur), db=self._data)
                 if raw is None:
                     return 0
                 prev, kept = FORK_VALUE.unpack(raw)
@@ -582,17 +614,17 @@ class Log:
         if reorg:
             keep = proof.have
             self._delete_from(txn, keep, max(length, contig))
-            txn.put(KEY.pack(self.id, proof.fork), FORK_VALUE.pack(fork, keep), db=self._dbs.forks)
+            txn.put(fork_key(self.id, proof.fork), FORK_VALUE.pack(fork, keep), db=self._data)
         new_contig = max(keep, proof.end) if proof.start <= keep else keep
         if self._manifest is None:
             self._store._update_record(self, manifest=manifest, txn=txn)
             self._manifest = manifest
         if proof.end > keep:
-            txn.cursor(db=self._dbs.blocks).putmulti(
-                [(KEY.pack(self.id, i), b) for i, b in enumerate(proof.blocks, proof.start) if i >= keep]
+            txn.cursor(db=self._blocks_db).putmulti(
+                [(block_key(self.id, i), b) for i, b in enumerate(proof.blocks, proof.start) if i >= keep]
             )
-        txn.cursor(db=self._dbs.nodes).putmulti(
-            [(KEY.pack(self.id, x), _node_value(n)) for x, n in verified.nodes.items()]
+        txn.cursor(db=self._data).putmulti(
+            [(node_key(self.id, x), _node_value(n)) for x, n in verified.nodes.items()]
         )
         same = (
             not reorg
@@ -603,9 +635,9 @@ class Log:
         if same:
             return False
         txn.put(
-            self._prefix,
+            self._hkey,
             HEAD.pack(proof.fork, proof.length, new_contig, verified.byte_length, verified.tree_hash, proof.signature),
-            db=self._dbs.heads,
+            db=self._data,
         )
         return True
 
@@ -618,7 +650,7 @@ class Log:
         not disturb it. ``progress(done, total)`` is called after each chunk.
         """
         with self._env.begin(buffers=False) as txn:
-            raw = txn.get(self._prefix, db=self._dbs.heads)
+            raw = txn.get(self._hkey, db=self._data)
             if raw is None:
                 return AuditReport(self.key, 0, 0, None, ())
             fork, length, contig, byte_length, th, sig = HEAD.unpack(raw)
@@ -636,7 +668,7 @@ class Log:
             stack: list[tuple[Node, bool]] = []
             leaf_hash = _crypto.leaf_hash
             node_get = txn.get
-            nodes_db = self._dbs.nodes
+            nodes_db = self._data
             i = 0
             while i < contig:
                 end = min(contig, i + _AUDIT_CHUNK)
@@ -645,7 +677,7 @@ class Log:
                 except Corrupt:
                     blocks = []
                     for j in range(i, end):
-                        v = txn.get(KEY.pack(self.id, j), db=self._dbs.blocks)
+                        v = txn.get(block_key(self.id, j), db=self._blocks_db)
                         if v is None:
                             bad(j, f"block {j} is missing")
                             v = b""
@@ -663,7 +695,7 @@ class Log:
                         tainted = tainted or left_tainted
                         v = stored.get(node.index)
                         if v is None:
-                            v = node_get(KEY.pack(self.id, node.index), db=nodes_db)
+                            v = node_get(node_key(self.id, node.index), db=nodes_db)
                         if v != _node_value(node) and not tainted:
                             span = _flat.leaf_span(node.index)
                             bad(span[0], f"node {node.index} (blocks {span[0]}-{span[1] - 1}) is altered")
@@ -697,12 +729,14 @@ class Log:
 
     def _stored_nodes(self, txn: lmdb.Transaction, lo: int, hi: int) -> dict[int, bytes]:
         out: dict[int, bytes] = {}
-        cur = txn.cursor(db=self._dbs.nodes)
-        if cur.set_range(KEY.pack(self.id, lo)):
+        cur = txn.cursor(db=self._data)
+        if cur.set_range(node_key(self.id, lo)):
             unpack = KEY.unpack
             for k, v in cur:
-                lid, idx = unpack(k)
-                if lid != self.id or idx >= hi:
+                if len(k) != KEY.size:
+                    break
+                lid, kind, idx = unpack(k)
+                if lid != self.id or kind != NODE or idx >= hi:
                     break
                 out[idx] = v
         return out

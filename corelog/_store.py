@@ -1,6 +1,8 @@
 """A Store: one LMDB environment holding many logs.
 
-Layout (named databases, big-endian integer keys so ranges sort):
+Layout (named databases, big-endian integer keys so ranges sort). A commit
+touches one B-tree ("data"), which keeps durable (fsync) commits close to raw
+LMDB; blocks sort last within a log so appends fill pages at the right edge.
 
 ========  ==============================  =============================================
  db        key                             value
@@ -8,11 +10,11 @@ Layout (named databases, big-endian integer keys so ranges sort):
  meta      b"seed", b"next_id", ...        the primary seed, the id counter
  logs      log key (32 bytes)              msgpack {id, name, writable, manifest, ...}
  names     log name (utf-8)                log key
- heads     u32 log id                      fork, length, contiguous, byte length,
+ data      u32 id || 0                     the head: fork, length, contiguous, byte length,
                                            tree hash, signature (``_log.HEAD``)
- blocks    u32 id || u64 block index       block bytes
- nodes     u32 id || u64 flat index        u64 size (LE) || 32-byte hash
- forks     u32 id || u64 fork              previous fork, length kept (truncation history)
+ data      u32 id || 1 || u64 fork         previous fork, length kept (truncation history)
+ data      u32 id || 2 || u64 flat index   node: u64 size (LE) || 32-byte hash
+ data      u32 id || 3 || u64 index        block bytes
 ========  ==============================  =============================================
 
 One process writes a store at a time: the writer holds an exclusive ``flock`` on
@@ -36,11 +38,11 @@ import lmdb
 import msgpack
 
 from . import _crypto
-from ._log import HEAD, Log, check_key
+from ._log import HEAD, Log, check_key, head_key
 from .errors import InvalidKey, LogNotFound, StoreFull, StoreLocked, StoreNotFound
 
 DEFAULT_MAP_SIZE = 1 << 36  # 64 GiB of address space; the file grows only as data is written
-_DBS = ("meta", "logs", "names", "heads", "blocks", "nodes", "forks")
+_DBS = ("meta", "logs", "names", "data")
 _FORMAT = b"corelog/1"
 
 # LMDB forbids opening one environment twice in a process; share it by path.
@@ -285,7 +287,7 @@ class Store:
                     if key_seed is not None:
                         record["key_seed"] = key_seed
                     txn.put(key, msgpack.packb(record), db=self._dbs.logs)
-                    txn.put(record["id"].to_bytes(4, "big"), HEAD.pack(0, 0, 0, 0, root, sig), db=self._dbs.heads)
+                    txn.put(head_key(record["id"]), HEAD.pack(0, 0, 0, 0, root, sig), db=self._dbs.data)
                 else:  # we had it as a replica (e.g. re-created from the seed): become its writer
                     record.update(name=name, writable=True, manifest=manifest)
                     if key_seed is not None:

@@ -1,0 +1,28 @@
+"""Merkle-verified, live, multi-log replication between corelog peers.
+
+The protocol is sans-IO (:class:`Connection`, :class:`Replicator`): bytes in,
+bytes out, no I/O inside. Thin trio transports run it over memory pipes, TCP
+(Noise XX encrypted) and WebRTC data channels. Imports ``corelog`` only.
+"""
+
+from ._connection import CLOSED, NEED_DATA, ChannelState, Connection, LocalProtocolError, capability
+from ._messages import PROTOCOL_VERSION
+from ._replicator import Replicator, Stats
+from ._session import Session, connect_tcp, memory_pair, replicate, serve_tcp
+
+__all__ = [
+    "CLOSED",
+    "NEED_DATA",
+    "PROTOCOL_VERSION",
+    "ChannelState",
+    "Connection",
+    "LocalProtocolError",
+    "Replicator",
+    "Session",
+    "Stats",
+    "capability",
+    "connect_tcp",
+    "memory_pair",
+    "replicate",
+    "serve_tcp",
+]

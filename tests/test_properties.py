@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from corelog import Proof, Store, _crypto, _flat
-from corelog._log import HEAD, KEY
+from corelog._log import HEAD, block_key, head_key, node_key
 from corelog._tree import needed_nodes
 from corelog.errors import InvalidProof, VerificationError
 
@@ -192,14 +192,14 @@ def test_audit_finds_single_flipped_byte(make_store, what):
     log.append([b"entry %03d" % i for i in range(50)])
     assert log.audit().ok
     if what == "block":
-        _flip(s, s._dbs.blocks, KEY.pack(log.id, 17))
+        _flip(s, s._dbs.data, block_key(log.id, 17))
     elif what == "leaf":
-        _flip(s, s._dbs.nodes, KEY.pack(log.id, 34), pos=20)
+        _flip(s, s._dbs.data, node_key(log.id, 34), pos=20)
     elif what == "parent":
-        _flip(s, s._dbs.nodes, KEY.pack(log.id, 35), pos=12)
+        _flip(s, s._dbs.data, node_key(log.id, 35), pos=12)
     else:
         offsets = {"fork": 7, "length": 15, "tree_hash": 40, "signature": 90}
-        _flip(s, s._dbs.heads, log._prefix, pos=offsets[what])
+        _flip(s, s._dbs.data, head_key(log.id), pos=offsets[what])
     report = log.audit()
     assert not report.ok
     if what in ("block", "leaf"):
