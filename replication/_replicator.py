@@ -95,6 +95,7 @@ class Replicator:
             logs = list(source)
         self._logs: dict[bytes, Log] = {log.discovery_key: log for log in logs}
         self._channels: dict[bytes, _Channel] = {}
+        self._rejected: dict[bytes, bytes] = {}  # discovery key -> capability of an Open we could not check
         self.batch_bytes = batch_bytes
         self.batch_blocks = batch_blocks
         self.stats = Stats()
@@ -128,10 +129,21 @@ class Replicator:
         """Start replicating one more log on this connection."""
         if log.discovery_key in self._logs and self.conn.channel_state(log.discovery_key) is not None:
             return b""
-        self._logs[log.discovery_key] = log
-        if self.conn.closed or self.conn.remote_hello is None and not self._barrier_sent:
-            return b""
-        self._guard(lambda: self._out.append(self.conn.open(log.discovery_key, log.key)))
+        dkey = log.discovery_key
+        self._logs[dkey] = log
+        if self.conn.closed or not self._barrier_sent:
+            return b""  # start() will open it
+
+        def open_channel() -> None:
+            earlier = self._rejected.pop(dkey, None)
+            if earlier is not None and not self.conn.check_capability(log.key, earlier):
+                return  # the peer opened this channel without knowing the key: stay silent
+            self._out.append(self.conn.open(dkey, log.key))
+            if self.conn.channel_state(dkey) is ChannelState.OPEN:
+                ch = self._channels.setdefault(dkey, _Channel(log, next_start=log.contiguous_length))
+                self._announce(ch)
+
+        self._guard(open_channel)
         return self._flush()
 
     def receive_data(self, data: bytes) -> bytes:
@@ -240,6 +252,8 @@ class Replicator:
         if log is None or not self.conn.check_capability(log.key, msg.capability):
             # Unknown log or a peer that does not know the key: say nothing at all.
             self.stats.rejected_opens += 1
+            if log is None:
+                self._rejected[dkey] = msg.capability  # checked if we add the log later
             return
         if self.conn.channel_state(dkey) is ChannelState.REMOTE_OPEN:
             self._out.append(self.conn.open(dkey, log.key))

@@ -106,11 +106,13 @@ class Session:
             self._pending = bytearray()
             await self._send(self.replicator.start())
             self._ready.set()
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._announcer)
-                await self._receiver()
-                nursery.cancel_scope.cancel()
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._announcer)
+                    await self._receiver()
+                    nursery.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                raise _single(group) from None
         finally:
             self._closed = True
             self._unwatch()
@@ -213,6 +215,19 @@ class Session:
     def _mark(self, dkey: bytes) -> None:
         self._dirty.add(dkey)
         self._wake.set()
+
+
+def _single(group: BaseExceptionGroup) -> BaseException:
+    """The one real error inside a nursery's group (so callers can catch typed errors)."""
+    leaves: list[BaseException] = []
+
+    def walk(g: BaseExceptionGroup) -> None:
+        for e in g.exceptions:
+            walk(e) if isinstance(e, BaseExceptionGroup) else leaves.append(e)
+
+    walk(group)
+    real = [e for e in leaves if not isinstance(e, trio.Cancelled)]
+    return real[0] if len(real) == 1 else group
 
 
 async def replicate(
