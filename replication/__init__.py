@@ -7,8 +7,8 @@ bytes out, no I/O inside. Thin trio transports run it over memory pipes, TCP
 
 from ._connection import CLOSED, NEED_DATA, ChannelState, Connection, LocalProtocolError, capability
 from ._messages import PROTOCOL_VERSION
-from ._replicator import Replicator, Stats
 from ._noise import NoiseXX
+from ._replicator import Replicator, Stats
 from ._secure import SecureStream, secure_stream
 from ._session import Session, connect_tcp, memory_pair, replicate, serve_tcp
 
