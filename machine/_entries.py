@@ -1,0 +1,152 @@
+"""Log entries of a machine: encoding, strict decoding, and the history row type.
+
+Entry 0 (and every migration) is a header that carries the snapshot too, so
+every entry holds a full snapshot and restoring reads only the last entry::
+
+    {"type": "corelog/machine", "version": 1, "definition": {...},
+     "definition_hash": "...", "state": <value>, "context": {...}, "time": ms}
+    {"event": {"type": "START", "data": 1}, "state": <value>, "context": {...},
+     "time": ms, ["done": true], ["header": i]}
+
+``header`` names the governing header entry when it is not entry 0 (after a
+migration), so the current definition is found in O(1).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from corelog.errors import NotAMachineLog, UnserializableContext
+
+from ._interpreter import Event, Snapshot
+
+HEADER_TYPE = "corelog/machine"
+VERSION = 1
+
+
+def check_json(value: Any, path: str = "context") -> None:
+    """Raise UnserializableContext naming the first non-JSON value (sets, objects, NaN, tuples...)."""
+    t = type(value)
+    if value is None or t is str or t is bool or t is int:
+        return
+    if t is float:
+        if not math.isfinite(value):
+            raise UnserializableContext(f"{path} is {value!r}; NaN and infinities cannot be recorded")
+        return
+    if t is dict:
+        for k, v in value.items():
+            if type(k) is not str:
+                raise UnserializableContext(f"{path} has a non-string key {k!r}; use string keys")
+            check_json(v, f"{path}.{k}")
+        return
+    if t is list:
+        for i, v in enumerate(value):
+            check_json(v, f"{path}[{i}]")
+        return
+    raise UnserializableContext(
+        f"{path} is a {t.__name__} ({value!r:.60}); only JSON values (dict, list, str, int, float, bool, None) "
+        "can be recorded. Nothing was appended"
+    )
+
+
+def encode_header(definition: dict, definition_hash: str, snapshot: Snapshot, time: int) -> bytes:
+    check_json(snapshot.context)
+    return msgpack.packb(
+        {
+            "type": HEADER_TYPE,
+            "version": VERSION,
+            "definition": definition,
+            "definition_hash": definition_hash,
+            "state": snapshot.value,
+            "context": snapshot.context,
+            "time": time,
+        },
+        use_bin_type=True,
+    )
+
+
+def encode_transition(event: Event, snapshot: Snapshot, header: int) -> bytes:
+    check_json(snapshot.context)
+    check_json(event.data, "event data")
+    entry: dict[str, Any] = {
+        "event": event.to_dict(),
+        "state": snapshot.value,
+        "context": snapshot.context,
+        "time": event.time,
+    }
+    if snapshot.done:
+        entry["done"] = True
+    if header:
+        entry["header"] = header
+    return msgpack.packb(entry, use_bin_type=True)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One recorded entry: the event and the snapshot it produced (or a header)."""
+
+    index: int
+    kind: str  # "header" or "transition"
+    event: Event | None
+    state: Any
+    context: dict
+    time: int | None
+    done: bool = False
+    header: int = 0
+    definition: dict | None = None
+    definition_hash: str | None = None
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self.state, self.context, self.done)
+
+    def to_dict(self) -> dict:
+        return {
+            "index": self.index,
+            "kind": self.kind,
+            "event": self.event.to_dict() if self.event else None,
+            "state": self.state,
+            "context": self.context,
+            "time": self.time,
+        }
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        ev = self.event.type if self.event else f"({self.kind})"
+        return (
+            f"<table><tr><th>#</th><th>event</th><th>state</th><th>context</th></tr><tr><td>{self.index}</td>"
+            f"<td>{escape(ev)}</td><td><code>{escape(json.dumps(self.state))}</code></td>"
+            f"<td><code>{escape(json.dumps(self.context, default=str))}</code></td></tr></table>"
+        )
+
+
+def decode(index: int, data: bytes) -> HistoryEntry:
+    """Decode entry ``index``; NotAMachineLog if it is not a corelog machine entry."""
+    try:
+        e = msgpack.unpackb(data, raw=False)
+    except Exception as exc:
+        raise NotAMachineLog(f"entry {index} is not msgpack ({exc}); this is not a machine log") from None
+    if not isinstance(e, dict) or "state" not in e or not isinstance(e.get("context"), dict):
+        raise NotAMachineLog(f"entry {index} is not a machine entry (no state/context)")
+    if e.get("type") == HEADER_TYPE:
+        if e.get("version") != VERSION or not isinstance(e.get("definition"), dict):
+            raise NotAMachineLog(f"entry {index}: unsupported machine header version {e.get('version')!r}")
+        return HistoryEntry(
+            index, "header", None, e["state"], e["context"], e.get("time"), False, index,
+            e["definition"], e.get("definition_hash"),
+        )
+    ev = e.get("event")
+    if not isinstance(ev, dict) or not isinstance(ev.get("type"), str):
+        raise NotAMachineLog(f"entry {index} has no event")
+    if index == 0:
+        raise NotAMachineLog("entry 0 is not a machine header; this log was not written by a machine")
+    return HistoryEntry(
+        index, "transition", Event(ev["type"], ev.get("data"), e.get("time")), e["state"], e["context"],
+        e.get("time"), bool(e.get("done", False)), int(e.get("header", 0)),
+    )

@@ -1,0 +1,140 @@
+"""The trio duplex stream: events in (``send``), snapshots out (``async for``).
+
+Sends are serialised in arrival order by a FIFO-fair ``trio.Lock``; each one is
+prepared (pure), appended in one transaction (in a worker thread when the
+store fsyncs, so the event loop keeps running) and committed. Readers never
+get a per-subscriber queue: a subscription is a cursor over the *log*, which
+is the buffer, woken by a ``trio.Event`` replaced on every change. A slow
+consumer therefore costs nothing but its position.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import trio
+
+from corelog import Log
+from corelog.errors import MachineError
+
+from ._entries import HistoryEntry, decode
+from ._interpreter import Event, Snapshot, Statechart
+from ._runtime import Machine
+
+_CHUNK = 256
+
+
+class Coremachine(Machine):
+    """A machine as a trio duplex stream, sharing the synchronous API for reads and history.
+
+    ``await cm.send(...)``; ``async for snapshot in cm`` (every new snapshot);
+    ``cm.subscribe(from_index=0)`` (replay, then live); ``pipe_from``/``pipe_to``.
+    Create it inside trio (it captures the trio token for thread-safe wake-ups).
+    """
+
+    def __init__(
+        self,
+        log: Log,
+        definition: Mapping | Statechart | None = None,
+        *,
+        actions: Mapping[str, Callable] | None = None,
+        guards: Mapping[str, Callable] | None = None,
+        migrate: bool = False,
+        clock: Callable[[], int] | None = None,
+        offload: bool | None = None,
+    ):
+        super().__init__(log, definition, actions=actions, guards=guards, migrate=migrate, clock=clock)
+        self._send_lock = trio.Lock()
+        self._changed = trio.Event()
+        self._closed = False
+        self._token = trio.lowlevel.current_trio_token()
+        self._trio_thread = threading.get_ident()
+        # durable stores fsync on commit: do that in a thread so the event loop keeps running
+        self._offload = log._store.sync if offload is None else offload
+        self._core._listeners.append(self._wake_threadsafe)
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _wake_threadsafe(self) -> None:
+        if threading.get_ident() == self._trio_thread:
+            self._wake()
+        else:
+            try:
+                self._token.run_sync_soon(self._wake)
+            except trio.RunFinishedError:
+                pass
+
+    async def send(self, event: str | Event | Mapping | tuple, data: Any = None) -> Snapshot:  # type: ignore[override]
+        """Run ``event`` to completion and record it (serialised with other sends, in arrival order)."""
+        if self._closed:
+            raise trio.ClosedResourceError("the machine is closed")
+        async with self._send_lock:
+            core = self._core
+            snapshot, entry = core.prepare(event, data)
+            if self._offload:
+                # not cancellable mid-commit: the append either happens and is committed here, or not at all
+                index = await trio.to_thread.run_sync(core.append, entry, abandon_on_cancel=False)
+            else:
+                index = core.append(entry)
+            core.commit(snapshot, index)
+            return snapshot
+
+    action = send  # type: ignore[assignment]
+
+    async def subscribe(self, from_index: int = 0, *, entries: bool = True) -> AsyncIterator[HistoryEntry]:
+        """Entries from ``from_index`` on (replayed from the log), then each new one as it is recorded."""
+        i = max(0, from_index)
+        log = self.log
+        while not self._closed:
+            changed = self._changed
+            n = log.contiguous_length
+            if i > n:
+                i = n  # the log was truncated under us
+            if i < n:
+                end = min(n, i + _CHUNK)
+                batch = [decode(j, b) for j, b in enumerate(log.iter(i, end), i)]
+                for e in batch:
+                    yield e
+                    i += 1
+                continue
+            await changed.wait()
+
+    async def snapshots(self, from_index: int | None = None) -> AsyncIterator[Snapshot]:
+        """Snapshots of entries from ``from_index`` (default: only new ones) on."""
+        start = self.log.contiguous_length if from_index is None else from_index
+        async for entry in self.subscribe(start):
+            yield self._core._snapshot_of(entry)
+
+    def __aiter__(self) -> AsyncIterator[Snapshot]:
+        return self.snapshots().__aiter__()
+
+    async def pipe_from(self, receive_channel: trio.MemoryReceiveChannel) -> None:
+        """Send every event arriving on ``receive_channel`` (until it closes)."""
+        async with receive_channel:
+            async for item in receive_channel:
+                await self.send(item)
+
+    async def pipe_to(self, send_channel: trio.MemorySendChannel, from_index: int | None = None) -> None:
+        """Forward snapshots into ``send_channel`` (awaiting it: back-pressure) until closed."""
+        async with send_channel:
+            async for snapshot in self.snapshots(from_index):
+                await send_channel.send(snapshot)
+
+    async def aclose(self) -> None:
+        """End every subscription and refuse further sends."""
+        self._closed = True
+        self._wake()
+        self.close()
+
+    async def __aenter__(self) -> Coremachine:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+__all__ = ["Coremachine", "MachineError"]
