@@ -72,7 +72,6 @@ def encode_header(definition: dict, definition_hash: str, snapshot: Snapshot, ti
 
 def encode_transition(event: Event, snapshot: Snapshot, header: int) -> bytes:
     check_json(snapshot.context)
-    check_json(event.data, "event data")
     entry: dict[str, Any] = {
         "event": event.to_dict(),
         "state": snapshot.value,

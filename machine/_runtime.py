@@ -25,7 +25,7 @@ from corelog.errors import (
 )
 
 from ._definition import definition_hash
-from ._entries import HistoryEntry, decode, encode_header, encode_transition
+from ._entries import HistoryEntry, check_json, decode, encode_header, encode_transition
 from ._interpreter import Event, Snapshot, Statechart
 
 
@@ -260,6 +260,7 @@ class _Core:
         if self.chart is None or self._head is None:
             raise MachineError("no machine definition is known for this log yet")
         etype, edata = as_event(event, data)
+        check_json(edata, "event data")  # before any action runs
         ev = Event(etype, edata, self.clock())
         new = self.chart.transition(self._head, ev)
         return new, encode_transition(ev, new, self.header_index)

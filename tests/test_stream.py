@@ -1,0 +1,168 @@
+"""The trio Coremachine: serialised sends, subscriptions over the log, pipes, replicas, close."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from corelog.errors import EventNotAccepted, NotWritable
+from machine import Coremachine
+from replication import memory_pair, replicate
+from tests.test_interpreter import COUNTER, COUNTER_IMPL
+
+
+async def test_readme_scenario_and_concurrent_sends(store):
+    cm = Coremachine(store.get("m"), COUNTER, **COUNTER_IMPL)
+    await cm.send("START", 0)
+    returned: list[int] = []
+
+    async def worker():
+        for _ in range(20):
+            snap = await cm.send("INCREMENT")
+            returned.append(snap.context["counter"])
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            for _ in range(50):
+                nursery.start_soon(worker)
+    assert cm.context["counter"] == 1000 and len(cm.history) == 1002
+    # log order == the order in which sends returned; nothing lost, nothing doubled
+    assert [e.context["counter"] for e in cm.history[2:]] == returned == list(range(1, 1001))
+    with pytest.raises(EventNotAccepted):
+        await cm.send("START", 1)
+    assert len(cm.history) == 1002
+
+
+async def test_durable_sends_run_in_a_thread(make_store):
+    s = make_store(sync=True)
+    cm = Coremachine(s.get("m"), COUNTER, **COUNTER_IMPL)
+    assert cm._offload
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.sleep(0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        await cm.send("START", 0)
+        for _ in range(20):
+            await cm.send("INCREMENT")
+        nursery.cancel_scope.cancel()
+    assert cm.context["counter"] == 20 and ticks > 20  # the event loop kept running during fsyncs
+
+
+async def test_subscribe_replays_then_follows(store):
+    cm = Coremachine(store.get("m"), COUNTER, **COUNTER_IMPL)
+    await cm.send("START", 0)
+    for _ in range(5):
+        await cm.send("INCREMENT")
+    seen = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+
+            async def reader():
+                async for entry in cm.subscribe(from_index=3):
+                    seen.append(entry.index)
+                    if entry.index == 9:
+                        return
+
+            nursery.start_soon(reader)
+            await trio.sleep(0.01)
+            assert seen == [3, 4, 5, 6]
+            for _ in range(3):
+                await cm.send("INCREMENT")
+    assert seen == list(range(3, 10))
+
+
+async def test_slow_consumer_does_not_make_the_writer_buffer(store):
+    cm = Coremachine(store.get("m"), COUNTER, **COUNTER_IMPL)
+    await cm.send("START", 0)
+    got = []
+
+    async def slow():
+        async for snap in cm:
+            got.append(snap.context["counter"])
+            if len(got) % 100 == 0:
+                await trio.sleep(0.001)
+            if len(got) == 2000:
+                return
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(slow)
+            await trio.sleep(0)
+            for _ in range(2000):
+                await cm.send("INCREMENT")
+            # the writer is done long before the reader: what is pending lives in the log only
+            assert len(cm._core._listeners) == 1 and len(got) < 2000
+    assert got == list(range(1, 2001))
+
+
+async def test_pipes_and_close(store):
+    cm = Coremachine(store.get("m"), COUNTER, **COUNTER_IMPL)
+    events_tx, events_rx = trio.open_memory_channel(0)
+    snaps_tx, snaps_rx = trio.open_memory_channel(0)
+    out = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cm.pipe_to, snaps_tx)
+            await trio.sleep(0)
+            nursery.start_soon(cm.pipe_from, events_rx)
+            async with events_tx:
+                await events_tx.send(("START", 10))
+                await events_tx.send("INCREMENT")
+                await events_tx.send({"type": "STOP"})
+            async for snap in snaps_rx:
+                out.append((snap.value, snap.context["counter"]))
+                if len(out) == 3:
+                    await cm.aclose()  # ends pipe_to, which closes snaps_tx
+    assert out == [("running", 10), ("running", 11), ("idle", 11)]
+    with pytest.raises(trio.ClosedResourceError):
+        await cm.send("START", 1)
+
+
+async def test_cancelled_send_leaves_log_and_snapshot_consistent(make_store):
+    s = make_store(sync=True)
+    cm = Coremachine(s.get("m"), COUNTER, **COUNTER_IMPL)
+    await cm.send("START", 0)
+    for _ in range(30):
+        with trio.move_on_after(0.0001):
+            await cm.send("INCREMENT")
+        # either the entry was appended and the snapshot shows it, or neither happened
+        assert cm.context["counter"] == len(cm.history) - 2
+
+
+async def test_replica_coremachine_yields_replicated_snapshots(make_store):
+    ws, rs = make_store("w"), make_store("r")
+    writer = Coremachine(ws.get("m"), COUNTER, **COUNTER_IMPL)
+    await writer.send("START", 0)
+    rlog = rs.get(key=writer.log.key)
+    a, b = memory_pair()
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: replicate(a, ws, initiator=True))
+            nursery.start_soon(lambda: replicate(b, rs, initiator=False))
+            while rlog.contiguous_length < 2:
+                await trio.sleep(0.005)
+            reader = Coremachine(rlog)
+            assert reader.state == "running"
+            with pytest.raises(NotWritable):
+                await reader.send("INCREMENT")
+            seen = []
+
+            async def follow():
+                async for snap in reader:
+                    seen.append(snap.context["counter"])
+                    if len(seen) == 5:
+                        return
+
+            nursery.start_soon(follow)
+            for _ in range(5):
+                await writer.send("INCREMENT")
+            while len(seen) < 5:
+                await trio.sleep(0.005)
+            nursery.cancel_scope.cancel()
+    assert seen == [1, 2, 3, 4, 5]
