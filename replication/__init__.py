@@ -11,6 +11,8 @@ from ._noise import NoiseXX
 from ._replicator import Replicator, Stats
 from ._secure import SecureStream, secure_stream
 from ._session import Session, connect_tcp, memory_pair, replicate, serve_tcp
+from ._signaling import MemorySignaling, Signaling, StreamSignaling, memory_signaling_pair
+from ._webrtc import WebRTCStream, candidate_addresses, connect_webrtc
 
 __all__ = [
     "CLOSED",
@@ -19,14 +21,21 @@ __all__ = [
     "ChannelState",
     "Connection",
     "LocalProtocolError",
+    "MemorySignaling",
     "NoiseXX",
     "SecureStream",
     "Replicator",
     "Session",
+    "Signaling",
+    "StreamSignaling",
+    "WebRTCStream",
     "Stats",
+    "candidate_addresses",
     "capability",
+    "connect_webrtc",
     "connect_tcp",
     "memory_pair",
+    "memory_signaling_pair",
     "replicate",
     "secure_stream",
     "serve_tcp",
