@@ -177,6 +177,11 @@ class Log:
         return self._secret is not None
 
     @property
+    def owned(self) -> bool:
+        """True when this store holds the writer's key pair (even if opened read-only)."""
+        return bool(self._record.get("writable"))
+
+    @property
     def manifest(self) -> bytes | None:
         """The 70-byte manifest, or None for a replica that has not received it yet."""
         return self._manifest

@@ -358,7 +358,7 @@ class Store:
                     log.contiguous_length,
                     h.byte_length,
                     h.fork,
-                    bool(log._record.get("writable")),
+                    log.owned,
                     log.conflict is not None,
                 )
             )
