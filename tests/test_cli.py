@@ -26,9 +26,9 @@ def _build(path: Path) -> bytes:
     with Store(path, sync=False) as s:
         m = Machine(s.get("counter"), COUNTER, **COUNTER_IMPL)
         m.send("START", 1)
-        for i in range(6):
+        for _ in range(6):
             m.send("INCREMENT")
-        m.send("STOP", 1000 + 5 * 0)
+        m.send("STOP", 1000)
         s.get("raw").append([b"not", b"a", b"machine"])
         # an entry written directly in the documented format pins the CLI's reading of it
         import msgpack
