@@ -53,11 +53,11 @@ def open_store(path: str) -> Store:
 
 
 def find_log(store: Store, spec: str) -> Log:
-    """A log by name, full hex key, or unique hex-key prefix (>= 8 characters)."""
+    """A log by name, full hex key, or unique hex-key prefix (>= 4 characters)."""
     if spec in store:
         return store.get(spec, create=False)
     lowered = spec.lower()
-    if all(c in "0123456789abcdef" for c in lowered) and len(lowered) >= 8:
+    if all(c in "0123456789abcdef" for c in lowered) and len(lowered) >= 4:
         if len(lowered) == 64:
             try:
                 return store.get(key=bytes.fromhex(lowered), create=False)
