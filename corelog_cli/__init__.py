@@ -211,6 +211,15 @@ def _entry_dict(e) -> dict:
     return d
 
 
+@cli.command()
+@click.argument("store")
+@click.argument("log")
+def key(store: str, log: str) -> None:
+    """Print LOG's key in hex (for scripts: `corelog sync DIR $(corelog key STORE LOG) HOST:PORT`)."""
+    with open_store(store) as s:
+        click.echo(find_log(s, log).key.hex())
+
+
 @cli.command("log")
 @click.argument("store")
 @click.argument("log")

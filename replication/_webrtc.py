@@ -95,50 +95,57 @@ def candidate_addresses(sdp: str) -> list[str]:
     return [m.group(1) for m in re.finditer(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+) \d+ typ", sdp, re.M)]
 
 
-class WebRTCStream(trio.abc.Stream):
-    """An ordered, reliable RTCDataChannel as a trio byte stream."""
+class _Inbox:
+    """Trio-side receiving state, wired to the channel the moment it exists (no message is lost)."""
 
-    def __init__(self, pc: Any, channel: Any, local_sdp: str, remote_sdp: str, *, message_size: int = 16 * 1024,
-                 high_water: int = 1 << 20, max_buffered: int = 64 << 20):
-        self._pc, self._channel = pc, channel
-        self.local_sdp, self.remote_sdp = local_sdp, remote_sdp
-        self.fingerprints = (_fingerprint(local_sdp), _fingerprint(remote_sdp))
-        self.message_size, self.high_water, self.max_buffered = message_size, high_water, max_buffered
-        self._token = trio.lowlevel.current_trio_token()
-        self._incoming = bytearray()
-        self._readable = trio.Event()
-        self._writable = trio.Event()
-        self._closed_remote = False
-        self._error: str | None = None
-        self._send_lock = trio.Lock()
+    def __init__(self, channel: Any, token: trio.lowlevel.TrioToken, high_water: int):
+        self.data = bytearray()
+        self.readable = trio.Event()
+        self.writable = trio.Event()
+        self.closed = False
+        self.overflow = False
+        self.max_buffered = 64 << 20
         channel.bufferedAmountLowThreshold = high_water // 2
 
         @channel.on("message")
         def on_message(data: Any) -> None:  # asyncio thread
             if isinstance(data, str):
                 data = data.encode()
-            self._token.run_sync_soon(self._deliver, data)
+            token.run_sync_soon(self.deliver, data)
 
         @channel.on("close")
         def on_close() -> None:
-            self._token.run_sync_soon(self._deliver, None)
+            token.run_sync_soon(self.deliver, None)
 
         @channel.on("bufferedamountlow")
         def on_low() -> None:
-            self._token.run_sync_soon(self._writable.set)
+            token.run_sync_soon(self.writable.set)
 
-    def _deliver(self, data: bytes | None) -> None:  # trio thread
+    def deliver(self, data: bytes | None) -> None:  # trio thread
         if data is None:
-            self._closed_remote = True
+            self.closed = True
         else:
-            self._incoming += data
-            if len(self._incoming) > self.max_buffered:
-                self._error = f"more than {self.max_buffered} bytes received and not read"
-        self._readable.set()
+            self.data += data
+            if len(self.data) > self.max_buffered:
+                self.overflow = True
+        self.readable.set()
+
+
+class WebRTCStream(trio.abc.Stream):
+    """An ordered, reliable RTCDataChannel as a trio byte stream."""
+
+    def __init__(self, pc: Any, channel: Any, inbox: _Inbox, local_sdp: str, remote_sdp: str, *,
+                 message_size: int = 16 * 1024, high_water: int = 1 << 20, max_buffered: int = 64 << 20):
+        self._pc, self._channel, self._in = pc, channel, inbox
+        self.local_sdp, self.remote_sdp = local_sdp, remote_sdp
+        self.fingerprints = (_fingerprint(local_sdp), _fingerprint(remote_sdp))
+        self.message_size, self.high_water = message_size, high_water
+        inbox.max_buffered = max_buffered
+        self._send_lock = trio.Lock()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         async with self._send_lock:
-            if self._closed_remote:
+            if self._in.closed:
                 raise trio.BrokenResourceError("the data channel is closed")
             view = bytes(data)
             chunks = [view[i : i + self.message_size] for i in range(0, len(view), self.message_size)]
@@ -151,9 +158,9 @@ class WebRTCStream(trio.abc.Stream):
 
             buffered = await run_in_asyncio(push())
             while buffered > self.high_water:
-                self._writable = trio.Event()
+                self._in.writable = trio.Event()
                 with trio.move_on_after(1.0):
-                    await self._writable.wait()
+                    await self._in.writable.wait()
 
                 async def amount() -> int:
                     return channel.bufferedAmount
@@ -164,16 +171,17 @@ class WebRTCStream(trio.abc.Stream):
         await trio.lowlevel.checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        while not self._incoming:
-            if self._error:
-                raise ProtocolError(self._error)
-            if self._closed_remote:
+        inbox = self._in
+        while not inbox.data:
+            if inbox.closed:
                 return b""
-            self._readable = trio.Event()
-            await self._readable.wait()
-        n = len(self._incoming) if max_bytes is None else min(max_bytes, len(self._incoming))
-        out = bytes(self._incoming[:n])
-        del self._incoming[:n]
+            inbox.readable = trio.Event()
+            await inbox.readable.wait()
+        if inbox.overflow:
+            raise ProtocolError(f"more than {inbox.max_buffered} bytes received and not read")
+        n = len(inbox.data) if max_bytes is None else min(max_bytes, len(inbox.data))
+        out = bytes(inbox.data[:n])
+        del inbox.data[:n]
         return out
 
     async def aclose(self) -> None:
@@ -182,8 +190,8 @@ class WebRTCStream(trio.abc.Stream):
         pc, self._pc = self._pc, None
         with trio.CancelScope(shield=True):
             await run_in_asyncio(pc.close())
-        self._closed_remote = True
-        self._readable.set()
+        self._in.closed = True
+        self._in.readable.set()
 
 
 def _fingerprint(sdp: str) -> str | None:
@@ -217,8 +225,9 @@ async def connect_webrtc(
     async def make_pc() -> Any:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
 
-        def channel_ready(ch: Any) -> None:
+        def channel_ready(ch: Any) -> None:  # asyncio thread: wire the handlers before any message
             box["channel"] = ch
+            box["inbox"] = _Inbox(ch, token, 1 << 20)
             if ch.readyState == "open":
                 token.run_sync_soon(opened.set)
             else:
@@ -268,4 +277,4 @@ async def connect_webrtc(
         with trio.CancelScope(shield=True):
             await run_in_asyncio(pc.close())
         raise
-    return WebRTCStream(pc, box["channel"], local, remote)
+    return WebRTCStream(pc, box["channel"], box["inbox"], local, remote)
