@@ -10,11 +10,9 @@ coremachine (../shared/anchors) in the same run and prints the ratio.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +24,9 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from corelog import Store  # noqa: E402
 from machine import Coremachine, Event, Machine, Statechart  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _anchors import run_anchor  # noqa: E402
 
 COUNTER = {
     "id": "counter",
@@ -137,23 +138,7 @@ def subscriber(path: Path, n: int) -> float:
 
 
 def coremachine(n: int) -> dict | str:
-    anchors = Path(__file__).resolve().parent.parent.parent / "shared" / "anchors"
-    work = Path(tempfile.gettempdir()) / "corelog-anchors"
-    if not shutil.which("node") or not shutil.which("npm"):
-        return "node/npm not installed"
-    if not anchors.exists():
-        return f"{anchors} not found"
-    try:
-        if not (work / "node_modules" / "coremachine").exists():
-            shutil.copytree(anchors, work, dirs_exist_ok=True)
-            subprocess.run(["npm", "install", "--legacy-peer-deps", "--no-audit", "--no-fund"], cwd=work,
-                           check=True, capture_output=True, timeout=600)
-        out = subprocess.run(["node", "bench_coremachine.mjs", str(n)], cwd=work, check=True,
-                             capture_output=True, text=True, timeout=300).stdout
-        line = next(x for x in out.splitlines() if x.startswith("RESULT "))
-        return json.loads(line[len("RESULT "):])
-    except Exception as exc:  # the anchor is optional; say why it did not run
-        return f"not run ({type(exc).__name__}: {str(exc)[:80]})"
+    return run_anchor("bench_coremachine.mjs", n)
 
 
 def main() -> None:

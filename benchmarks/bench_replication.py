@@ -26,6 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from corelog import Store  # noqa: E402
 from replication import connect_tcp, serve_tcp  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _anchors import run_anchor  # noqa: E402
+
 BLOCK = b"x" * 100
 HERE = Path(__file__).resolve()
 
@@ -205,6 +208,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-webrtc", action="store_true")
+    ap.add_argument("--no-js", action="store_true", help="skip the Hypercore (JS) anchor")
     ap.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -222,6 +226,13 @@ def main() -> None:
             (f"initial sync {n:,} x 100 B, TCP, 2 processes", f"{r:,.0f} entries/s",
              f">= 50,000 {'OK' if r >= 50_000 else 'MISS'}  ({r / raw:.2f} x raw)")
         )
+        if not args.no_js:
+            js = run_anchor("bench_replicate.mjs", 10_000)
+            if isinstance(js, dict):
+                rows.append(("hypercore 11 (JS) replicate, in-process", f"{js['blocks_per_s']:,.0f} blocks/s",
+                             f"corelog over TCP is {r / js['blocks_per_s']:.1f} x"))
+            else:
+                rows.append(("hypercore 11 (JS) replicate", js, ""))
         delays = tcp_live_latency(root, 100 if args.quick else 300)
         if delays:
             med = statistics.median(delays)

@@ -1,0 +1,34 @@
+"""Run the JS anchors (../shared/anchors: coremachine and Hypercore) in the same run as our benchmarks.
+
+Optional: needs node and npm; the anchors folder is copied to a temp dir and installed once. Returns the
+parsed ``RESULT {...}`` line, or a string saying why it did not run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+ANCHORS = Path(__file__).resolve().parent.parent.parent / "shared" / "anchors"
+WORK = Path(tempfile.gettempdir()) / "corelog-anchors"
+
+
+def run_anchor(script: str, *args: object, timeout: int = 300) -> dict | str:
+    if not shutil.which("node") or not shutil.which("npm"):
+        return "node/npm not installed"
+    if not ANCHORS.exists():
+        return f"{ANCHORS} not found"
+    try:
+        if not (WORK / "node_modules" / "hypercore").exists():
+            shutil.copytree(ANCHORS, WORK, dirs_exist_ok=True)
+            subprocess.run(["npm", "install", "--legacy-peer-deps", "--no-audit", "--no-fund"], cwd=WORK,
+                           check=True, capture_output=True, timeout=600)
+        out = subprocess.run(["node", script, *map(str, args)], cwd=WORK, check=True, capture_output=True,
+                             text=True, timeout=timeout).stdout
+        line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+        return json.loads(line[len("RESULT "):])
+    except Exception as exc:  # optional comparison: report why it did not run
+        return f"not run ({type(exc).__name__}: {str(exc)[:80]})"
