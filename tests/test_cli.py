@@ -201,3 +201,30 @@ def test_real_executable_and_serve_sync(built, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@pytest.mark.parametrize("command", ["ls", "info", "key", "log", "audit", "export", "diagram"])
+def test_every_subcommand_reports_a_missing_store_and_an_unknown_log(built, tmp_path, command):
+    path, _ = built
+    needs_log = command not in ("ls", "audit")
+    args = [command, tmp_path / "missing"] + (["counter"] if needs_log else [])
+    code, out = run(*args)
+    assert code == 2 and "no corelog store" in out and "Traceback" not in out
+    if command != "ls":
+        code, out = run(command, path, "no-such-log")
+        assert code == 2 and "no log named" in out
+
+
+@pytest.mark.parametrize("command", ["log", "export", "diagram"])
+def test_machine_commands_refuse_a_plain_log(built, command):
+    path, _ = built
+    code, out = run(command, path, "raw")
+    assert code == 2 and "not a machine log" in out
+
+
+def test_sync_to_nowhere_is_a_clear_error(built, tmp_path):
+    path, key = built
+    code, out = run("sync", tmp_path / "mirror", key.hex(), "127.0.0.1:1")
+    assert code == 2 and "cannot connect" in out
+    code, out = run("sync", tmp_path / "mirror", key.hex(), "no-port")
+    assert code == 2 and "HOST:PORT" in out

@@ -89,3 +89,25 @@ async def test_replication_over_webrtc_sync_and_live(make_store):
                 await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
     assert list(rep) == list(log) and rep.audit().ok
+
+
+async def test_signaling_over_a_unix_socket(tmp_path):
+    with trio.fail_after(30):
+        sock_path = str(tmp_path / "signal.sock")
+        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        await sock.bind(sock_path)
+        sock.listen(1)
+        listener = trio.SocketListener(sock)
+        async with trio.open_nursery() as nursery:
+            accepted = {}
+
+            async def accept():
+                accepted["s"] = await listener.accept()
+
+            nursery.start_soon(accept)
+            client = await trio.open_unix_socket(sock_path)
+        a, b = await _pair(StreamSignaling(client), StreamSignaling(accepted["s"]))
+        await b.send_all(b"via unix signaling")
+        assert await _read(a, 18) == b"via unix signaling"
+        for s in (a, b, client, accepted["s"], listener):
+            await s.aclose()
