@@ -9,7 +9,6 @@ Targets (issue 2, 2-core machine): single appends sync=False >= 15k/s; sync=True
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import shutil
 import statistics
@@ -25,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from corelog import Store  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _anchors import run_anchor  # noqa: E402
+from _common import print_table, run_anchor  # noqa: E402
 
 BLOCK = b"x" * 100
 
@@ -160,12 +159,7 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    w = max(len(r[0]) for r in rows)
-    print(f"corelog log benchmark  (python {sys.version.split()[0]}, {os.cpu_count()} cpus)")
-    print(f"{'measure':<{w}}  {'result':>22}  target")
-    print("-" * (w + 50))
-    for name, val, target in rows:
-        print(f"{name:<{w}}  {val:>22}  {target}")
+    print_table("corelog log benchmark", rows)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ coremachine (../shared/anchors) in the same run and prints the ratio.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -26,38 +25,13 @@ from corelog import Store  # noqa: E402
 from machine import Coremachine, Event, Machine, Statechart  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _anchors import run_anchor  # noqa: E402
+from _common import print_table, run_anchor  # noqa: E402
 
-COUNTER = {
-    "id": "counter",
-    "initial": "idle",
-    "context": {"running": False, "counter": 0},
-    "states": {
-        "idle": {"on": {"START": {"target": "running", "actions": "start"}}},
-        "running": {
-            "on": {
-                "INCREMENT": {"target": "running", "actions": "increment"},
-                "STOP": {"target": "idle", "actions": "stop"},
-            }
-        },
-    },
-}
+# the README's quickstart machine (examples/counter.py)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+from counter import IMPL  # noqa: E402
+from counter import definition as COUNTER  # noqa: E402
 
-
-def _start(ctx, ev):
-    ctx["running"] = True
-    ctx["counter"] = ev.data
-
-
-def _inc(ctx, ev):
-    ctx["counter"] += 1
-
-
-def _stop(ctx, ev):
-    ctx["running"] = False
-
-
-IMPL = {"actions": {"start": _start, "increment": _inc, "stop": _stop}}
 ENTRY = msgpack.packb({"event": {"type": "INCREMENT"}, "state": "running",
                        "context": {"running": True, "counter": 1}, "time": 1700000000000})
 
@@ -185,12 +159,7 @@ def main() -> None:
                 rows.append(("coremachine 1.1.0 (JS)", js, ""))
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    w = max(len(r[0]) for r in rows)
-    print(f"corelog machine benchmark  (python {sys.version.split()[0]}, {os.cpu_count()} cpus)")
-    print(f"{'measure':<{w}}  {'result':>22}  target")
-    print("-" * (w + 60))
-    for name, val, target in rows:
-        print(f"{name:<{w}}  {val:>22}  {target}")
+    print_table("corelog machine benchmark", rows)
 
 
 if __name__ == "__main__":

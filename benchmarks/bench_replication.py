@@ -27,7 +27,7 @@ from corelog import Store  # noqa: E402
 from replication import connect_tcp, serve_tcp  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _anchors import run_anchor  # noqa: E402
+from _common import print_table, run_anchor  # noqa: E402
 
 BLOCK = b"x" * 100
 HERE = Path(__file__).resolve()
@@ -253,12 +253,7 @@ def main() -> None:
                              f"~{r * 100 / 1e6:.2f} MB/s payload"))
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    w = max(len(r[0]) for r in rows)
-    print(f"corelog replication benchmark  (python {sys.version.split()[0]}, {os.cpu_count()} cpus)")
-    print(f"{'measure':<{w}}  {'result':>22}  target")
-    print("-" * (w + 60))
-    for name, val, target in rows:
-        print(f"{name:<{w}}  {val:>22}  {target}")
+    print_table("corelog replication benchmark", rows)
 
 
 if __name__ == "__main__":

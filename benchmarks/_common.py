@@ -1,14 +1,17 @@
-"""Run the JS anchors (../shared/anchors: coremachine and Hypercore) in the same run as our benchmarks.
+"""Shared by the benchmark scripts: the result table, and the JS anchors run in the same run.
 
-Optional: needs node and npm; the anchors folder is copied to a temp dir and installed once. Returns the
-parsed ``RESULT {...}`` line, or a string saying why it did not run.
+The anchors (../shared/anchors: coremachine and Hypercore) are optional: they need node and npm; the folder
+is copied to a temp dir and installed once. ``run_anchor`` returns the parsed ``RESULT {...}`` line, or a
+string saying why it did not run.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -32,3 +35,13 @@ def run_anchor(script: str, *args: object, timeout: int = 300) -> dict | str:
         return json.loads(line[len("RESULT "):])
     except Exception as exc:  # optional comparison: report why it did not run
         return f"not run ({type(exc).__name__}: {str(exc)[:80]})"
+
+
+def print_table(title: str, rows: list[tuple[str, str, str]]) -> None:
+    """Print ``(measure, result, target)`` rows under a header naming the machine."""
+    w = max(len(r[0]) for r in rows)
+    print(f"{title}  (python {sys.version.split()[0]}, {os.cpu_count()} cpus)")
+    print(f"{'measure':<{w}}  {'result':>22}  target")
+    print("-" * (w + 60))
+    for name, val, target in rows:
+        print(f"{name:<{w}}  {val:>22}  {target}")
