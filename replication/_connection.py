@@ -187,6 +187,11 @@ class Connection:
             self._next_number += 1
         return self.send(Open(number, discovery_key, self.local_capability(key)))
 
+    @property
+    def next_request_id(self) -> int:
+        """The id the next ``request()`` will use."""
+        return self._next_request
+
     def request(self, discovery_key: bytes, fork: int, contiguous: int, start: int, end: int) -> bytes:
         rid = self._next_request
         return self.send(Request(self._local_number[discovery_key], rid, fork, contiguous, start, end))

@@ -401,7 +401,7 @@ class Replicator:
         step = self._batch_for(rh)
         if rh.fork != fork:  # reorg: one request at a time until we are on the new fork
             if not ch.inflight and self.conn.can_request:
-                rid = self.conn._next_request
+                rid = self.conn.next_request_id
                 self._out.append(self.conn.request(dkey, fork, contig, contig, contig + step))
                 ch.inflight[rid] = (contig, contig + step)
                 self.stats.requests_sent += 1
@@ -411,7 +411,7 @@ class Replicator:
         while ch.next_start < rh.contiguous and self.conn.can_request:
             start = ch.next_start
             end = min(rh.contiguous, start + step)
-            rid = self.conn._next_request
+            rid = self.conn.next_request_id
             self._out.append(self.conn.request(dkey, fork, start, start, end))
             ch.inflight[rid] = (start, end)
             ch.next_start = end

@@ -65,6 +65,7 @@ class Session:
         self._token: trio.lowlevel.TrioToken | None = None
         self._trio_thread: int | None = None
         self._closed = False
+        self._pending = bytearray()  # bytes queued by add_log() for the announcer to send
 
     # --- public ----------------------------------------------------------------------
 
@@ -103,7 +104,6 @@ class Session:
             self.remote_public_key = getattr(self.stream, "remote_public_key", None)
             self.replicator = Replicator(self.source, handshake_hash=hh, initiator=self.initiator, **self._kw)
             self._watch_new_logs()
-            self._pending = bytearray()
             await self._send(self.replicator.start())
             self._ready.set()
             try:
