@@ -177,6 +177,11 @@ class Log:
         return self._secret is not None
 
     @property
+    def store(self) -> Store:
+        """The Store this log lives in."""
+        return self._store
+
+    @property
     def owned(self) -> bool:
         """True when this store holds the writer's key pair (even if opened read-only)."""
         return bool(self._record.get("writable"))

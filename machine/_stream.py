@@ -52,7 +52,7 @@ class Coremachine(Machine):
         self._token = trio.lowlevel.current_trio_token()
         self._trio_thread = threading.get_ident()
         # durable stores fsync on commit: do that in a thread so the event loop keeps running
-        self._offload = log._store.sync if offload is None else offload
+        self._offload = log.store.sync if offload is None else offload
         self._core._listeners.append(self._wake_threadsafe)
 
     def _wake(self) -> None:
