@@ -108,7 +108,7 @@ def _value_paths(value: Any, prefix: str = "", prefixes: bool = False) -> list[s
     out: list[str] = []
     for k, v in value.items():
         here = f"{prefix}{k}"
-        if prefixes:
+        if prefixes or v == {}:
             out.append(here)
         out.extend(_value_paths(v, f"{here}.", prefixes))
     return out
@@ -239,8 +239,8 @@ class Statechart:
 
     def _value(self, node: StateNode, config: Iterable[StateNode]) -> Any:
         config = config if isinstance(config, set | frozenset) else set(config)
-        if node.type == "parallel":
-            return {k: self._value(c, config) for k, c in node.children.items()}
+        if node.type == "parallel":  # atomic regions are {} in XState's state values
+            return {k: self._value(c, config) if c.children else {} for k, c in node.children.items()}
         for k, c in node.children.items():
             if c in config:
                 return k if not c.children else {k: self._value(c, config)}
@@ -257,6 +257,8 @@ class Statechart:
                     config.add(c)
                     if c.children:
                         walk(c, v[k])
+                    elif v[k] != {}:
+                        raise MachineError(f"stored state {value!r}: atomic region {c.path!r} must be {{}}")
                 return
             if isinstance(v, str):
                 key, sub = v, None
@@ -388,11 +390,18 @@ class Statechart:
                     if anc is domain:
                         break
                     to_enter.add(anc)
-                    if anc.type == "parallel":
-                        for child in anc.children.values():
-                            if not any(s is child or s.is_descendant_of(child) for s in to_enter | config):
-                                self._add_descendants(child, to_enter, config)
+                    self._fill_regions(anc, to_enter, config)
+                if domain.type == "parallel":  # like XState v5: the domain's other regions are re-entered
+                    self._fill_regions(domain, to_enter, config)
         self._enter(to_enter, config, ctx, event, internal)
+
+    def _fill_regions(self, node: StateNode, to_enter: set[StateNode], config: set[StateNode]) -> None:
+        """Every region of a parallel ``node`` that nothing enters or keeps gets its default entry."""
+        if node.type != "parallel":
+            return
+        for child in node.children.values():
+            if not any(s is child or s.is_descendant_of(child) for s in to_enter | config):
+                self._add_descendants(child, to_enter, config)
 
     def _add_descendants(self, node: StateNode, out: set[StateNode], config: set[StateNode] | None = None) -> None:
         out.add(node)

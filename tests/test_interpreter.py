@@ -303,3 +303,76 @@ def test_transition_is_pure_and_deterministic(which, data):
         assert transition(chart, s, ev) == s2  # same inputs, same output
         assert chart.snapshot_from(s2.value, s2.context) == s2  # the value names a real configuration
         s = s2
+
+
+# --- generated charts ----------------------------------------------------------------------------
+
+EVENTS = ["A", "B", "C"]
+
+
+@st.composite
+def charts(draw):
+    """Random nested/parallel charts; every node has an id so transitions can target any node."""
+    counter = iter(range(1000))
+    nodes: list[str] = []
+
+    def node(depth: int) -> dict:
+        nid = f"s{next(counter)}"
+        nodes.append(nid)
+        out: dict = {"id": nid, "entry": "enter", "exit": "exit"}
+        kind = draw(st.sampled_from(["atomic", "compound", "parallel"] if depth < 2 else ["atomic"]))
+        if kind != "atomic":
+            keys = [f"k{i}" for i in range(draw(st.integers(2, 3)))]
+            out["states"] = {k: node(depth + 1) for k in keys}
+            if kind == "parallel":
+                out["type"] = "parallel"
+            else:
+                out["initial"] = keys[0]
+        return out
+
+    root = {"id": "root", "initial": "a", "context": {"log": []},
+            "states": {"a": node(0), "b": node(0)}}
+
+    def add_transitions(n: dict) -> None:
+        if draw(st.booleans()):
+            n["on"] = {
+                ev: {"target": f"#{draw(st.sampled_from(nodes))}", "actions": "t",
+                     "reenter": draw(st.booleans())}
+                for ev in draw(st.lists(st.sampled_from(EVENTS), max_size=2, unique=True))
+            }
+        for child in n.get("states", {}).values():
+            add_transitions(child)
+
+    for child in root["states"].values():
+        add_transitions(child)
+    return root
+
+
+def _ordered(chart, segment):
+    """Within one microstep's log: every exit, then transition actions, then every entry."""
+    phases = {"exit": 0, "t": 1, "enter": 2}
+    seen = [phases[name.split(":")[0]] for name in segment]
+    return seen == sorted(seen)
+
+
+@settings(max_examples=200, deadline=None)
+@given(definition=charts(), events=st.lists(st.sampled_from(EVENTS), max_size=8))
+def test_generated_charts_keep_their_invariants(definition, events):
+    def logger(name):
+        return lambda ctx, ev: ctx["log"].append(name)
+
+    chart = Statechart(definition, actions={"enter": logger("enter"), "exit": logger("exit"), "t": logger("t")})
+    s = chart.initial()
+    for name in events:
+        before = copy.deepcopy((s.value, dict(s.context)))
+        try:
+            s2 = chart.transition(s, Event(name))
+        except EventNotAccepted:
+            assert (s.value, dict(s.context)) == before
+            continue
+        assert (s.value, dict(s.context)) == before
+        assert chart.transition(s, Event(name)) == s2
+        rebuilt = chart.snapshot_from(s2.value, s2.context)  # a consistent configuration:
+        assert rebuilt == s2 and rebuilt._config == s2._config  # one child per compound, all regions
+        assert _ordered(chart, s2.context["log"][len(s.context["log"]):])
+        s = s2
