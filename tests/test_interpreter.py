@@ -320,8 +320,10 @@ def charts(draw):
         nid = f"s{next(counter)}"
         nodes.append(nid)
         out: dict = {"id": nid, "entry": "enter", "exit": "exit"}
-        kind = draw(st.sampled_from(["atomic", "compound", "parallel"] if depth < 2 else ["atomic"]))
-        if kind != "atomic":
+        kind = draw(st.sampled_from(["atomic", "compound", "parallel", "final"] if depth < 2 else ["atomic", "final"]))
+        if kind == "final":
+            out["type"] = "final"
+        elif kind != "atomic":
             keys = [f"k{i}" for i in range(draw(st.integers(2, 3)))]
             out["states"] = {k: node(depth + 1) for k in keys}
             if kind == "parallel":
@@ -330,10 +332,14 @@ def charts(draw):
                 out["initial"] = keys[0]
         return out
 
-    root = {"id": "root", "initial": "a", "context": {"log": []},
+    root = {"id": "root", "initial": "a", "context": {"log": [], "budget": 3},
             "states": {"a": node(0), "b": node(0)}}
 
     def add_transitions(n: dict) -> None:
+        if n.get("type") == "final":
+            return
+        if draw(st.integers(0, 4)) == 0:  # a guarded eventless transition (bounded by its guard)
+            n["always"] = [{"target": f"#{draw(st.sampled_from(nodes))}", "guard": "budget", "actions": "spend"}]
         if draw(st.booleans()):
             n["on"] = {
                 ev: {"target": f"#{draw(st.sampled_from(nodes))}", "actions": "t",
@@ -355,15 +361,27 @@ def _ordered(chart, segment):
     return seen == sorted(seen)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(definition=charts(), events=st.lists(st.sampled_from(EVENTS), max_size=8))
 def test_generated_charts_keep_their_invariants(definition, events):
     def logger(name):
         return lambda ctx, ev: ctx["log"].append(name)
 
-    chart = Statechart(definition, actions={"enter": logger("enter"), "exit": logger("exit"), "t": logger("t")})
+    def spend(ctx, ev):
+        ctx["budget"] -= 1
+        ctx["log"].append("t")
+
+    chart = Statechart(
+        definition,
+        actions={"enter": logger("enter"), "exit": logger("exit"), "t": logger("t"), "spend": spend},
+        guards={"budget": lambda ctx, ev: ctx["budget"] > 0},
+    )
     s = chart.initial()
     for name in events:
+        if s.done:
+            with pytest.raises(EventNotAccepted):
+                chart.transition(s, Event(name))
+            break
         before = copy.deepcopy((s.value, dict(s.context)))
         try:
             s2 = chart.transition(s, Event(name))
@@ -374,5 +392,7 @@ def test_generated_charts_keep_their_invariants(definition, events):
         assert chart.transition(s, Event(name)) == s2
         rebuilt = chart.snapshot_from(s2.value, s2.context)  # a consistent configuration:
         assert rebuilt == s2 and rebuilt._config == s2._config  # one child per compound, all regions
-        assert _ordered(chart, s2.context["log"][len(s.context["log"]):])
+        if not any(n.always for n in chart._nodes):  # with always, one macrostep holds several microsteps
+            assert _ordered(chart, s2.context["log"][len(s.context["log"]):])
+        assert s2.done == any(n.type == "final" and n.parent is chart.root for n in s2._config)
         s = s2
