@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from corelog.errors import (
     FrameTooLarge,
@@ -291,9 +293,6 @@ def test_store_wide_replication_and_unknown_logs(make_store):
     assert rep[0] == b"w"
     assert private.key not in rs  # never offered to someone who did not ask by key
 
-
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
