@@ -27,12 +27,23 @@ def run_anchor(script: str, *args: object, timeout: int = 300) -> dict | str:
     try:
         if not (WORK / "node_modules" / "hypercore").exists():
             shutil.copytree(ANCHORS, WORK, dirs_exist_ok=True)
-            subprocess.run(["npm", "install", "--legacy-peer-deps", "--no-audit", "--no-fund"], cwd=WORK,
-                           check=True, capture_output=True, timeout=600)
-        out = subprocess.run(["node", script, *map(str, args)], cwd=WORK, check=True, capture_output=True,
-                             text=True, timeout=timeout).stdout
+            subprocess.run(
+                ["npm", "install", "--legacy-peer-deps", "--no-audit", "--no-fund"],
+                cwd=WORK,
+                check=True,
+                capture_output=True,
+                timeout=600,
+            )
+        out = subprocess.run(
+            ["node", script, *map(str, args)],
+            cwd=WORK,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        ).stdout
         line = next(x for x in out.splitlines() if x.startswith("RESULT "))
-        return json.loads(line[len("RESULT "):])
+        return json.loads(line[len("RESULT ") :])
     except Exception as exc:  # optional comparison: report why it did not run
         return f"not run ({type(exc).__name__}: {str(exc)[:80]})"
 

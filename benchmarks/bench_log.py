@@ -70,6 +70,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="corelog-bench-"))
     rows: list[tuple[str, str, str]] = []
     try:
+
         def tmp(name: str) -> Path:
             p = root / name
             shutil.rmtree(p, ignore_errors=True)
@@ -93,7 +94,9 @@ def main() -> None:
                 return rate(n, time.perf_counter() - t)
 
         r = best(lambda: single(False, n_single))
-        rows.append(("append 1 block, sync=False", f"{r:,.0f} /s", f">= 15,000 /s  {'OK' if r >= 15000 else 'MISS'}"))
+        rows.append(
+            ("append 1 block, sync=False", f"{r:,.0f} /s", f">= 15,000 /s  {'OK' if r >= 15000 else 'MISS'}")
+        )
         single_nosync = r
         # fsync timings drift: measure raw and ours in interleaved pairs, report the median of each
         pairs = [(raw_lmdb(tmp("rawsync"), n_sync, True), single(True, n_sync)) for _ in range(5)]
@@ -102,7 +105,11 @@ def main() -> None:
         ratio = statistics.median(b / a for a, b in pairs)
         rows.append(("raw LMDB put+commit (fsync), paired runs", f"{raw_fsync_pairs:,.0f} /s", "baseline"))
         rows.append(
-            ("append 1 block, sync=True", f"{r:,.0f} /s", f"{ratio:.2f} x raw fsync (>= 0.8) {'OK' if ratio >= 0.8 else 'MISS'}")
+            (
+                "append 1 block, sync=True",
+                f"{r:,.0f} /s",
+                f"{ratio:.2f} x raw fsync (>= 0.8) {'OK' if ratio >= 0.8 else 'MISS'}",
+            )
         )
 
         def batches(sync: bool, batch: int, total: int) -> float:
@@ -115,7 +122,13 @@ def main() -> None:
                 return rate(total, time.perf_counter() - t)
 
         r = best(lambda: batches(True, 1000, 50_000 if not args.quick else 10_000))
-        rows.append(("append batches of 1000, sync=True", f"{r:,.0f} entries/s", f">= 150,000 {'OK' if r >= 150000 else 'MISS'}"))
+        rows.append(
+            (
+                "append batches of 1000, sync=True",
+                f"{r:,.0f} entries/s",
+                f">= 150,000 {'OK' if r >= 150000 else 'MISS'}",
+            )
+        )
 
         r100 = best(lambda: batches(False, 100, 100_000 if not args.quick else 20_000))
         rows.append(("append batches of 100, sync=False", f"{r100:,.0f} entries/s", ""))
@@ -124,8 +137,13 @@ def main() -> None:
             js100 = run_anchor("bench_append.mjs", 100_000, 100)
             for label, js, ours in (("1", js1, single_nosync), ("100", js100, r100)):
                 if isinstance(js, dict):
-                    rows.append((f"hypercore 11 (JS) append, batch {label}", f"{js['entries_per_s']:,.0f} entries/s",
-                                 f"corelog sync=False is {ours / js['entries_per_s']:.1f} x (no fsync either)"))
+                    rows.append(
+                        (
+                            f"hypercore 11 (JS) append, batch {label}",
+                            f"{js['entries_per_s']:,.0f} entries/s",
+                            f"corelog sync=False is {ours / js['entries_per_s']:.1f} x (no fsync either)",
+                        )
+                    )
                 else:
                     rows.append((f"hypercore 11 (JS) append, batch {label}", js, ""))
 
@@ -147,7 +165,11 @@ def main() -> None:
         ms = statistics.median(times) * 1000
         rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         rows.append(
-            (f"reopen {h.length:,}-entry log + read head", f"{ms:.2f} ms", f"< 10 ms {'OK' if ms < 10 else 'MISS'}")
+            (
+                f"reopen {h.length:,}-entry log + read head",
+                f"{ms:.2f} ms",
+                f"< 10 ms {'OK' if ms < 10 else 'MISS'}",
+            )
         )
         rows.append(("  peak RSS growth during reopen", f"{(rss_after - rss_before) / 1024:.1f} MiB", "flat"))
         with Store(path, sync=False, readonly=False) as s:
@@ -157,7 +179,13 @@ def main() -> None:
             dt = time.perf_counter() - t
         assert report.ok, report
         r = rate(h.length, dt)
-        rows.append((f"audit {h.length:,} entries", f"{r:,.0f} entries/s", f">= 300,000 {'OK' if r >= 300000 else 'MISS'}"))
+        rows.append(
+            (
+                f"audit {h.length:,} entries",
+                f"{r:,.0f} entries/s",
+                f">= 300,000 {'OK' if r >= 300000 else 'MISS'}",
+            )
+        )
         size = sum(f.stat().st_size for f in path.iterdir())
         rows.append(("  store size", f"{size / h.length:.0f} B/entry", ""))
     finally:

@@ -32,8 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 from counter import IMPL  # noqa: E402
 from counter import definition as COUNTER  # noqa: E402
 
-ENTRY = msgpack.packb({"event": {"type": "INCREMENT"}, "state": "running",
-                       "context": {"running": True, "counter": 1}, "time": 1700000000000})
+ENTRY = msgpack.packb(
+    {
+        "event": {"type": "INCREMENT"},
+        "state": "running",
+        "context": {"running": True, "counter": 1},
+        "time": 1700000000000,
+    }
+)
 
 
 def raw_append(path: Path, n: int, sync: bool) -> float:
@@ -126,6 +132,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="corelog-machine-bench-"))
     rows = []
     try:
+
         def p(name: str) -> Path:
             path = root / f"{name}-{time.monotonic_ns()}"
             return path
@@ -133,28 +140,52 @@ def main() -> None:
         raw = max(raw_append(p("raw"), n, False) for _ in range(2))
         rows.append(("raw log append (1 entry, sync=False)", f"{raw:,.0f} /s", "baseline"))
         r = max(sends(p("send"), n, False) for _ in range(3))
-        rows.append(("send, counter machine, sync=False", f"{r:,.0f} events/s",
-                     f">= 15,000 {'OK' if r >= 15_000 else 'MISS'} ({r / raw:.2f} x raw append)"))
+        rows.append(
+            (
+                "send, counter machine, sync=False",
+                f"{r:,.0f} events/s",
+                f">= 15,000 {'OK' if r >= 15_000 else 'MISS'} ({r / raw:.2f} x raw append)",
+            )
+        )
         r = max(pure(100_000) for _ in range(3))
         rows.append(("pure transition()", f"{r:,.0f} /s", f">= 100,000 {'OK' if r >= 100_000 else 'MISS'}"))
         pairs = [(raw_append(p("rawd"), n_sync, True), sends(p("sendd"), n_sync, True)) for _ in range(3)]
         rawd = statistics.median(a for a, _ in pairs)
         r = statistics.median(b for _, b in pairs)
         rows.append(("raw log append (1 entry, sync=True)", f"{rawd:,.0f} /s", "baseline"))
-        rows.append(("send, sync=True", f"{r:,.0f} events/s",
-                     f"{r / rawd:.2f} x raw durable (>= 0.7) {'OK' if r / rawd >= 0.7 else 'MISS'}"))
+        rows.append(
+            (
+                "send, sync=True",
+                f"{r:,.0f} events/s",
+                f"{r / rawd:.2f} x raw durable (>= 0.7) {'OK' if r / rawd >= 0.7 else 'MISS'}",
+            )
+        )
         ms = reopen(p("big"), big)
-        rows.append((f"reopen + restore, {big:,} entries", f"{ms:.2f} ms", f"< 10 ms {'OK' if ms < 10 else 'MISS'}"))
+        rows.append(
+            (f"reopen + restore, {big:,} entries", f"{ms:.2f} ms", f"< 10 ms {'OK' if ms < 10 else 'MISS'}")
+        )
         r = max(subscriber(p("sub"), 5_000 if args.quick else 20_000) for _ in range(2))
-        rows.append(("send -> async for subscriber, end to end", f"{r:,.0f} snapshots/s",
-                     f">= 10,000 {'OK' if r >= 10_000 else 'MISS'}"))
+        rows.append(
+            (
+                "send -> async for subscriber, end to end",
+                f"{r:,.0f} snapshots/s",
+                f">= 10,000 {'OK' if r >= 10_000 else 'MISS'}",
+            )
+        )
         if not args.no_js:
             js = coremachine(2_000 if args.quick else 10_000)
             if isinstance(js, dict):
                 ours = max(sends(p("cmp"), 10_000, False) for _ in range(2))
-                rows.append(("coremachine 1.1.0 (JS) action()", f"{js['actions_per_s']:,.0f} actions/s",
-                             f"corelog is {ours / js['actions_per_s']:.1f} x faster (sync=False)"))
-                rows.append(("coremachine reopen+restore (10k entries)", f"{js['reopen_restore_ms']:.1f} ms", ""))
+                rows.append(
+                    (
+                        "coremachine 1.1.0 (JS) action()",
+                        f"{js['actions_per_s']:,.0f} actions/s",
+                        f"corelog is {ours / js['actions_per_s']:.1f} x faster (sync=False)",
+                    )
+                )
+                rows.append(
+                    ("coremachine reopen+restore (10k entries)", f"{js['reopen_restore_ms']:.1f} ms", "")
+                )
             else:
                 rows.append(("coremachine 1.1.0 (JS)", js, ""))
     finally:

@@ -81,7 +81,9 @@ def serve_main(path: str, port_file: str, live_n: int, live_interval: float) -> 
     trio.run(main)
 
 
-def spawn_server(path: Path, root: Path, live_n: int = 0, live_interval: float = 0.01) -> tuple[subprocess.Popen, int]:
+def spawn_server(
+    path: Path, root: Path, live_n: int = 0, live_interval: float = 0.01
+) -> tuple[subprocess.Popen, int]:
     port_file = root / f"port-{os.getpid()}-{time.monotonic_ns()}"
     proc = subprocess.Popen(
         [sys.executable, str(HERE), "--serve", str(path), str(port_file), str(live_n), str(live_interval)],
@@ -223,14 +225,22 @@ def main() -> None:
         rows.append(("raw verify+commit (no network, 1 process)", f"{raw:,.0f} entries/s", "baseline"))
         r = max(tcp_initial_sync(root / f"s{i}", n) for i in range(2))
         rows.append(
-            (f"initial sync {n:,} x 100 B, TCP, 2 processes", f"{r:,.0f} entries/s",
-             f">= 50,000 {'OK' if r >= 50_000 else 'MISS'}  ({r / raw:.2f} x raw)")
+            (
+                f"initial sync {n:,} x 100 B, TCP, 2 processes",
+                f"{r:,.0f} entries/s",
+                f">= 50,000 {'OK' if r >= 50_000 else 'MISS'}  ({r / raw:.2f} x raw)",
+            )
         )
         if not args.no_js:
             js = run_anchor("bench_replicate.mjs", 10_000)
             if isinstance(js, dict):
-                rows.append(("hypercore 11 (JS) replicate, in-process", f"{js['blocks_per_s']:,.0f} blocks/s",
-                             f"corelog over TCP is {r / js['blocks_per_s']:.1f} x"))
+                rows.append(
+                    (
+                        "hypercore 11 (JS) replicate, in-process",
+                        f"{js['blocks_per_s']:,.0f} blocks/s",
+                        f"corelog over TCP is {r / js['blocks_per_s']:.1f} x",
+                    )
+                )
             else:
                 rows.append(("hypercore 11 (JS) replicate", js, ""))
         delays = tcp_live_latency(root, 100 if args.quick else 300)
@@ -238,19 +248,32 @@ def main() -> None:
             med = statistics.median(delays)
             p99 = sorted(delays)[int(len(delays) * 0.99) - 1]
             rows.append(
-                (f"live append -> reader commit, TCP ({len(delays)} samples)", f"median {med:.2f} ms",
-                 f"< 5 ms {'OK' if med < 5 else 'MISS'} (p99 {p99:.2f} ms)")
+                (
+                    f"live append -> reader commit, TCP ({len(delays)} samples)",
+                    f"median {med:.2f} ms",
+                    f"< 5 ms {'OK' if med < 5 else 'MISS'} (p99 {p99:.2f} ms)",
+                )
             )
         dt = tcp_many_logs(root, *many)
-        rows.append((f"{many[0]:,} logs x {many[1]} entries, one TCP connection", f"{dt:.2f} s",
-                     f"{many[0] * many[1] / dt:,.0f} entries/s"))
+        rows.append(
+            (
+                f"{many[0]:,} logs x {many[1]} entries, one TCP connection",
+                f"{dt:.2f} s",
+                f"{many[0] * many[1] / dt:,.0f} entries/s",
+            )
+        )
         if not args.no_webrtc:
             r = webrtc_sync(root, 5_000 if args.quick else 20_000)
             if isinstance(r, str):
                 rows.append(("WebRTC data channel sync", r, ""))
             else:
-                rows.append(("WebRTC data channel sync (in-process peers)", f"{r:,.0f} entries/s",
-                             f"~{r * 100 / 1e6:.2f} MB/s payload"))
+                rows.append(
+                    (
+                        "WebRTC data channel sync (in-process peers)",
+                        f"{r:,.0f} entries/s",
+                        f"~{r * 100 / 1e6:.2f} MB/s payload",
+                    )
+                )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print_table("corelog replication benchmark", rows)

@@ -67,8 +67,14 @@ def manifest_for(public_key: bytes) -> bytes:
 
 def public_key_of(manifest: bytes) -> bytes:
     """Extract the signer's public key from a default manifest (validating its shape)."""
-    if len(manifest) != 70 or manifest[:6] != b"\x01\x00\x00\x01\x01\x00" or manifest[6:38] != DEFAULT_NAMESPACE:
-        raise InvalidKey("unsupported manifest: only Hypercore 11's default single-signer manifest is supported")
+    if (
+        len(manifest) != 70
+        or manifest[:6] != b"\x01\x00\x00\x01\x01\x00"
+        or manifest[6:38] != DEFAULT_NAMESPACE
+    ):
+        raise InvalidKey(
+            "unsupported manifest: only Hypercore 11's default single-signer manifest is supported"
+        )
     return manifest[38:]
 
 
@@ -95,11 +101,7 @@ def encode_signature(signature: bytes) -> bytes:
 
 
 def decode_signature(encoded: bytes) -> bytes:
-    if (
-        len(encoded) != ENCODED_SIGNATURE_SIZE
-        or encoded[:2] != _SIG_HEADER
-        or encoded[-2:] != _SIG_TRAILER
-    ):
+    if len(encoded) != ENCODED_SIGNATURE_SIZE or encoded[:2] != _SIG_HEADER or encoded[-2:] != _SIG_TRAILER:
         raise InvalidSignature("malformed signature encoding (expected 68 bytes: 01 00 | sig | 00 00)")
     return encoded[2:66]
 
@@ -113,7 +115,9 @@ def keypair_from_seed(seed: bytes) -> tuple[bytes, bytes]:
 
 def derive_seed(primary_seed: bytes, name: str) -> bytes:
     """A log's key seed from the store's primary seed and the log's name (like corestore)."""
-    return hashlib.blake2b(name.encode("utf-8"), digest_size=32, key=primary_seed, person=b"corelog/name-key").digest()
+    return hashlib.blake2b(
+        name.encode("utf-8"), digest_size=32, key=primary_seed, person=b"corelog/name-key"
+    ).digest()
 
 
 def sign(message: bytes, secret_key: bytes) -> bytes:

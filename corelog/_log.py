@@ -69,6 +69,7 @@ def fork_key(log_id: int, fork: int) -> bytes:
 def head_key(log_id: int) -> bytes:
     return _HEAD_KEY.pack(log_id, HEAD_KIND)
 
+
 _AUDIT_CHUNK = 1 << 15
 
 
@@ -646,7 +647,14 @@ class Log:
             return False
         txn.put(
             self._hkey,
-            HEAD.pack(proof.fork, proof.length, new_contig, verified.byte_length, verified.tree_hash, proof.signature),
+            HEAD.pack(
+                proof.fork,
+                proof.length,
+                new_contig,
+                verified.byte_length,
+                verified.tree_hash,
+                proof.signature,
+            ),
             db=self._data,
         )
         return True
@@ -731,7 +739,9 @@ class Log:
             if sum(r.size for r in roots) != byte_length:
                 bad(first_bad if first_bad is not None else 0, "the byte length does not match the tree")
             if sig and self._manifest is not None:
-                if not _crypto.verify(_crypto.signable(self.key, th, length, fork), sig, self.public_key or b""):
+                if not _crypto.verify(
+                    _crypto.signable(self.key, th, length, fork), sig, self.public_key or b""
+                ):
                     bad(length, "the head signature does not verify (head or key altered)")
             elif not sig and length:
                 bad(length, "the head is not signed")

@@ -95,13 +95,17 @@ class Store:
         self._mutex = threading.RLock()
         if readonly:
             if not (self.path / "data.mdb").exists():
-                raise StoreNotFound(f"no corelog store at {self.path} (create one by opening it without readonly)")
+                raise StoreNotFound(
+                    f"no corelog store at {self.path} (create one by opening it without readonly)"
+                )
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             self._take_lock()
         try:
             self._env = self._open_env()
-            self._dbs = SimpleNamespace(**{n: self._env.open_db(n.encode(), create=not readonly) for n in _DBS})
+            self._dbs = SimpleNamespace(
+                **{n: self._env.open_db(n.encode(), create=not readonly) for n in _DBS}
+            )
             self._seed = self._init_meta(seed)
         except BaseException:
             self._release()

@@ -67,7 +67,9 @@ def find_log(store: Store, spec: str) -> Log:
         if len(matches) == 1:
             return store.get(key=matches[0], create=False)
         if len(matches) > 1:
-            raise UsageProblem(f"key prefix {spec!r} is ambiguous ({len(matches)} logs); give more characters")
+            raise UsageProblem(
+                f"key prefix {spec!r} is ambiguous ({len(matches)} logs); give more characters"
+            )
     raise UsageProblem(
         f"no log named {spec!r} in {store.path} (give a name, a 64-hex-digit key or a unique key prefix; "
         "`corelog ls STORE` lists them)"
@@ -84,8 +86,11 @@ def machine_header(log: Log) -> dict | None:
         entry = decode_entry(0, log.get(0))
     except NotAMachineLog:
         return None
-    return {"id": (entry.definition or {}).get("id"), "definition_hash": entry.definition_hash,
-            "definition": entry.definition}
+    return {
+        "id": (entry.definition or {}).get("id"),
+        "definition_hash": entry.definition_hash,
+        "definition": entry.definition,
+    }
 
 
 def _short(b: bytes) -> str:
@@ -143,8 +148,12 @@ def ls_cmd(store: str) -> None:
         for info in s.list():
             header = machine_header(s.get(key=info.key, create=False))
             table.add_row(
-                info.name or "-", _short(info.key), str(info.length), str(info.fork),
-                "yes" if info.writable else "replica", _size(info.byte_length),
+                info.name or "-",
+                _short(info.key),
+                str(info.length),
+                str(info.fork),
+                "yes" if info.writable else "replica",
+                _size(info.byte_length),
                 (header or {}).get("id") or ("yes" if header else "-"),
             )
         console.print(table)
@@ -301,9 +310,12 @@ def _replay(lg: Log, make_chart: Callable[[dict], Any], progress: Callable[[int]
 @cli.command()
 @click.argument("store")
 @click.argument("log", required=False)
-@click.option("--replay", metavar="MODULE:ATTR",
-              help="Also re-run every event through this implementation (a Statechart, a dict "
-                   "{'actions': ..., 'guards': ...}, or a callable(definition) -> Statechart).")
+@click.option(
+    "--replay",
+    metavar="MODULE:ATTR",
+    help="Also re-run every event through this implementation (a Statechart, a dict "
+    "{'actions': ..., 'guards': ...}, or a callable(definition) -> Statechart).",
+)
 def audit(store: str, log: str | None, replay: str | None) -> None:
     """Verify every node and signed head of LOG (or of every log in STORE).
 
@@ -314,8 +326,15 @@ def audit(store: str, log: str | None, replay: str | None) -> None:
         logs = [find_log(s, log)] if log else list(s)
         results = []
         show = console.is_terminal
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TimeRemainingColumn(), console=console, disable=not show, transient=True) as bar:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not show,
+            transient=True,
+        ) as bar:
             for lg in logs:
                 label = lg.name or _short(lg.key)
                 task = bar.add_task(f"audit {label}", total=lg.contiguous_length)
@@ -333,8 +352,14 @@ def audit(store: str, log: str | None, replay: str | None) -> None:
         for col in ("log", "length", "fork", "result", "first bad index", "details"):
             table.add_column(col)
         for label, lg, report, problems, first_bad in results:
-            table.add_row(label, str(report.length), str(lg.fork), "[green]ok[/]" if not problems else "[red]BAD[/]",
-                          "-" if first_bad is None else str(first_bad), "; ".join(problems)[:300] or "-")
+            table.add_row(
+                label,
+                str(report.length),
+                str(lg.fork),
+                "[green]ok[/]" if not problems else "[red]BAD[/]",
+                "-" if first_bad is None else str(first_bad),
+                "; ".join(problems)[:300] or "-",
+            )
         console.print(table)
         bad = [r for r in results if r[3]]
         for label, lg, _report, problems, first_bad in bad:
@@ -348,7 +373,9 @@ def audit(store: str, log: str | None, replay: str | None) -> None:
 @click.argument("store")
 @click.argument("log")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="File (default: stdout).")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, writable=True), help="File (default: stdout)."
+)
 def export(store: str, log: str, fmt: str, output: str | None) -> None:
     """Export the entries of a machine LOG as JSON lines or CSV."""
     with open_store(store) as s:
@@ -364,10 +391,17 @@ def export(store: str, log: str, fmt: str, output: str | None) -> None:
                 w = csv.writer(out)
                 w.writerow(["index", "kind", "time", "event", "data", "state", "context"])
                 for e in _entries(lg, 0, None):
-                    w.writerow([e.index, e.kind, e.time, e.event.type if e.event else "",
-                                json.dumps(e.event.data) if e.event and e.event.data is not None else "",
-                                e.state if isinstance(e.state, str) else json.dumps(e.state),
-                                json.dumps(e.context, ensure_ascii=False)])
+                    w.writerow(
+                        [
+                            e.index,
+                            e.kind,
+                            e.time,
+                            e.event.type if e.event else "",
+                            json.dumps(e.event.data) if e.event and e.event.data is not None else "",
+                            e.state if isinstance(e.state, str) else json.dumps(e.state),
+                            json.dumps(e.context, ensure_ascii=False),
+                        ]
+                    )
         finally:
             out.flush()
             if output:
@@ -424,11 +458,11 @@ def mermaid(definition: dict, current: Any = None) -> str:
         for n, (key, child) in enumerate(children.items()):
             cpath = f"{path}.{key}" if path else key
             if child.get("states"):
-                lines.append(f"{indent}state \"{key}\" as {sid(cpath)} {{")
+                lines.append(f'{indent}state "{key}" as {sid(cpath)} {{')
                 emit(child, cpath, indent + "  ")
                 lines.append(f"{indent}}}")
             else:
-                lines.append(f"{indent}state \"{key}\" as {sid(cpath)}")
+                lines.append(f'{indent}state "{key}" as {sid(cpath)}')
             if child.get("type") == "final":
                 lines.append(f"{indent}{sid(cpath)} --> [*]")
             if parallel and n < len(children) - 1:
@@ -448,7 +482,9 @@ def mermaid(definition: dict, current: Any = None) -> str:
             for cand in child.get("always") or []:
                 cand = {"target": cand} if isinstance(cand, str) else cand
                 if cand.get("target"):
-                    lines.append(f"{indent}{sid(cpath)} --> {sid(target_path(cpath, cand['target']))} : always")
+                    lines.append(
+                        f"{indent}{sid(cpath)} --> {sid(target_path(cpath, cand['target']))} : always"
+                    )
 
     emit(definition, "", "  ")
     if active:
@@ -485,6 +521,7 @@ def serve(store: str, host: str, port: int) -> None:
     from replication import serve_tcp
 
     with Store(Path(store), sync=True) as s:
+
         async def main() -> None:
             async with trio.open_nursery() as nursery:
                 bound = await nursery.start(serve_tcp, s, host, port)
@@ -525,8 +562,10 @@ def sync(store: str, key: str, address: str, live: bool) -> None:
             raise UsageProblem(f"cannot connect to {address}: {exc.strerror or exc}") from None
         except KeyboardInterrupt:
             pass
-        click.echo(f"{_short(raw_key)}: {lg.contiguous_length} entries, fork {lg.fork}, "
-                      f"audit {'ok' if lg.audit().ok else 'FAILED'}")
+        click.echo(
+            f"{_short(raw_key)}: {lg.contiguous_length} entries, fork {lg.fork}, "
+            f"audit {'ok' if lg.audit().ok else 'FAILED'}"
+        )
 
 
 def main() -> None:

@@ -56,7 +56,9 @@ def main(path: str) -> None:
         print(m.position, dict(m.context))  # 2 {'running': True, 'counter': 11}
         m.live()
         m.send("STOP")
-        print(m.state, [e.event.type for e in m.history[1:]])  # idle ['START', 'INCREMENT', 'INCREMENT', 'STOP']
+        print(
+            m.state, [e.event.type for e in m.history[1:]]
+        )  # idle ['START', 'INCREMENT', 'INCREMENT', 'STOP']
 
 
 if __name__ == "__main__":

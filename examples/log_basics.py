@@ -14,7 +14,9 @@ with tempfile.TemporaryDirectory() as tmp:
         log.append(b"hello")
         log.append([b"hola", b"bonjour", b"ciao"])  # one signature, one transaction
         head = log.head()
-        print(f"log {log.key.hex()[:16]}…  length={head.length} fork={head.fork} tree={head.tree_hash.hex()[:16]}…")
+        print(
+            f"log {log.key.hex()[:16]}…  length={head.length} fork={head.fork} tree={head.tree_hash.hex()[:16]}…"
+        )
 
         replica = reader.get(key=log.key)  # knows only the public key
         replica.apply(log.proof(0, log.length))  # verified against the signed head, then committed

@@ -24,7 +24,9 @@ LIGHT = {
 
 async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, Store(tmp) as store:
-        cm = Coremachine(store.get("light"), LIGHT, actions={"count": lambda ctx, ev: ctx.update(cycles=ctx["cycles"] + 1)})
+        cm = Coremachine(
+            store.get("light"), LIGHT, actions={"count": lambda ctx, ev: ctx.update(cycles=ctx["cycles"] + 1)}
+        )
         events_in, events_out = trio.open_memory_channel(0)
         snaps_in, snaps_out = trio.open_memory_channel(0)
         async with trio.open_nursery() as nursery:

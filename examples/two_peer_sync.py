@@ -32,7 +32,9 @@ COUNTER = {
     "context": {"running": False, "counter": 0},
     "states": {
         "idle": {"on": {"START": {"target": "running", "actions": "start"}}},
-        "running": {"on": {"INCREMENT": {"actions": "increment"}, "STOP": {"target": "idle", "actions": "stop"}}},
+        "running": {
+            "on": {"INCREMENT": {"actions": "increment"}, "STOP": {"target": "idle", "actions": "stop"}}
+        },
     },
 }
 ACTIONS = {
@@ -102,7 +104,9 @@ async def reader(store_path: Path, port: int, key: bytes, expect: int, webrtc: b
                 cm = Coremachine(log)
                 async for entry in cm.subscribe(from_index=0):
                     what = entry.event.type if entry.event else "(created)"
-                    print(f"B  #{entry.index:<3} {what:<10} -> {entry.state!s:<8} {entry.context}", flush=True)
+                    print(
+                        f"B  #{entry.index:<3} {what:<10} -> {entry.state!s:<8} {entry.context}", flush=True
+                    )
                     if entry.index + 1 >= expect:
                         break
             print(f"B  replicated {log.contiguous_length} entries, audit ok: {log.audit().ok}", flush=True)
@@ -133,8 +137,19 @@ def main() -> None:
                 key, port = await nursery.start(
                     writer, Path(tmp) / "a", 0, args.events, args.interval, args.webrtc
                 )
-                cmd = [sys.executable, __file__, "--reader", "--store", str(Path(tmp) / "b"), "--port", str(port),
-                       "--key", key.hex(), "--events", str(args.events)] + (["--webrtc"] if args.webrtc else [])
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--reader",
+                    "--store",
+                    str(Path(tmp) / "b"),
+                    "--port",
+                    str(port),
+                    "--key",
+                    key.hex(),
+                    "--events",
+                    str(args.events),
+                ] + (["--webrtc"] if args.webrtc else [])
                 with trio.fail_after(90):
                     result = await trio.run_process(cmd, check=False, env=dict(os.environ))
                 nursery.cancel_scope.cancel()

@@ -17,14 +17,28 @@ from typing import Any
 
 from corelog.errors import DefinitionError
 
-STATE_KEYS = {"id", "initial", "context", "states", "on", "entry", "exit", "type", "always", "description", "meta"}
+STATE_KEYS = {
+    "id",
+    "initial",
+    "context",
+    "states",
+    "on",
+    "entry",
+    "exit",
+    "type",
+    "always",
+    "description",
+    "meta",
+}
 ROOT_ONLY_KEYS = {"context", "version"}
 TRANSITION_KEYS = {"target", "guard", "actions", "reenter", "description", "meta"}
 STATE_TYPES = {"atomic", "compound", "parallel", "final"}
 
 
 def canonical_json(definition: Any) -> bytes:
-    return json.dumps(definition, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return json.dumps(
+        definition, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
 
 
 def definition_hash(definition: Mapping[str, Any]) -> str:
@@ -140,7 +154,9 @@ def compile_definition(
                 problems.append((p, f"a {kind} is a name or {{type, params}}, got {item!r}"))
                 continue
             if check_implementations and ref.name not in table:
-                problems.append((p, f"unknown {kind} {ref.name!r}: pass an implementation in {kind}s={{...}}"))
+                problems.append(
+                    (p, f"unknown {kind} {ref.name!r}: pass an implementation in {kind}s={{...}}")
+                )
             out.append(ref)
         return tuple(out)
 
@@ -198,12 +214,17 @@ def compile_definition(
                 problems.append((f"{prefix}initial" if where else "initial", "missing initial state"))
             elif initial not in node.children:
                 problems.append(
-                    (f"{prefix}initial" if where else "initial", f"initial state {initial!r} is not a child state")
+                    (
+                        f"{prefix}initial" if where else "initial",
+                        f"initial state {initial!r} is not a child state",
+                    )
                 )
             else:
                 node.initial = node.children[initial]
         elif initial is not None:
-            problems.append((f"{prefix}initial" if where else "initial", f"a {node.type} state has no initial"))
+            problems.append(
+                (f"{prefix}initial" if where else "initial", f"a {node.type} state has no initial")
+            )
         on = raw.get("on")
         if on is not None:
             if not isinstance(on, Mapping):
@@ -249,7 +270,9 @@ def compile_definition(
         for part in parts:
             child = node.children.get(part)
             if child is None:
-                problems.append((where, f"unknown target {target!r}: {node.path or 'the root'} has no child {part!r}"))
+                problems.append(
+                    (where, f"unknown target {target!r}: {node.path or 'the root'} has no child {part!r}")
+                )
                 return None
             node = child
         return node

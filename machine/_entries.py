@@ -137,8 +137,16 @@ def decode(index: int, data: bytes) -> HistoryEntry:
         if e.get("version") != VERSION or not isinstance(e.get("definition"), dict):
             raise NotAMachineLog(f"entry {index}: unsupported machine header version {e.get('version')!r}")
         return HistoryEntry(
-            index, "header", None, e["state"], e["context"], e.get("time"), False, index,
-            e["definition"], e.get("definition_hash"),
+            index,
+            "header",
+            None,
+            e["state"],
+            e["context"],
+            e.get("time"),
+            False,
+            index,
+            e["definition"],
+            e.get("definition_hash"),
         )
     ev = e.get("event")
     if not isinstance(ev, dict) or not isinstance(ev.get("type"), str):
@@ -146,6 +154,12 @@ def decode(index: int, data: bytes) -> HistoryEntry:
     if index == 0:
         raise NotAMachineLog("entry 0 is not a machine header; this log was not written by a machine")
     return HistoryEntry(
-        index, "transition", Event(ev["type"], ev.get("data"), e.get("time")), e["state"], e["context"],
-        e.get("time"), bool(e.get("done", False)), int(e.get("header", 0)),
+        index,
+        "transition",
+        Event(ev["type"], ev.get("data"), e.get("time")),
+        e["state"],
+        e["context"],
+        e.get("time"),
+        bool(e.get("done", False)),
+        int(e.get("header", 0)),
     )

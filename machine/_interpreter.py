@@ -84,7 +84,9 @@ class Snapshot:
     def matches(self, state: str | Mapping) -> bool:
         """True if the state (``"parent.child"`` or a partial value dict) is active."""
         paths = _value_paths(state) if isinstance(state, Mapping) else [state]
-        active = {n.path for n in self._config} if self._config else set(_value_paths(self.value, prefixes=True))
+        active = (
+            {n.path for n in self._config} if self._config else set(_value_paths(self.value, prefixes=True))
+        )
         return all(p in active for p in paths)
 
     def to_dict(self) -> dict:
@@ -296,11 +298,15 @@ class Statechart:
         for ref in refs:
             fn = self.actions.get(ref.name)
             if fn is None:
-                raise MachineError(f"action {ref.name!r} has no implementation: pass actions={{{ref.name!r}: ...}}")
+                raise MachineError(
+                    f"action {ref.name!r} has no implementation: pass actions={{{ref.name!r}: ...}}"
+                )
             result = fn(ctx, event, **ref.params) if ref.params else fn(ctx, event)
             if result is not None:
                 if not isinstance(result, Mapping):
-                    raise MachineError(f"action {ref.name!r} returned {type(result).__name__}; return None or a dict")
+                    raise MachineError(
+                        f"action {ref.name!r} returned {type(result).__name__}; return None or a dict"
+                    )
                 ctx.update(result)
 
     def _select(self, config: Iterable[StateNode], ctx: Mapping, event: Event | None) -> list[Transition]:
@@ -324,7 +330,9 @@ class Statechart:
             chosen = self._remove_conflicts(chosen, config)
         return chosen
 
-    def _remove_conflicts(self, transitions: list[Transition], config: Iterable[StateNode]) -> list[Transition]:
+    def _remove_conflicts(
+        self, transitions: list[Transition], config: Iterable[StateNode]
+    ) -> list[Transition]:
         kept: list[Transition] = []
         exits: dict[int, set[StateNode]] = {}
         for t in transitions:
@@ -371,7 +379,12 @@ class Statechart:
         return out
 
     def _microstep(
-        self, transitions: list[Transition], config: set[StateNode], ctx: dict, event: Event, internal: list[Event]
+        self,
+        transitions: list[Transition],
+        config: set[StateNode],
+        ctx: dict,
+        event: Event,
+        internal: list[Event],
     ) -> None:
         exiting = sorted(self._exit_set(transitions, config), key=lambda n: n.order, reverse=True)
         for node in exiting:
@@ -403,7 +416,9 @@ class Statechart:
             if not any(s is child or s.is_descendant_of(child) for s in to_enter | config):
                 self._add_descendants(child, to_enter, config)
 
-    def _add_descendants(self, node: StateNode, out: set[StateNode], config: set[StateNode] | None = None) -> None:
+    def _add_descendants(
+        self, node: StateNode, out: set[StateNode], config: set[StateNode] | None = None
+    ) -> None:
         out.add(node)
         if node.type == "compound":
             if not any(c in out or (config and c in config) for c in node.children.values()):
@@ -421,12 +436,21 @@ class Statechart:
             self._run(node.entry, ctx, event)
             if node.type == "final" and node.parent is not None and node.parent is not self.root:
                 parent = node.parent
-                internal.append(Event(f"xstate.done.state.{parent.explicit_id or parent.path}", None, event.time))
+                internal.append(
+                    Event(f"xstate.done.state.{parent.explicit_id or parent.path}", None, event.time)
+                )
                 grand = parent.parent
-                if grand is not None and grand.type == "parallel" and all(
-                    any(s.type == "final" and s.parent is region for s in config) for region in grand.children.values()
+                if (
+                    grand is not None
+                    and grand.type == "parallel"
+                    and all(
+                        any(s.type == "final" and s.parent is region for s in config)
+                        for region in grand.children.values()
+                    )
                 ):
-                    internal.append(Event(f"xstate.done.state.{grand.explicit_id or grand.path}", None, event.time))
+                    internal.append(
+                        Event(f"xstate.done.state.{grand.explicit_id or grand.path}", None, event.time)
+                    )
 
     def _settle(self, config: set[StateNode], ctx: dict, event: Event, internal: list[Event]) -> bool:
         steps = 0

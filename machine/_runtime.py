@@ -225,7 +225,9 @@ class _Core:
         try:
             snap = chart.snapshot_from(head.value, head.context)
         except MachineError as exc:
-            raise DefinitionMismatch(f"cannot migrate: the current state does not exist in the new definition ({exc})") from None
+            raise DefinitionMismatch(
+                f"cannot migrate: the current state does not exist in the new definition ({exc})"
+            ) from None
         self.log.append(encode_header(dict(chart.definition), chart.hash, snap, self.clock()))
         self.view_only_reason = None
         self.chart = None

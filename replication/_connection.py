@@ -304,7 +304,9 @@ class Connection:
             if self.remote_hello is not None:
                 raise ProtocolError("the peer sent Hello twice")
             if msg.version != PROTOCOL_VERSION:
-                raise ProtocolError(f"the peer speaks protocol version {msg.version}, we speak {PROTOCOL_VERSION}")
+                raise ProtocolError(
+                    f"the peer speaks protocol version {msg.version}, we speak {PROTOCOL_VERSION}"
+                )
             if msg.max_inflight < 1 or msg.max_frame < 1024:
                 raise ProtocolError("the peer announced unusable limits")
             self.remote_hello = msg
@@ -343,7 +345,9 @@ class Connection:
             self._remote_outstanding.add((dkey, msg.id))
         elif isinstance(msg, Data | NoData):
             if self._outstanding.get(msg.id) != dkey:
-                raise ProtocolError(f"unsolicited {type(msg).__name__} (request id {msg.id} is not in flight)")
+                raise ProtocolError(
+                    f"unsolicited {type(msg).__name__} (request id {msg.id} is not in flight)"
+                )
             del self._outstanding[msg.id]
         elif isinstance(msg, Head):
             if len(msg.tree_hash) != 32 or len(msg.signature) != 64:

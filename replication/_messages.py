@@ -111,7 +111,18 @@ class Data(Message):
     """The answer to a Request: blocks with the nodes to verify them (a corelog Proof)."""
 
     CODE = 5
-    TYPES = ((int,), (int,), (int,), (int,), (_bytes,), (int,), (list,), (list,), (int,), (_bytes, type(None)))
+    TYPES = (
+        (int,),
+        (int,),
+        (int,),
+        (int,),
+        (_bytes,),
+        (int,),
+        (list,),
+        (list,),
+        (int,),
+        (_bytes, type(None)),
+    )
     channel: int
     id: int
     fork: int

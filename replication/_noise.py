@@ -90,7 +90,9 @@ class CipherState:
         if self.n >= 2**64 - 1:
             raise HandshakeError("nonce exhausted: open a new connection")
         try:
-            out = sodium.crypto_aead_chacha20poly1305_ietf_decrypt(ciphertext, ad, _NONCE.pack(self.n), self.k)
+            out = sodium.crypto_aead_chacha20poly1305_ietf_decrypt(
+                ciphertext, ad, _NONCE.pack(self.n), self.k
+            )
         except nacl.exceptions.CryptoError:
             raise HandshakeError("decryption failed: the data was altered or is not from this peer") from None
         self.n += 1

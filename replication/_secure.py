@@ -141,4 +141,3 @@ async def secure_stream(
             raise
         raise HandshakeError(f"the connection broke during the handshake: {exc}") from None
     return SecureStream(stream, noise, bytes(buf))
-

@@ -297,5 +297,3 @@ def memory_pair() -> tuple[trio.abc.Stream, trio.abc.Stream]:
     import trio.testing
 
     return trio.testing.memory_stream_pair()
-
-

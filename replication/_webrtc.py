@@ -134,8 +134,18 @@ class _Inbox:
 class WebRTCStream(trio.abc.Stream):
     """An ordered, reliable RTCDataChannel as a trio byte stream."""
 
-    def __init__(self, pc: Any, channel: Any, inbox: _Inbox, local_sdp: str, remote_sdp: str, *,
-                 message_size: int = 16 * 1024, high_water: int = 1 << 20, max_buffered: int = 64 << 20):
+    def __init__(
+        self,
+        pc: Any,
+        channel: Any,
+        inbox: _Inbox,
+        local_sdp: str,
+        remote_sdp: str,
+        *,
+        message_size: int = 16 * 1024,
+        high_water: int = 1 << 20,
+        max_buffered: int = 64 << 20,
+    ):
         self._pc, self._channel, self._in = pc, channel, inbox
         self.local_sdp, self.remote_sdp = local_sdp, remote_sdp
         self.fingerprints = (_fingerprint(local_sdp), _fingerprint(remote_sdp))
@@ -252,13 +262,17 @@ async def connect_webrtc(
                 await signaling.send({"type": "offer", "sdp": local})
                 msg = await signaling.receive()
                 if msg.get("type") != "answer" or not isinstance(msg.get("sdp"), str):
-                    raise ProtocolError(f"expected an SDP answer from the signaling peer, got {msg.get('type')!r}")
+                    raise ProtocolError(
+                        f"expected an SDP answer from the signaling peer, got {msg.get('type')!r}"
+                    )
                 remote = msg["sdp"]
                 await run_in_asyncio(pc.setRemoteDescription(RTCSessionDescription(remote, "answer")))
             else:
                 msg = await signaling.receive()
                 if msg.get("type") != "offer" or not isinstance(msg.get("sdp"), str):
-                    raise ProtocolError(f"expected an SDP offer from the signaling peer, got {msg.get('type')!r}")
+                    raise ProtocolError(
+                        f"expected an SDP offer from the signaling peer, got {msg.get('type')!r}"
+                    )
                 remote = msg["sdp"]
 
                 async def answer() -> str:

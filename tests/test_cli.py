@@ -34,11 +34,29 @@ def _build(path: Path) -> bytes:
         import msgpack
 
         direct = s.get("direct")
-        direct.append(msgpack.packb({"type": "corelog/machine", "version": 1, "definition": COUNTER,
-                                     "definition_hash": "x", "state": "idle",
-                                     "context": {"running": False, "counter": 0}, "time": 1}))
-        direct.append(msgpack.packb({"event": {"type": "START", "data": MARKER}, "state": "running",
-                                     "context": {"running": True, "counter": MARKER}, "time": 2}))
+        direct.append(
+            msgpack.packb(
+                {
+                    "type": "corelog/machine",
+                    "version": 1,
+                    "definition": COUNTER,
+                    "definition_hash": "x",
+                    "state": "idle",
+                    "context": {"running": False, "counter": 0},
+                    "time": 1,
+                }
+            )
+        )
+        direct.append(
+            msgpack.packb(
+                {
+                    "event": {"type": "START", "data": MARKER},
+                    "state": "running",
+                    "context": {"running": True, "counter": MARKER},
+                    "time": 2,
+                }
+            )
+        )
         return m.log.key
 
 
@@ -58,7 +76,12 @@ def test_ls_and_info(built):
     code, out = run("ls", path)
     assert code == 0 and "counter" in out and "raw" in out and key.hex()[:16] in out
     code, out = run("info", path, "counter")
-    assert code == 0 and "definition hash" in out and "counter" in out and key.hex()[:40] in out.replace("\n", "")
+    assert (
+        code == 0
+        and "definition hash" in out
+        and "counter" in out
+        and key.hex()[:40] in out.replace("\n", "")
+    )
     code, out = run("info", path, key.hex()[:10])  # unique key prefix
     assert code == 0 and "machine id" in out
     code, out = run("info", path, "raw")
@@ -108,7 +131,11 @@ def test_log_table_and_json(built):
     assert code == 0 and "INCREMENT" in out and "counter=2" in out and "running=false" in out
     code, out = run("log", path, "counter", "--json", "--from", "1", "--to", "3")
     rows = [json.loads(line) for line in out.splitlines()]
-    assert code == 0 and [r["index"] for r in rows] == [1, 2] and rows[0]["event"] == {"type": "START", "data": 1}
+    assert (
+        code == 0
+        and [r["index"] for r in rows] == [1, 2]
+        and rows[0]["event"] == {"type": "START", "data": 1}
+    )
     code, out = run("log", path, "direct", "--json")
     assert code == 0 and json.loads(out.splitlines()[1])["context"]["counter"] == MARKER
 
@@ -130,7 +157,11 @@ def test_diagram(built):
     assert code == 0 and out.startswith("stateDiagram-v2")
     assert "[*] --> idle" in out and "idle --> running : START" in out and "class idle current" in out
     nested = mermaid(ORDER, {"b": "b2"})
-    assert 'state "a" as a {' in nested and "a__a1 --> b__b2 : TO_B2" in nested and "class b__b2 current" in nested
+    assert (
+        'state "a" as a {' in nested
+        and "a__a1 --> b__b2 : TO_B2" in nested
+        and "class b__b2 current" in nested
+    )
     par = mermaid(PARALLEL, {"bold": "on", "italic": "off"})
     assert "--" in [line.strip() for line in par.splitlines()] and "class bold__on current" in par
 
@@ -189,13 +220,19 @@ def test_real_executable_and_serve_sync(built, tmp_path):
     p = subprocess.run([exe, "audit", str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "Traceback" not in p.stderr and "no corelog store" in p.stderr
     # serve in one process, sync into a fresh store from another
-    server = subprocess.Popen([exe, "serve", str(path), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [exe, "serve", str(path), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         line = server.stdout.readline()
         assert line, server.stderr.read()
         port = int(line.rsplit(":", 1)[1])
-        p = subprocess.run([exe, "sync", str(tmp_path / "mirror"), key.hex(), f"127.0.0.1:{port}"],
-                           capture_output=True, text=True, timeout=60)
+        p = subprocess.run(
+            [exe, "sync", str(tmp_path / "mirror"), key.hex(), f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert p.returncode == 0, p.stderr
         assert "9 entries" in p.stdout and "audit ok" in p.stdout
     finally:

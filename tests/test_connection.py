@@ -43,7 +43,9 @@ def test_channel_state_table():
     a, b = pair()
     assert a.channel_state(DKEY) is None
     [msg] = deliver(a.open(DKEY, KEY), b)
-    assert a.channel_state(DKEY) is ChannelState.LOCAL_OPEN and b.channel_state(DKEY) is ChannelState.REMOTE_OPEN
+    assert (
+        a.channel_state(DKEY) is ChannelState.LOCAL_OPEN and b.channel_state(DKEY) is ChannelState.REMOTE_OPEN
+    )
     assert b.check_capability(KEY, msg.capability) and not b.check_capability(os.urandom(32), msg.capability)
     deliver(b.open(DKEY, KEY), a)
     assert a.open_channels == b.open_channels == [DKEY]

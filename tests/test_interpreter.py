@@ -81,7 +81,11 @@ ORDER = {
             "entry": "enter a",
             "exit": "exit a",
             "states": {
-                "a1": {"entry": "enter a1", "exit": "exit a1", "on": {"TO_B2": {"target": "#m.b.b2", "actions": "t"}}},
+                "a1": {
+                    "entry": "enter a1",
+                    "exit": "exit a1",
+                    "on": {"TO_B2": {"target": "#m.b.b2", "actions": "t"}},
+                },
                 "a2": {"entry": "enter a2", "exit": "exit a2"},
             },
             "on": {"TO_A2": {"target": ".a2", "actions": "t"}, "NOTE": {"actions": "t"}},
@@ -91,14 +95,33 @@ ORDER = {
             "initial": "b1",
             "entry": "enter b",
             "exit": "exit b",
-            "states": {"b1": {"entry": "enter b1", "exit": "exit b1"}, "b2": {"entry": "enter b2", "exit": "exit b2"}},
-            "on": {"SELF": {"target": "b", "actions": "t"}, "REENTER": {"target": "b", "reenter": True, "actions": "t"}},
+            "states": {
+                "b1": {"entry": "enter b1", "exit": "exit b1"},
+                "b2": {"entry": "enter b2", "exit": "exit b2"},
+            },
+            "on": {
+                "SELF": {"target": "b", "actions": "t"},
+                "REENTER": {"target": "b", "reenter": True, "actions": "t"},
+            },
         },
     },
 }
 ORDER_IMPL = recorder(
-    ["enter a", "exit a", "enter a1", "exit a1", "enter a2", "exit a2", "enter b", "exit b", "enter b1",
-     "exit b1", "enter b2", "exit b2", "t"]
+    [
+        "enter a",
+        "exit a",
+        "enter a1",
+        "exit a1",
+        "enter a2",
+        "exit a2",
+        "enter b",
+        "exit b",
+        "enter b1",
+        "exit b1",
+        "enter b2",
+        "exit b2",
+        "t",
+    ]
 )
 
 
@@ -135,8 +158,20 @@ PARALLEL = {
     "type": "parallel",
     "context": {},
     "states": {
-        "bold": {"initial": "off", "states": {"off": {"on": {"TOGGLE_BOLD": "on", "RESET": "off"}}, "on": {"on": {"TOGGLE_BOLD": "off", "RESET": "off"}}}},
-        "italic": {"initial": "off", "states": {"off": {"on": {"TOGGLE_ITALIC": "on"}}, "on": {"on": {"TOGGLE_ITALIC": "off", "RESET": "off"}}}},
+        "bold": {
+            "initial": "off",
+            "states": {
+                "off": {"on": {"TOGGLE_BOLD": "on", "RESET": "off"}},
+                "on": {"on": {"TOGGLE_BOLD": "off", "RESET": "off"}},
+            },
+        },
+        "italic": {
+            "initial": "off",
+            "states": {
+                "off": {"on": {"TOGGLE_ITALIC": "on"}},
+                "on": {"on": {"TOGGLE_ITALIC": "off", "RESET": "off"}},
+            },
+        },
     },
 }
 
@@ -220,14 +255,20 @@ def test_done_state_event_of_a_compound():
 
 
 def test_raising_action_or_guard_changes_nothing():
-    boom = {"actions": {"start": lambda c, e: (c.update(counter=99), 1 / 0), "increment": increment, "stop": stop}}
+    boom = {
+        "actions": {"start": lambda c, e: (c.update(counter=99), 1 / 0), "increment": increment, "stop": stop}
+    }
     c = Statechart(COUNTER, **boom)
     s = c.initial()
     frozen = copy.deepcopy(dict(s.context))
     with pytest.raises(ZeroDivisionError):
         c.transition(s, Event("START", 1))
     assert dict(s.context) == frozen
-    g = Statechart(GUARDED, actions=GUARDED_IMPL["actions"], guards={**GUARDED_IMPL["guards"], "isBig": lambda c, e: [][0]})
+    g = Statechart(
+        GUARDED,
+        actions=GUARDED_IMPL["actions"],
+        guards={**GUARDED_IMPL["guards"], "isBig": lambda c, e: [][0]},
+    )
     with pytest.raises(IndexError):
         g.transition(g.initial(), Event("TRY", 5))
 
@@ -237,7 +278,10 @@ def test_validation_lists_every_problem():
         "initial": "nowhere",
         "context": {"s": {1, 2}},
         "states": {
-            "a": {"on": {"GO": {"target": "missing", "actions": "unknownAction", "guard": "unknownGuard"}}, "colour": 1},
+            "a": {
+                "on": {"GO": {"target": "missing", "actions": "unknownAction", "guard": "unknownGuard"}},
+                "colour": 1,
+            },
             "b": {"type": "compound", "states": {"x": {}}},
             "c": {"type": "final", "on": {"X": "a"}},
             "d": {"initial": "x"},
@@ -292,7 +336,9 @@ def test_transition_is_pure_and_deterministic(which, data):
     chart = Statechart(definition, **impl)
     s = chart.initial(time=0)
     for _ in range(data.draw(st.integers(1, 25))):
-        ev = Event(data.draw(st.sampled_from(events)), data.draw(st.integers(-5, 20)), data.draw(st.integers(0, 10)))
+        ev = Event(
+            data.draw(st.sampled_from(events)), data.draw(st.integers(-5, 20)), data.draw(st.integers(0, 10))
+        )
         before = copy.deepcopy((s.value, dict(s.context), s.done))
         try:
             s2 = transition(chart, s, ev)
@@ -320,7 +366,9 @@ def charts(draw):
         nid = f"s{next(counter)}"
         nodes.append(nid)
         out: dict = {"id": nid, "entry": "enter", "exit": "exit"}
-        kind = draw(st.sampled_from(["atomic", "compound", "parallel", "final"] if depth < 2 else ["atomic", "final"]))
+        kind = draw(
+            st.sampled_from(["atomic", "compound", "parallel", "final"] if depth < 2 else ["atomic", "final"])
+        )
         if kind == "final":
             out["type"] = "final"
         elif kind != "atomic":
@@ -332,18 +380,27 @@ def charts(draw):
                 out["initial"] = keys[0]
         return out
 
-    root = {"id": "root", "initial": "a", "context": {"log": [], "budget": 3},
-            "states": {"a": node(0), "b": node(0)}}
+    root = {
+        "id": "root",
+        "initial": "a",
+        "context": {"log": [], "budget": 3},
+        "states": {"a": node(0), "b": node(0)},
+    }
 
     def add_transitions(n: dict) -> None:
         if n.get("type") == "final":
             return
         if draw(st.integers(0, 4)) == 0:  # a guarded eventless transition (bounded by its guard)
-            n["always"] = [{"target": f"#{draw(st.sampled_from(nodes))}", "guard": "budget", "actions": "spend"}]
+            n["always"] = [
+                {"target": f"#{draw(st.sampled_from(nodes))}", "guard": "budget", "actions": "spend"}
+            ]
         if draw(st.booleans()):
             n["on"] = {
-                ev: {"target": f"#{draw(st.sampled_from(nodes))}", "actions": "t",
-                     "reenter": draw(st.booleans())}
+                ev: {
+                    "target": f"#{draw(st.sampled_from(nodes))}",
+                    "actions": "t",
+                    "reenter": draw(st.booleans()),
+                }
                 for ev in draw(st.lists(st.sampled_from(EVENTS), max_size=2, unique=True))
             }
         for child in n.get("states", {}).values():
@@ -393,6 +450,6 @@ def test_generated_charts_keep_their_invariants(definition, events):
         rebuilt = chart.snapshot_from(s2.value, s2.context)  # a consistent configuration:
         assert rebuilt == s2 and rebuilt._config == s2._config  # one child per compound, all regions
         if not any(n.always for n in chart._nodes):  # with always, one macrostep holds several microsteps
-            assert _ordered(chart, s2.context["log"][len(s.context["log"]):])
+            assert _ordered(chart, s2.context["log"][len(s.context["log"]) :])
         assert s2.done == any(n.type == "final" and n.parent is chart.root for n in s2._config)
         s = s2

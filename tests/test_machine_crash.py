@@ -33,8 +33,13 @@ CHILD = textwrap.dedent(
 @pytest.mark.slow
 def test_sigkill_loses_no_returned_send(tmp_path):
     path = str(tmp_path / "s")
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, path],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
     last = 0
     try:
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read()

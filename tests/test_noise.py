@@ -20,15 +20,21 @@ V = {
     "handshake_hash": "8cf47d7b3cb5804c0109d48e8bcdbee2cbb65687d8ea2c92994ca361fb86151a"
     "d93627b98936cbb32de56e8abb21def3925011ac3e35db9cbeea73ab9a4392c2",
     "messages": [
-        ("4c756477696720766f6e204d69736573",
-         "ca35def5ae56cec33dc2036731ab14896bc4c75dbb07a61f879f8e3afa4c79444c756477696720766f6e204d69736573"),
-        ("4d757272617920526f746862617264",
-         "95ebc60d2b1fa672c1f46a8aa265ef51bfe38e7ccb39ec5be34069f1448088430505b6745ce64a5f33f0e8e3b83f11ce88"
-         "02bca507f4f2d8b564dbe277e1966116e132faa2dfd70b8b077b9f94b913df5056ae1319469b824a98d54bbaa82c325595"
-         "587064f978c4b6d104f7596e6f"),
-        ("462e20412e20486179656b",
-         "99579e1c1ee15e422a57ddd6b16d37087b17558e8369c18991b4b2ca3a824abf904cdcf5458b5431a75af034ca9e9b98"
-         "2de039eaaf156775e2d580cd4e5ebae89c3f8cb2594b556d8a8169"),
+        (
+            "4c756477696720766f6e204d69736573",
+            "ca35def5ae56cec33dc2036731ab14896bc4c75dbb07a61f879f8e3afa4c79444c756477696720766f6e204d69736573",
+        ),
+        (
+            "4d757272617920526f746862617264",
+            "95ebc60d2b1fa672c1f46a8aa265ef51bfe38e7ccb39ec5be34069f1448088430505b6745ce64a5f33f0e8e3b83f11ce88"
+            "02bca507f4f2d8b564dbe277e1966116e132faa2dfd70b8b077b9f94b913df5056ae1319469b824a98d54bbaa82c325595"
+            "587064f978c4b6d104f7596e6f",
+        ),
+        (
+            "462e20412e20486179656b",
+            "99579e1c1ee15e422a57ddd6b16d37087b17558e8369c18991b4b2ca3a824abf904cdcf5458b5431a75af034ca9e9b98"
+            "2de039eaaf156775e2d580cd4e5ebae89c3f8cb2594b556d8a8169",
+        ),
         ("4361726c204d656e676572", "fc56eea290b3f3a21aac0c70cd5787b5ee99be37d2f4d751329b55"),
     ],
 }
@@ -36,8 +42,12 @@ V = {
 
 def _pair():
     h = bytes.fromhex
-    i = NoiseXX(True, h(V["init_static"]), prologue=h(V["prologue"]), ephemeral_private=h(V["init_ephemeral"]))
-    r = NoiseXX(False, h(V["resp_static"]), prologue=h(V["prologue"]), ephemeral_private=h(V["resp_ephemeral"]))
+    i = NoiseXX(
+        True, h(V["init_static"]), prologue=h(V["prologue"]), ephemeral_private=h(V["init_ephemeral"])
+    )
+    r = NoiseXX(
+        False, h(V["resp_static"]), prologue=h(V["prologue"]), ephemeral_private=h(V["resp_ephemeral"])
+    )
     return i, r
 
 

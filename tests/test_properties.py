@@ -15,7 +15,9 @@ from corelog._log import HEAD, block_key, head_key, node_key
 from corelog._tree import needed_nodes
 from corelog.errors import InvalidProof, VerificationError
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 blocks_st = st.lists(st.binary(min_size=0, max_size=40), min_size=1, max_size=12)
 ops_st = st.lists(
     st.one_of(
@@ -141,24 +143,64 @@ def test_replica_commits_only_verified_ranges(make_store, n, data):
             j = data.draw(st.integers(0, step - 1))
             blocks = list(proof.blocks)
             blocks[j] = blocks[j] + b"!"
-            bad = Proof(proof.fork, proof.length, proof.signature, proof.start, tuple(blocks), proof.nodes,
-                        proof.have, proof.manifest)
+            bad = Proof(
+                proof.fork,
+                proof.length,
+                proof.signature,
+                proof.start,
+                tuple(blocks),
+                proof.nodes,
+                proof.have,
+                proof.manifest,
+            )
         elif kind == "node" and proof.nodes:
             nodes = list(proof.nodes)
             nd = nodes[0]
             nodes[0] = type(nd)(nd.index, nd.size, bytes([nd.hash[0] ^ 1]) + nd.hash[1:])
-            bad = Proof(proof.fork, proof.length, proof.signature, proof.start, proof.blocks, tuple(nodes),
-                        proof.have, proof.manifest)
+            bad = Proof(
+                proof.fork,
+                proof.length,
+                proof.signature,
+                proof.start,
+                proof.blocks,
+                tuple(nodes),
+                proof.have,
+                proof.manifest,
+            )
         elif kind == "sig":
             sig = bytes([proof.signature[0] ^ 0x80]) + proof.signature[1:]
-            bad = Proof(proof.fork, proof.length, sig, proof.start, proof.blocks, proof.nodes, proof.have,
-                        proof.manifest)
+            bad = Proof(
+                proof.fork,
+                proof.length,
+                sig,
+                proof.start,
+                proof.blocks,
+                proof.nodes,
+                proof.have,
+                proof.manifest,
+            )
         elif kind == "fork":
-            bad = Proof(proof.fork + 1, proof.length, proof.signature, proof.start, proof.blocks, proof.nodes,
-                        proof.have, proof.manifest)
+            bad = Proof(
+                proof.fork + 1,
+                proof.length,
+                proof.signature,
+                proof.start,
+                proof.blocks,
+                proof.nodes,
+                proof.have,
+                proof.manifest,
+            )
         elif kind == "length" and proof.length > proof.end:
-            bad = Proof(proof.fork, proof.length - 1, proof.signature, proof.start, proof.blocks, proof.nodes,
-                        proof.have, proof.manifest)
+            bad = Proof(
+                proof.fork,
+                proof.length - 1,
+                proof.signature,
+                proof.start,
+                proof.blocks,
+                proof.nodes,
+                proof.have,
+                proof.manifest,
+            )
         if bad is not proof:
             before = rep.head()
             try:

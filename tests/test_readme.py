@@ -41,18 +41,23 @@ def test_first_screen_has_setup_demo_and_test_commands():
 def test_readme_block_runs(index, tmp_path):
     commands = _commands(BLOCKS[index])
     if index == 0:
-        commands = [commands[0][len(INSTALL):]]  # the demo; installing and the suite itself are CI's job
+        commands = [commands[0][len(INSTALL) :]]  # the demo; installing and the suite itself are CI's job
     for name in ("examples", "benchmarks", "tests"):
         (tmp_path / name).symlink_to(ROOT / name)
     script = "set -euo pipefail\n" + "\n".join(commands) + "\n"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, f"README block {index} failed:\n{script}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    proc = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, (
+        f"README block {index} failed:\n{script}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
 
 
 def test_readme_machine_snippet_runs(tmp_path, monkeypatch):
-    block = re.search(r"```python\n(from corelog import Store\nfrom machine import Machine.*?)```", README, re.S)
+    block = re.search(
+        r"```python\n(from corelog import Store\nfrom machine import Machine.*?)```", README, re.S
+    )
     assert block
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}

@@ -172,7 +172,9 @@ def test_wrong_node_is_rejected(writer, make_store):
         if isinstance(m, Data) and m.nodes:
             nodes = [list(n) for n in m.nodes]
             nodes[0][2] = bytes(32)
-            return Data(m.channel, m.id, m.fork, m.length, m.signature, m.start, m.blocks, nodes, m.have, m.manifest)
+            return Data(
+                m.channel, m.id, m.fork, m.length, m.signature, m.start, m.blocks, nodes, m.have, m.manifest
+            )
         return m
 
     assert isinstance(_evil(tamper, writer, make_store), InvalidProof)
@@ -195,7 +197,9 @@ def test_replayed_signature_is_rejected(writer, make_store):
         if isinstance(m, Head):
             return Head(m.channel, m.fork, m.length, m.tree_hash, old_sig, m.byte_length, m.contiguous)
         if isinstance(m, Data):
-            return Data(m.channel, m.id, m.fork, m.length, old_sig, m.start, m.blocks, m.nodes, m.have, m.manifest)
+            return Data(
+                m.channel, m.id, m.fork, m.length, old_sig, m.start, m.blocks, m.nodes, m.have, m.manifest
+            )
         return m
 
     assert isinstance(_evil(tamper, writer, make_store), InvalidSignature | InvalidProof)
@@ -208,8 +212,20 @@ def test_unsolicited_data_is_rejected(writer, make_store):
     log.append(b"x")
     proof = log.proof(350, 351, have=350)
     number = a.conn.channel_number(log.discovery_key)
-    evil = encode(Data(number, 999, proof.fork, proof.length, proof.signature, proof.start, list(proof.blocks),
-                       [list(n) for n in proof.nodes], proof.have, proof.manifest))
+    evil = encode(
+        Data(
+            number,
+            999,
+            proof.fork,
+            proof.length,
+            proof.signature,
+            proof.start,
+            list(proof.blocks),
+            [list(n) for n in proof.nodes],
+            proof.have,
+            proof.manifest,
+        )
+    )
     before = rep.head()
     out = b.receive_data(evil)
     assert isinstance(b.error, ProtocolError) and "unsolicited" in str(b.error)
@@ -292,7 +308,6 @@ def test_store_wide_replication_and_unknown_logs(make_store):
     pump(a, b)
     assert rep[0] == b"w"
     assert private.key not in rs  # never offered to someone who did not ask by key
-
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

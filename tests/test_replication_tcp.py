@@ -72,7 +72,9 @@ async def test_bad_peer_is_dropped_and_server_keeps_serving(make_store):
     log.append(b"hello")
     errors: list[BaseException] = []
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(lambda task_status: serve_tcp(ws, handler_errors=errors, task_status=task_status))
+        port = await nursery.start(
+            lambda task_status: serve_tcp(ws, handler_errors=errors, task_status=task_status)
+        )
         # 1. garbage instead of a handshake
         s = await trio.open_tcp_stream("127.0.0.1", port)
         await s.send_all(b"\x00\x10" + b"not a noise handshake at all")

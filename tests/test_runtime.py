@@ -73,8 +73,12 @@ def test_failures_append_nothing(store):
         m2.send("STOP", object())
     assert m2.log.length == 2 and m2.context == {"running": True, "counter": 0}
 
-    g = Machine(store.get("g"), GUARDED, actions=GUARDED_IMPL["actions"],
-                guards={**GUARDED_IMPL["guards"], "isBig": lambda c, e: 1 / 0})
+    g = Machine(
+        store.get("g"),
+        GUARDED,
+        actions=GUARDED_IMPL["actions"],
+        guards={**GUARDED_IMPL["guards"], "isBig": lambda c, e: 1 / 0},
+    )
     with pytest.raises(ZeroDivisionError):
         g.send("TRY", 5)
     assert g.log.length == 1
@@ -143,8 +147,13 @@ def test_definition_mismatch_and_migrate(store):
     m = Machine(log, COUNTER, **COUNTER_IMPL)
     m.send("START", 3)
     m.close()
-    v2 = {**COUNTER, "states": {**COUNTER["states"], "running": {"on": {**COUNTER["states"]["running"]["on"],
-                                                                        "RESET": {"target": "idle"}}}}}
+    v2 = {
+        **COUNTER,
+        "states": {
+            **COUNTER["states"],
+            "running": {"on": {**COUNTER["states"]["running"]["on"], "RESET": {"target": "idle"}}},
+        },
+    }
     with pytest.raises(DefinitionMismatch, match="migrate=True"):
         Machine(log, v2, **COUNTER_IMPL)
     m2 = Machine(log, v2, **COUNTER_IMPL, migrate=True)
