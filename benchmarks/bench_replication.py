@@ -98,44 +98,23 @@ def spawn_server(
     return proc, int(port_file.read_text())
 
 
-def tcp_initial_sync(root: Path, n: int) -> float:
-    wpath = root / "tcp-w"
-    (key,) = build(wpath, "log", n)
-    proc, port = spawn_server(wpath, root)
-    try:
-        with Store(root / "tcp-r", sync=False) as r:
-            rep = r.get(key=key)
-
-            async def run() -> float:
-                t = time.perf_counter()
-                with trio.fail_after(120):
-                    await connect_tcp(r, "127.0.0.1", port, live=False)
-                return time.perf_counter() - t
-
-            dt = trio.run(run)
-            assert rep.contiguous_length == n and rep.audit().ok
-    finally:
-        proc.kill()
-        proc.wait()
-    return n / dt
-
-
-def tcp_many_logs(root: Path, logs: int, n: int) -> float:
-    wpath = root / "many-w"
+def tcp_sync(root: Path, name: str, n: int, logs: int = 1, timeout: float = 300) -> float:
+    """Seconds for a reader process-pair sync of ``logs`` logs of ``n`` entries over loopback TCP."""
+    wpath = root / f"{name}-w"
     keys = build(wpath, "log", n, logs=logs)
     proc, port = spawn_server(wpath, root)
     try:
-        with Store(root / "many-r", sync=False) as r:
+        with Store(root / f"{name}-r", sync=False) as r:
             reps = [r.get(key=k) for k in keys]
 
             async def run() -> float:
                 t = time.perf_counter()
-                with trio.fail_after(300):
+                with trio.fail_after(timeout):
                     await connect_tcp(r, "127.0.0.1", port, live=False)
                 return time.perf_counter() - t
 
             dt = trio.run(run)
-            assert all(rep.contiguous_length == n for rep in reps)
+            assert all(rep.contiguous_length == n and rep.audit().ok for rep in reps)
     finally:
         proc.kill()
         proc.wait()
@@ -223,7 +202,7 @@ def main() -> None:
     try:
         raw = raw_verify_commit(root, n)
         rows.append(("raw verify+commit (no network, 1 process)", f"{raw:,.0f} entries/s", "baseline"))
-        r = max(tcp_initial_sync(root / f"s{i}", n) for i in range(2))
+        r = max(n / tcp_sync(root / f"s{i}", "tcp", n) for i in range(2))
         rows.append(
             (
                 f"initial sync {n:,} x 100 B, TCP, 2 processes",
@@ -254,7 +233,7 @@ def main() -> None:
                     f"< 5 ms {'OK' if med < 5 else 'MISS'} (p99 {p99:.2f} ms)",
                 )
             )
-        dt = tcp_many_logs(root, *many)
+        dt = tcp_sync(root, "many", many[1], logs=many[0])
         rows.append(
             (
                 f"{many[0]:,} logs x {many[1]} entries, one TCP connection",
