@@ -16,19 +16,31 @@ import csv
 import importlib
 import io
 import json
+import os
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 import lmdb
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from corelog import Log, Store
-from corelog.errors import CorelogError, LogNotFound, NotAMachineLog, StoreLocked, StoreNotFound
+from corelog.errors import (
+    CorelogError,
+    DefinitionError,
+    LogNotFound,
+    NotAMachineLog,
+    StoreLocked,
+    StoreNotFound,
+)
+
+from ._mermaid import mermaid
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -52,28 +64,41 @@ def open_store(path: str) -> Store:
     return Store(p, readonly=True)
 
 
+MIN_PREFIX = 8
+HEX = set("0123456789abcdef")
+
+
 def find_log(store: Store, spec: str) -> Log:
-    """A log by name, full hex key, or unique hex-key prefix (>= 4 characters)."""
+    """A log by name, full hex key (64 digits), or unique hex-key prefix (>= 8 digits).
+
+    A name wins over a key prefix that happens to spell it. Unknown or ambiguous: UsageProblem.
+    """
     if spec in store:
         return store.get(spec, create=False)
     lowered = spec.lower()
-    if all(c in "0123456789abcdef" for c in lowered) and len(lowered) >= 4:
+    hint = "give a name, a 64-hex-digit key or a unique key prefix of 8+ hex digits; `corelog ls STORE` lists them"
+    if lowered and set(lowered) <= HEX:
         if len(lowered) == 64:
             try:
                 return store.get(key=bytes.fromhex(lowered), create=False)
             except LogNotFound:
                 raise UsageProblem(f"no log with key {lowered} in {store.path}") from None
+        if len(lowered) > 64:
+            raise UsageProblem(f"{spec!r} is not a log key: a key is 64 hex digits, this has {len(lowered)}")
+        if len(lowered) < MIN_PREFIX:
+            raise UsageProblem(
+                f"no log named {spec!r} in {store.path}, and a key prefix needs at least {MIN_PREFIX} hex digits"
+            )
         matches = [k for k in store.keys() if k.hex().startswith(lowered)]
         if len(matches) == 1:
             return store.get(key=matches[0], create=False)
         if len(matches) > 1:
+            shown = ", ".join(k.hex()[:16] for k in matches[:4]) + (", ..." if len(matches) > 4 else "")
             raise UsageProblem(
-                f"key prefix {spec!r} is ambiguous ({len(matches)} logs); give more characters"
+                f"key prefix {spec!r} is ambiguous: {len(matches)} logs match ({shown}); give more digits"
             )
-    raise UsageProblem(
-        f"no log named {spec!r} in {store.path} (give a name, a 64-hex-digit key or a unique key prefix; "
-        "`corelog ls STORE` lists them)"
-    )
+        raise UsageProblem(f"no log named {spec!r} and no key starting with it in {store.path} ({hint})")
+    raise UsageProblem(f"no log named {spec!r} in {store.path} ({hint})")
 
 
 def machine_header(log: Log) -> dict | None:
@@ -120,7 +145,7 @@ class _Group(click.Group):
                 raise
             kind = "the store is damaged" if isinstance(exc, lmdb.Error) else type(exc).__name__
             _fail(f"{kind}: {exc}", PROBLEMS)
-        except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt):
+        except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt, BrokenPipeError):
             raise
         except Exception as exc:
             if ctx.obj and ctx.obj.get("debug"):
@@ -167,9 +192,6 @@ def info(store: str, log: str) -> None:
     with open_store(store) as s:
         lg = find_log(s, log)
         h = lg.head()
-        table = Table(show_header=False, title=f"log {lg.name or _short(lg.key)}")
-        table.add_column(style="bold")
-        table.add_column(overflow="fold")
         rows = [
             ("name", lg.name or "-"),
             ("key", lg.key.hex()),
@@ -188,9 +210,8 @@ def info(store: str, log: str) -> None:
             rows += [("machine id", str(header["id"])), ("definition hash", str(header["definition_hash"]))]
         else:
             rows.append(("machine", "no (not a machine log)"))
-        for k, v in rows:
-            table.add_row(k, v)
-        console.print(table)
+        for k, v in rows:  # one unwrapped line each, so keys and hashes can be copied and grepped
+            console.print(f"[bold]{k + ':':<16}[/] {escape(v)}", soft_wrap=True)
 
 
 def _entries(lg: Log, start: int, stop: int | None):
@@ -229,144 +250,239 @@ def key(store: str, log: str) -> None:
         click.echo(find_log(s, log).key.hex())
 
 
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _value(state: Any) -> str:
+    return state if isinstance(state, str) else json.dumps(state, ensure_ascii=False)
+
+
 @cli.command("log")
 @click.argument("store")
 @click.argument("log")
-@click.option("--from", "start", type=int, default=0, help="First entry index.")
-@click.option("--to", "stop", type=int, default=None, help="Stop before this index.")
-@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
+@click.option("--from", "start", type=click.IntRange(min=0), default=0, help="First entry index.")
+@click.option("--to", "stop", type=click.IntRange(min=0), default=None, help="Stop before this index.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines (one entry each) instead of a table.")
 def log_cmd(store: str, log: str, start: int, stop: int | None, as_json: bool) -> None:
-    """Entries of a machine LOG: event, state, and what changed in the context."""
+    """Entries of a machine LOG: time (UTC), event, state, and what changed in the context.
+
+    LOG is a name, a 64-hex-digit key or a unique key prefix (8+ hex digits).
+    """
     with open_store(store) as s:
         lg = find_log(s, log)
         if not machine_header(lg):
             raise UsageProblem(f"log {log!r} is not a machine log (its first entry is not a machine header)")
+        length = lg.contiguous_length
+        stop = length if stop is None else min(stop, length)
+        if start >= length or stop <= start:
+            raise UsageProblem(
+                f"nothing in --from {start} --to {stop}: log {log!r} has entries 0..{length - 1}"
+            )
         if as_json:
-            for e in _entries(lg, max(0, start), stop):
+            for e in _entries(lg, start, stop):
                 sys.stdout.write(json.dumps(_entry_dict(e), ensure_ascii=False) + "\n")
             return
-        table = Table(title=f"{log}: entries {start}..{(stop or lg.contiguous_length) - 1}")
-        for col in ("#", "time", "event", "data", "state", "context change"):
-            table.add_column(col)
-        prev = None
-        if start > 0:
-            prev = next(_entries(lg, start - 1, start)).context
-        for e in _entries(lg, max(0, start), stop):
-            from datetime import UTC, datetime
-
-            when = datetime.fromtimestamp(e.time / 1000, UTC).strftime("%H:%M:%S.%f")[:-3] if e.time else "-"
-            ev = e.event.type if e.event else "(header)"
-            data = json.dumps(e.event.data) if e.event and e.event.data is not None else ""
-            state = e.state if isinstance(e.state, str) else json.dumps(e.state)
-            table.add_row(str(e.index), when, ev, data, state, _diff(prev, e.context))
+        table = Table(title=f"{log}: entries {start}..{stop - 1} of {length}")
+        for col in ("#", "time (UTC)", "event", "data", "state", "context change"):
+            table.add_column(col, overflow="fold")
+        prev = next(_entries(lg, start - 1, start)).context if start > 0 else None
+        for e in _entries(lg, start, stop):
+            ev = e.event.type if e.event else "(header)" if e.index == 0 else "(migration)"
+            data = (
+                json.dumps(e.event.data, ensure_ascii=False) if e.event and e.event.data is not None else ""
+            )
+            table.add_row(str(e.index), _when(e.time), ev, data, _value(e.state), _diff(prev, e.context))
             prev = e.context
         console.print(table)
+
+
+REPLAY_HELP = """Also re-run every recorded event through your implementation and compare
+with the recorded snapshots. MODULE:ATTR is imported (the current directory is on
+the path) and ATTR is one of: a dict {"actions": {...}, "guards": {...}} (the
+usual case: a Statechart is built for each stored definition); a
+machine.Statechart (used as is); or a callable taking the stored definition dict
+and returning a Statechart. Each header entry (entry 0 and every migration)
+resets the chart; entry 0 must equal the chart's initial snapshot. Without LOG,
+every machine log is replayed with the same ATTR: for a store of several
+machines, use a callable that picks the implementation by definition["id"]."""
+
+
+def _brief(problems: list[str]) -> str:
+    """The first problem's first line, shortened for a table cell."""
+    if not problems:
+        return "-"
+    first = problems[0].splitlines()[0]
+    more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+    return (first[:60] + "…" if len(first) > 60 else first) + more
 
 
 def _load_replay(spec: str) -> Callable[[dict], Any]:
     """MODULE:ATTR -> a function building a Statechart for a stored definition."""
     from machine import Statechart
 
-    if ":" not in spec:
+    mod_name, sep, attr = spec.partition(":")
+    if not sep or not mod_name or not attr:
         raise UsageProblem(f"--replay takes MODULE:ATTR (e.g. myapp.machines:IMPL), got {spec!r}")
-    mod_name, attr = spec.split(":", 1)
-    sys.path.insert(0, str(Path.cwd()))
+    cwd = str(Path.cwd())
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
     try:
-        obj = getattr(importlib.import_module(mod_name), attr)
+        obj = importlib.import_module(mod_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
         raise UsageProblem(f"cannot load {spec}: {exc}") from None
     if isinstance(obj, Statechart):
         return lambda definition: obj
-    if isinstance(obj, dict) and ("actions" in obj or "guards" in obj):
+    if isinstance(obj, dict):
+        unknown = set(obj) - {"actions", "guards"}
+        if unknown:
+            raise UsageProblem(
+                f"{spec} is a dict with unknown keys {sorted(unknown)}; use 'actions' and 'guards'"
+            )
         return lambda definition: Statechart(definition, obj.get("actions"), obj.get("guards"))
     if callable(obj):
-        return lambda definition: obj(definition)
-    raise UsageProblem(f"{spec} must be a Statechart, a dict with actions/guards, or a callable(definition)")
+
+        def build(definition: dict) -> Statechart:
+            chart = obj(definition)
+            if not isinstance(chart, Statechart):
+                raise UsageProblem(
+                    f"{spec}(definition) returned {type(chart).__name__}, not a machine.Statechart"
+                )
+            return chart
+
+        return build
+    raise UsageProblem(
+        f"{spec} is a {type(obj).__name__}: give a dict with actions/guards, a Statechart, or a callable(definition)"
+    )
 
 
-def _replay(lg: Log, make_chart: Callable[[dict], Any], progress: Callable[[int], None]) -> str | None:
-    """Re-run every recorded event; the first entry whose recorded snapshot differs, described."""
+def _replay(
+    lg: Log, make_chart: Callable[[dict], Any], progress: Callable[[int], None]
+) -> tuple[int, str] | None:
+    """Re-run every recorded event; (index, description) of the first entry that differs, or None."""
+    from machine import decode_entry
+
     chart = snap = None
-    for e in _entries(lg, 0, None):
-        progress(e.index)
+
+    def differs(index: int, what: str, recorded, replayed) -> tuple[int, str]:
+        return index, (
+            f"entry {index} ({what}): recorded {_value(recorded.value)} {json.dumps(dict(recorded.context))}, "
+            f"replayed {_value(replayed.value)} {json.dumps(dict(replayed.context))}"
+            + (f" (done {recorded.done} vs {replayed.done})" if recorded.done != replayed.done else "")
+        )
+
+    for index, data in enumerate(lg.iter(0, lg.contiguous_length)):
+        progress(index)
+        try:
+            e = decode_entry(index, data)
+        except NotAMachineLog as exc:
+            return index, f"entry {index}: {exc}"
         if e.kind == "header":
-            chart = make_chart(e.definition)
+            try:
+                chart = make_chart(e.definition)
+            except DefinitionError as exc:
+                why = "; ".join(f"{path or '<root>'}: {msg}" for path, msg in exc.problems)
+                return index, f"entry {index} (header): the implementation does not fit the definition: {why}"
+            except CorelogError as exc:
+                return index, f"entry {index} (header): the implementation does not fit the definition: {exc}"
             if chart.hash != e.definition_hash:
-                return f"entry {e.index}: the implementation's definition hash differs from the recorded one"
-            snap = chart.snapshot_from(e.state, e.context)
+                return index, (
+                    f"entry {index} (header): the stored definition hash {e.definition_hash} is not the "
+                    f"implementation's {chart.hash}"
+                )
+            recorded = chart.snapshot_from(e.state, e.context)
+            if index == 0:
+                try:
+                    start = chart.initial(e.time)
+                except Exception as exc:
+                    return index, f"entry 0 (header): the initial snapshot raised {type(exc).__name__}: {exc}"
+                if start.value != e.state or dict(start.context) != e.context:
+                    return differs(index, "initial snapshot", recorded, start)
+            snap = recorded
             continue
         try:
-            snap = chart.transition(snap, e.event)
+            snap_next = chart.transition(snap, e.event)
         except Exception as exc:
-            return f"entry {e.index} ({e.event.type}): replay raised {type(exc).__name__}: {exc}"
-        if snap.value != e.state or dict(snap.context) != e.context:
-            return (
-                f"entry {e.index} ({e.event.type}): recorded {json.dumps(e.state)} {json.dumps(e.context)}, "
-                f"replayed {json.dumps(snap.value)} {json.dumps(dict(snap.context))}"
-            )
+            return index, f"entry {index} ({e.event.type}): replay raised {type(exc).__name__}: {exc}"
+        recorded = e.snapshot
+        if snap_next.value != e.state or dict(snap_next.context) != e.context or snap_next.done != e.done:
+            return differs(index, e.event.type, recorded, snap_next)
+        snap = snap_next
     return None
 
 
 @cli.command()
 @click.argument("store")
 @click.argument("log", required=False)
-@click.option(
-    "--replay",
-    metavar="MODULE:ATTR",
-    help="Also re-run every event through this implementation (a Statechart, a dict "
-    "{'actions': ..., 'guards': ...}, or a callable(definition) -> Statechart).",
-)
+@click.option("--replay", metavar="MODULE:ATTR", help=REPLAY_HELP)
 def audit(store: str, log: str | None, replay: str | None) -> None:
-    """Verify every node and signed head of LOG (or of every log in STORE).
+    """Verify every block, tree node and signed head of LOG (or of every log in STORE).
 
-    Exit 0 when clean, 1 when problems are found, 2 on usage errors.
+    The store is opened read-only, so an audit can run while a writer is working.
+    Exit status: 0 when clean, 1 when problems are found, 2 on usage errors.
     """
     make_chart = _load_replay(replay) if replay else None
     with open_store(store) as s:
         logs = [find_log(s, log)] if log else list(s)
         results = []
-        show = console.is_terminal
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             TextColumn("{task.completed}/{task.total}"),
             TimeRemainingColumn(),
             console=console,
-            disable=not show,
+            disable=not console.is_terminal,
             transient=True,
         ) as bar:
             for lg in logs:
                 label = lg.name or _short(lg.key)
                 task = bar.add_task(f"audit {label}", total=lg.contiguous_length)
-                report = lg.audit(progress=lambda done, total, t=task: bar.update(t, completed=done))
-                problems = list(report.problems)
+                report = lg.audit(
+                    progress=lambda done, total, t=task: bar.update(t, completed=done, total=total)
+                )
+                problems = [str(p) for p in report.problems]
                 first_bad = report.first_bad
-                if make_chart is not None and report.ok and machine_header(lg):
-                    t2 = bar.add_task(f"replay {label}", total=lg.contiguous_length)
-                    found = _replay(lg, make_chart, lambda i, t=t2: bar.update(t, completed=i + 1))
-                    if found:
-                        problems.append(f"replay: {found}")
-                        first_bad = int(found.split()[1].rstrip(":")) if first_bad is None else first_bad
-                results.append((label, lg, report, problems, first_bad))
+                replayed = "-"
+                if make_chart is not None:
+                    if not machine_header(lg):
+                        replayed = "not a machine log"
+                    elif not report.ok:
+                        replayed = "skipped (log damaged)"
+                    else:
+                        t2 = bar.add_task(f"replay {label}", total=lg.contiguous_length)
+                        found = _replay(lg, make_chart, lambda i, t=t2: bar.update(t, completed=i + 1))
+                        replayed = "ok" if found is None else "DIFFERS"
+                        if found:
+                            first_bad, message = found
+                            problems.append(f"replay: {message}")
+                results.append((label, lg, report, problems, first_bad, replayed))
         table = Table(title=f"audit of {store}")
-        for col in ("log", "length", "fork", "result", "first bad index", "details"):
-            table.add_column(col)
-        for label, lg, report, problems, first_bad in results:
+        for col in ("log", "length", "fork", "result", "first bad", "replay"):
+            table.add_column(col, no_wrap=col not in ("log", "replay"), overflow="fold")
+        table.add_column("details", overflow="fold", ratio=1)
+        for label, lg, report, problems, first_bad, replayed in results:
             table.add_row(
                 label,
                 str(report.length),
                 str(lg.fork),
                 "[green]ok[/]" if not problems else "[red]BAD[/]",
                 "-" if first_bad is None else str(first_bad),
-                "; ".join(problems)[:300] or "-",
+                replayed,
+                _brief(problems),
             )
         console.print(table)
         bad = [r for r in results if r[3]]
-        for label, lg, _report, problems, first_bad in bad:
-            console.print(f"log {label} ({lg.key.hex()}): first bad index {first_bad}: {problems[0]}")
+        for label, lg, _report, problems, first_bad, _ in bad:
+            console.print(
+                f"log {label} ({lg.key.hex()}): first bad index {first_bad}: {problems[0]}", soft_wrap=True
+            )
         if bad:
             raise SystemExit(PROBLEMS)
-        console.print(f"{len(results)} log(s) clean")
+        console.print(f"{len(results)} log(s) clean" + (" (replayed)" if make_chart else ""))
 
 
 @cli.command()
@@ -408,90 +524,6 @@ def export(store: str, log: str, fmt: str, output: str | None) -> None:
                 out.close()
             else:
                 out.detach()
-
-
-def mermaid(definition: dict, current: Any = None) -> str:
-    """A Mermaid ``stateDiagram-v2`` of a definition, the active states marked."""
-    active: set[str] = set()
-
-    def mark(value: Any, prefix: str = "") -> None:
-        if isinstance(value, str):
-            active.add(prefix + value)
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                active.add(prefix + k)
-                mark(v, f"{prefix}{k}.")
-
-    if current is not None:
-        mark(current)
-    lines = ["stateDiagram-v2"]
-
-    def sid(path: str) -> str:
-        return path.replace(".", "__").replace("-", "_") or "root"
-
-    ids: dict[str, str] = {}
-
-    def index_ids(node: dict, path: str) -> None:
-        if node.get("id") and path:
-            ids[node["id"]] = path
-        for k, child in (node.get("states") or {}).items():
-            index_ids(child, f"{path}.{k}" if path else k)
-
-    index_ids(definition, "")
-
-    def target_path(source: str, target: str) -> str:
-        if target.startswith("#"):
-            head, _, rest = target[1:].partition(".")
-            base = ids.get(head, "" if head == definition.get("id") else head)
-            return ".".join(p for p in (base, rest) if p)
-        if target.startswith("."):
-            return f"{source}{target}"
-        parent = source.rpartition(".")[0]
-        return f"{parent}.{target}" if parent else target
-
-    def emit(node: dict, path: str, indent: str) -> None:
-        children = node.get("states") or {}
-        parallel = node.get("type") == "parallel"
-        if node.get("initial") and not parallel:
-            first = f"{path}.{node['initial']}" if path else node["initial"]
-            lines.append(f"{indent}[*] --> {sid(first)}")
-        for n, (key, child) in enumerate(children.items()):
-            cpath = f"{path}.{key}" if path else key
-            if child.get("states"):
-                lines.append(f'{indent}state "{key}" as {sid(cpath)} {{')
-                emit(child, cpath, indent + "  ")
-                lines.append(f"{indent}}}")
-            else:
-                lines.append(f'{indent}state "{key}" as {sid(cpath)}')
-            if child.get("type") == "final":
-                lines.append(f"{indent}{sid(cpath)} --> [*]")
-            if parallel and n < len(children) - 1:
-                lines.append(f"{indent}--")
-        for key, child in children.items():
-            cpath = f"{path}.{key}" if path else key
-            for ev, tr in (child.get("on") or {}).items():
-                for cand in tr if isinstance(tr, list) else [tr]:
-                    cand = {"target": cand} if isinstance(cand, str) else cand
-                    guard = cand.get("guard")
-                    gname = guard if isinstance(guard, str) else (guard or {}).get("type")
-                    label = ev + (f" [{gname}]" if gname else "")
-                    targets = cand.get("target")
-                    for t in (targets if isinstance(targets, list) else [targets]) if targets else [None]:
-                        dest = sid(target_path(cpath, t)) if t else sid(cpath)
-                        lines.append(f"{indent}{sid(cpath)} --> {dest} : {label}")
-            for cand in child.get("always") or []:
-                cand = {"target": cand} if isinstance(cand, str) else cand
-                if cand.get("target"):
-                    lines.append(
-                        f"{indent}{sid(cpath)} --> {sid(target_path(cpath, cand['target']))} : always"
-                    )
-
-    emit(definition, "", "  ")
-    if active:
-        lines.append("  classDef current fill:#ffd54f,stroke:#f57f17,stroke-width:2px")
-        for path in sorted(active):
-            lines.append(f"  class {sid(path)} current")
-    return "\n".join(lines)
 
 
 @cli.command()
@@ -570,7 +602,12 @@ def sync(store: str, key: str, address: str, live: bool) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    cli(prog_name="corelog")
+    try:
+        cli(prog_name="corelog")
+    except BrokenPipeError:  # `corelog log ... | head`: the reader left; exit quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(1) from None
 
 
 __all__ = ["cli", "main", "mermaid"]
