@@ -158,7 +158,17 @@ class _Group(click.Group):
 @click.version_option(package_name="corelog")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
-    """Inspect, audit, export and replicate corelog stores."""
+    """Inspect, audit, export and replicate corelog stores.
+
+    STORE is a store directory (it holds data.mdb); reading commands open it
+    read-only, so they work while a writer runs. LOG is a log name, its
+    64-hex-digit key, or a unique prefix of the key (8+ hex digits).
+
+    \b
+    Exit status: 0 success (audit: clean); 1 problems found, damaged data,
+    or an unexpected error; 2 usage error (bad arguments, missing store,
+    unknown or ambiguous log, bad key, store locked by a writer).
+    """
     ctx.obj = {"debug": debug}
 
 
