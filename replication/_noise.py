@@ -1,18 +1,32 @@
-"""Noise_XX_25519_ChaChaPoly_BLAKE2b (Noise spec revision 34), sans-IO, on PyNaCl.
+"""Noise_XX_25519_ChaChaPoly_BLAKE2b (Noise Protocol Framework, revision 34), sans-IO, on PyNaCl.
 
-XX is the pattern Hypercore uses::
+XX is the handshake pattern Hypercore uses::
 
     -> e
     <- e, ee, s, es
     -> s, se
 
-Both sides end up authenticated by their static X25519 keys (their identities),
-the static keys travel encrypted (identity hiding against passive observers),
-and both hold the same *handshake hash*, a transcript digest the replication
-layer binds its per-log capability proofs to, so a capability is worthless on
-any other connection. Primitives: X25519 and ChaCha20-Poly1305 (IETF) from
-libsodium via PyNaCl, BLAKE2b-512 from hashlib. Checked against the cacophony
-test vectors in ``tests/test_noise.py``.
+Why XX:
+
+* mutual authentication: each side proves it holds the private half of its
+  static X25519 key (``es`` and ``se``), which is its identity on the network;
+* identity hiding: static keys travel encrypted (the responder's under a key
+  only the initiator's ephemeral can derive, the initiator's after it has seen
+  the responder's), so a passive observer learns neither identity;
+* no prior knowledge: neither side needs the other's key in advance;
+* the *handshake hash* (``h`` once the handshake is complete) is a digest of the
+  whole transcript, identical on both sides and unique to this connection. The
+  replication layer binds its per-log capability proofs to it, so a proof lifted
+  from one connection is worthless on any other.
+
+Everything is bytes in, bytes out (no I/O): call :meth:`NoiseXX.write_message`
+and :meth:`NoiseXX.read_message` in turn, then :meth:`NoiseXX.split` for the two
+transport :class:`CipherState` objects. Primitives: X25519 and
+ChaCha20-Poly1305 (IETF; nonce = 4 zero bytes + 8-byte little-endian counter)
+from libsodium via PyNaCl, BLAKE2b-512 and HMAC-BLAKE2b from the standard
+library. Rekey is not implemented (not needed by XX or by us). Checked byte for
+byte against published vectors (cacophony, snow) and against the
+``noiseprotocol`` package in ``tests/test_noise.py``.
 """
 
 from __future__ import annotations
@@ -24,14 +38,20 @@ import struct
 import nacl.bindings as sodium
 import nacl.exceptions
 
-from corelog.errors import HandshakeError
+from corelog.errors import HandshakeError, ProtocolError
 
 PROTOCOL_NAME = b"Noise_XX_25519_ChaChaPoly_BLAKE2b"
 HASHLEN = 64
+BLOCKLEN = 128  # of BLAKE2b; what hmac uses for the HMAC padding
 DHLEN = 32
+KEYLEN = 32
 TAGLEN = 16
-MAX_MESSAGE = 65535
-_NONCE = struct.Struct("<4xQ")  # 32 zero bits then a 64-bit little-endian counter
+MAX_MESSAGE = 65535  # any Noise message, handshake or transport
+MAX_PLAINTEXT = MAX_MESSAGE - TAGLEN
+_NONCE_LIMIT = 2**64 - 1  # reserved by the spec; reaching it is an error
+_NONCE = struct.Struct("<4xQ")  # 32 zero bits, then the counter as 64-bit little-endian
+
+assert hashlib.blake2b().block_size == BLOCKLEN and hashlib.blake2b().digest_size == HASHLEN
 
 
 def _hash(data: bytes) -> bytes:
@@ -43,6 +63,7 @@ def _hmac(key: bytes, data: bytes) -> bytes:
 
 
 def _hkdf(chaining_key: bytes, ikm: bytes, n: int) -> list[bytes]:
+    """Noise's HKDF: ``n`` (2 or 3) outputs of HASHLEN bytes."""
     temp = _hmac(chaining_key, ikm)
     out = [_hmac(temp, b"\x01")]
     for i in range(2, n + 1):
@@ -53,62 +74,86 @@ def _hkdf(chaining_key: bytes, ikm: bytes, n: int) -> list[bytes]:
 def _dh(private: bytes, public: bytes) -> bytes:
     try:
         return sodium.crypto_scalarmult(private, public)
-    except (nacl.exceptions.RuntimeError, nacl.exceptions.CryptoError, ValueError):
-        raise HandshakeError("the peer sent an invalid X25519 public key") from None
+    except (nacl.exceptions.CryptoError, ValueError, TypeError):
+        # libsodium refuses low-order points (the shared secret would be all zeros)
+        raise HandshakeError("the peer sent an invalid X25519 public key (a low-order point)") from None
 
 
 def keypair(private: bytes | None = None) -> tuple[bytes, bytes]:
-    """(private, public) X25519 key pair; random unless ``private`` is given."""
+    """An X25519 ``(private, public)`` pair; random unless ``private`` (32 bytes) is given."""
     if private is None:
         private = sodium.randombytes(32)
-    if len(private) != 32:
+    if not isinstance(private, bytes | bytearray) or len(private) != 32:
         raise ValueError("an X25519 private key is 32 bytes")
+    private = bytes(private)
     return private, sodium.crypto_scalarmult_base(private)
 
 
 class CipherState:
-    """A ChaCha20-Poly1305 key with its message counter."""
+    """A ChaCha20-Poly1305 key ``k`` (None = not keyed yet) and its message counter ``n``.
+
+    Without a key, encryption and decryption return their input unchanged (as
+    the spec says). Each call uses the next nonce; a failed decryption leaves
+    the counter where it was.
+    """
 
     __slots__ = ("k", "n")
 
     def __init__(self, key: bytes | None = None):
+        if key is not None and len(key) != KEYLEN:
+            raise ValueError("a ChaCha20-Poly1305 key is 32 bytes")
         self.k = key
         self.n = 0
+
+    def has_key(self) -> bool:
+        return self.k is not None
+
+    def _nonce(self) -> bytes:
+        if self.n >= _NONCE_LIMIT:
+            raise ProtocolError("nonce exhausted (2^64 - 1 messages): open a new connection")
+        return _NONCE.pack(self.n)
 
     def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
         if self.k is None:
             return plaintext
-        if self.n >= 2**64 - 1:
-            raise HandshakeError("nonce exhausted: open a new connection")
-        out = sodium.crypto_aead_chacha20poly1305_ietf_encrypt(plaintext, ad, _NONCE.pack(self.n), self.k)
+        if len(plaintext) > MAX_PLAINTEXT:
+            raise ValueError(f"a Noise message holds at most {MAX_PLAINTEXT} bytes of plaintext")
+        out = sodium.crypto_aead_chacha20poly1305_ietf_encrypt(plaintext, ad, self._nonce(), self.k)
         self.n += 1
         return out
 
     def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
         if self.k is None:
             return ciphertext
-        if self.n >= 2**64 - 1:
-            raise HandshakeError("nonce exhausted: open a new connection")
-        try:
-            out = sodium.crypto_aead_chacha20poly1305_ietf_decrypt(
-                ciphertext, ad, _NONCE.pack(self.n), self.k
+        if not TAGLEN <= len(ciphertext) <= MAX_MESSAGE:
+            raise HandshakeError(
+                f"an encrypted Noise message of {len(ciphertext)} bytes "
+                f"(must be {TAGLEN}..{MAX_MESSAGE}): the data was altered or is not from this peer"
             )
+        try:
+            out = sodium.crypto_aead_chacha20poly1305_ietf_decrypt(ciphertext, ad, self._nonce(), self.k)
         except nacl.exceptions.CryptoError:
             raise HandshakeError("decryption failed: the data was altered or is not from this peer") from None
         self.n += 1
         return out
 
 
-class _SymmetricState:
-    def __init__(self) -> None:
-        name = PROTOCOL_NAME
-        self.h = name.ljust(HASHLEN, b"\0") if len(name) <= HASHLEN else _hash(name)
+class SymmetricState:
+    """The chaining key, the running hash ``h`` and the handshake's CipherState."""
+
+    __slots__ = ("ck", "h", "cipher")
+
+    def __init__(self, protocol_name: bytes = PROTOCOL_NAME):
+        if len(protocol_name) <= HASHLEN:
+            self.h = protocol_name.ljust(HASHLEN, b"\0")
+        else:
+            self.h = _hash(protocol_name)
         self.ck = self.h
         self.cipher = CipherState()
 
     def mix_key(self, ikm: bytes) -> None:
-        self.ck, temp = _hkdf(self.ck, ikm, 2)
-        self.cipher = CipherState(temp[:32])
+        self.ck, temp_k = _hkdf(self.ck, ikm, 2)
+        self.cipher = CipherState(temp_k[:KEYLEN])
 
     def mix_hash(self, data: bytes) -> None:
         self.h = _hash(self.h + data)
@@ -125,13 +170,24 @@ class _SymmetricState:
 
     def split(self) -> tuple[CipherState, CipherState]:
         k1, k2 = _hkdf(self.ck, b"", 2)
-        return CipherState(k1[:32]), CipherState(k2[:32])
+        return CipherState(k1[:KEYLEN]), CipherState(k2[:KEYLEN])
+
+
+# bytes a handshake message adds around its payload, per message number
+_OVERHEAD = (DHLEN, DHLEN + DHLEN + TAGLEN + TAGLEN, DHLEN + TAGLEN + TAGLEN)
 
 
 class NoiseXX:
-    """One side of an XX handshake. Call ``write_message``/``read_message`` in turn.
+    """One side of a Noise_XX_25519_ChaChaPoly_BLAKE2b handshake.
 
-    Initiator: write, read, write. Responder: read, write, read. Then ``split()``.
+    Initiator: ``write_message``, ``read_message``, ``write_message``.
+    Responder: ``read_message``, ``write_message``, ``read_message``.
+    Then ``complete`` is true, ``handshake_hash`` and ``remote_static`` are set,
+    and ``split()`` gives this side's ``(send, receive)`` cipher states.
+
+    ``ephemeral_private`` fixes the ephemeral key: for test vectors only, never
+    in real use. Any failure (tampering, garbage, a wrong key, a call out of
+    turn) raises :class:`HandshakeError` and leaves the object unusable.
     """
 
     def __init__(
@@ -142,16 +198,21 @@ class NoiseXX:
         prologue: bytes = b"",
         ephemeral_private: bytes | None = None,
     ):
-        self.initiator = initiator
-        self.s = keypair(static_private)
+        self.initiator = bool(initiator)
+        self._s = keypair(static_private)
         self._e_fixed = ephemeral_private
-        self.e: tuple[bytes, bytes] | None = None
-        self.re: bytes | None = None
+        self._e: tuple[bytes, bytes] | None = None
+        self._re: bytes | None = None
         self.remote_static: bytes | None = None
-        self._ss = _SymmetricState()
-        self._ss.mix_hash(prologue)
-        self._step = 0  # messages done
-        self._result: tuple[CipherState, CipherState] | None = None
+        self._ss = SymmetricState()
+        self._ss.mix_hash(bytes(prologue))
+        self._step = 0  # handshake messages done (3 = complete)
+        self._failed: str | None = None
+
+    @property
+    def public_key(self) -> bytes:
+        """This side's static X25519 public key."""
+        return self._s[1]
 
     @property
     def complete(self) -> bool:
@@ -159,74 +220,96 @@ class NoiseXX:
 
     @property
     def handshake_hash(self) -> bytes:
+        """The 64-byte transcript hash, identical on both sides once complete."""
         if not self.complete:
             raise HandshakeError("the handshake is not complete yet")
         return self._ss.h
 
-    def _my_turn(self) -> bool:
-        return (self._step % 2 == 0) == self.initiator
+    def _check_turn(self, writing: bool) -> None:
+        if self._failed is not None:
+            raise HandshakeError(f"the handshake already failed ({self._failed}); start a new one")
+        if self.complete:
+            raise HandshakeError("the handshake is already complete")
+        my_turn = (self._step % 2 == 0) == self.initiator
+        if my_turn != writing:
+            raise HandshakeError(f"not our turn to {'write' if writing else 'read'} a handshake message")
 
     def write_message(self, payload: bytes = b"") -> bytes:
-        if self.complete or not self._my_turn():
-            raise HandshakeError("not our turn to write a handshake message")
+        self._check_turn(writing=True)
+        if _OVERHEAD[self._step] + len(payload) > MAX_MESSAGE:
+            raise ValueError(f"handshake payload too large: a Noise message is at most {MAX_MESSAGE} bytes")
+        try:
+            return self._write(bytes(payload))
+        except HandshakeError as exc:
+            self._failed = str(exc)
+            raise
+
+    def _write(self, payload: bytes) -> bytes:
         ss = self._ss
         out = bytearray()
         if self._step == 0:  # -> e
-            self._write_e(out)
+            out += self._write_e()
         elif self._step == 1:  # <- e, ee, s, es
-            self._write_e(out)
-            ss.mix_key(_dh(self.e[0], self.re))  # type: ignore[index,arg-type]
-            out += ss.encrypt_and_hash(self.s[1])
-            ss.mix_key(_dh(self.s[0], self.re))  # type: ignore[arg-type]
+            out += self._write_e()
+            ss.mix_key(_dh(self._e[0], self._re))  # type: ignore[index,arg-type]  # ee
+            out += ss.encrypt_and_hash(self._s[1])  # s
+            ss.mix_key(_dh(self._s[0], self._re))  # type: ignore[arg-type]  # es (responder side)
         else:  # -> s, se
-            out += ss.encrypt_and_hash(self.s[1])
-            ss.mix_key(_dh(self.s[0], self.re))  # type: ignore[arg-type]
+            out += ss.encrypt_and_hash(self._s[1])  # s
+            ss.mix_key(_dh(self._s[0], self._re))  # type: ignore[arg-type]  # se (initiator side)
         out += ss.encrypt_and_hash(payload)
-        if len(out) > MAX_MESSAGE:
-            raise HandshakeError("handshake payload too large")
         self._step += 1
         return bytes(out)
 
-    def _write_e(self, out: bytearray) -> None:
-        self.e = keypair(self._e_fixed)
-        out += self.e[1]
-        self._ss.mix_hash(self.e[1])
+    def _write_e(self) -> bytes:
+        self._e = keypair(self._e_fixed)
+        self._ss.mix_hash(self._e[1])
+        return self._e[1]
 
     def read_message(self, message: bytes) -> bytes:
-        if self.complete or self._my_turn():
-            raise HandshakeError("not our turn to read a handshake message")
-        if len(message) > MAX_MESSAGE:
-            raise HandshakeError("handshake message too large")
+        """Process the peer's next handshake message; returns its payload."""
+        self._check_turn(writing=False)
+        try:
+            return self._read(bytes(message))
+        except HandshakeError as exc:
+            self._failed = str(exc)
+            raise
+
+    def _read(self, message: bytes) -> bytes:
+        n = len(message)
+        if n > MAX_MESSAGE:
+            raise HandshakeError(f"handshake message of {n} bytes (at most {MAX_MESSAGE})")
+        need = _OVERHEAD[self._step]
+        if n < need:
+            raise HandshakeError(
+                f"truncated handshake message {self._step + 1}: {n} bytes, at least {need} expected"
+            )
         ss = self._ss
-        pos = 0
-
-        def take(n: int) -> bytes:
-            nonlocal pos
-            if len(message) < pos + n:
-                raise HandshakeError("truncated handshake message")
-            chunk = message[pos : pos + n]
-            pos += n
-            return chunk
-
+        rs = None
         if self._step == 0:  # -> e
-            self.re = take(DHLEN)
-            ss.mix_hash(self.re)
+            self._re = message[:DHLEN]
+            ss.mix_hash(self._re)
+            pos = DHLEN
         elif self._step == 1:  # <- e, ee, s, es
-            self.re = take(DHLEN)
-            ss.mix_hash(self.re)
-            ss.mix_key(_dh(self.e[0], self.re))  # type: ignore[index]
-            self.remote_static = ss.decrypt_and_hash(take(DHLEN + TAGLEN))
-            ss.mix_key(_dh(self.e[0], self.remote_static))  # type: ignore[index]
+            self._re = message[:DHLEN]
+            ss.mix_hash(self._re)
+            ss.mix_key(_dh(self._e[0], self._re))  # type: ignore[index]  # ee
+            rs = ss.decrypt_and_hash(message[DHLEN : 2 * DHLEN + TAGLEN])  # s
+            ss.mix_key(_dh(self._e[0], rs))  # type: ignore[index]  # es (initiator side)
+            pos = 2 * DHLEN + TAGLEN
         else:  # -> s, se
-            self.remote_static = ss.decrypt_and_hash(take(DHLEN + TAGLEN))
-            ss.mix_key(_dh(self.e[0], self.remote_static))  # type: ignore[index]
+            rs = ss.decrypt_and_hash(message[: DHLEN + TAGLEN])  # s
+            ss.mix_key(_dh(self._e[0], rs))  # type: ignore[index]  # se (responder side)
+            pos = DHLEN + TAGLEN
         payload = ss.decrypt_and_hash(message[pos:])
+        if rs is not None:  # only now is the key proven (the payload's tag covers the DH with it)
+            self.remote_static = rs
         self._step += 1
         return payload
 
     def split(self) -> tuple[CipherState, CipherState]:
-        """(send, receive) cipher states for this side's transport messages."""
+        """This side's ``(send, receive)`` cipher states for transport messages."""
         if not self.complete:
             raise HandshakeError("the handshake is not complete yet")
-        c1, c2 = self._ss.split()
+        c1, c2 = self._ss.split()  # c1: initiator -> responder
         return (c1, c2) if self.initiator else (c2, c1)
