@@ -1,104 +1,300 @@
-"""An encrypted, mutually authenticated trio stream: Noise XX over any trio stream.
+"""An encrypted, mutually authenticated trio stream: Noise XX over any ``trio.abc.Stream``.
 
-Wire format: each handshake message, and then each transport record, is a
-2-byte big-endian length followed by that many bytes (Noise caps a message at
-65535 bytes). ``send_all`` cuts data into records of at most 65519 plaintext
-bytes; ``receive_some`` returns decrypted bytes. The replication protocol
-frames its own messages on top, so this layer is a plain byte stream.
+:func:`secure_stream` runs the handshake (:mod:`._noise`) over a TCP stream, an
+in-memory stream, a WebRTC data channel ... and returns a :class:`SecureStream`,
+which is both a byte stream (``send_all``/``receive_some``, what the replication
+session uses) and a message channel (``send_message``/``receive_message``).
+
+Wire format::
+
+    handshake   3 x ( u16 BE length | Noise handshake message )      (empty payloads)
+    transport   records: u16 BE length | Noise transport message     (17..65535 bytes)
+
+    plaintext of a record:
+        0x01 | u32 BE total | first chunk     starts an application message of ``total`` bytes
+        0x00 | chunk                          continues it (non-empty, never past ``total``)
+
+A message bigger than one record is cut into one start record and continuation
+records. ``total`` comes first, so the receiver rejects a message over its
+``max_message`` (:class:`FrameTooLarge`) before buffering any of it. A start
+record while a message is unfinished, a continuation outside one, an unknown
+record type, a record that fails authentication, or EOF inside a record or a
+message are all :class:`ProtocolError` (:class:`HandshakeError` for failed
+decryption). A clean EOF (between messages) is *not* authenticated: an attacker
+who can cut the connection can end it early, never alter or reorder it; the
+replication protocol has its own end-of-sync agreement.
+
+``send_all(data)`` sends ``data`` as messages of at most one record each;
+``receive_some`` returns the bytes of consecutive messages as one stream, so
+either side can use either API, but message boundaries only survive
+``send_message`` -> ``receive_message``. Sends are serialised by a lock (each
+message goes out whole even from several tasks), and so are receives.
 """
 
 from __future__ import annotations
 
-import os
 import struct
 
+import nacl.public
 import trio
 
-from corelog.errors import HandshakeError, ProtocolError
+from corelog.errors import FrameTooLarge, HandshakeError, ProtocolError
 
-from ._noise import MAX_MESSAGE, TAGLEN, NoiseXX
+from ._noise import MAX_MESSAGE, MAX_PLAINTEXT, NoiseXX
 
 _LEN = struct.Struct(">H")
-MAX_PLAINTEXT = MAX_MESSAGE - TAGLEN
+_START = struct.Struct(">BI")
+START, CONTINUE = 1, 0
+START_BODY = MAX_PLAINTEXT - _START.size  # 65514: body bytes in a start record
+CONTINUE_BODY = MAX_PLAINTEXT - 1  # 65518: body bytes in a continuation record
+MAX_MESSAGE_LIMIT = 2**32 - 1  # what the u32 total can say
+RECEIVE_SIZE = 256 * 1024
+SEND_BATCH = 256 * 1024  # hand the inner stream this much at a time for big messages
+_CONT_HEADER = bytes([CONTINUE])
 
 
 class SecureStream(trio.abc.Stream):
-    """A Noise-encrypted stream. Build it with :func:`secure_stream`."""
+    """A Noise-encrypted stream over ``inner``. Build it with :func:`secure_stream`.
 
-    def __init__(self, inner: trio.abc.Stream, noise: NoiseXX, leftover: bytes):
+    Attributes: ``handshake_hash`` (64 bytes, the same on both sides, unique to
+    this connection), ``remote_public_key`` (the peer's static X25519 public
+    key: its identity), ``public_key`` (ours), ``max_message``.
+    """
+
+    def __init__(
+        self,
+        inner: trio.abc.Stream,
+        noise: NoiseXX,
+        leftover: bytes = b"",
+        *,
+        max_message: int = 16 * 1024 * 1024,
+    ):
+        if not noise.complete:
+            raise ValueError("the Noise handshake is not complete")
         self.inner = inner
         self.handshake_hash: bytes = noise.handshake_hash
         self.remote_public_key: bytes = noise.remote_static  # type: ignore[assignment]
-        self.public_key: bytes = noise.s[1]
+        self.public_key: bytes = noise.public_key
+        self.max_message = max_message
         self._send, self._recv = noise.split()
-        self._buf = bytearray(leftover)
-        self._plain = bytearray()
         self._send_lock = trio.Lock()
         self._recv_lock = trio.Lock()
+        self._raw = bytearray(leftover)  # ciphertext received, not decrypted yet
+        self._remaining = 0  # bytes of the current incoming message still to come
+        self._pending = memoryview(b"")  # decrypted, not yet returned by receive_some
+        self._parts: list[memoryview] = []  # a message receive_message is assembling
         self._eof = False
+        self._closed = False
+        self._send_broken = False
+        self._broken: ProtocolError | None = None
+
+    # --- sending -------------------------------------------------------------------
+
+    def _seal(self, data: memoryview, out: bytearray, start: bool, total: int) -> None:
+        """Append one record (``data`` fits in it) to ``out``."""
+        header = _START.pack(START, total) if start else _CONT_HEADER
+        record = self._send.encrypt_with_ad(b"", header + data)
+        out += _LEN.pack(len(record))
+        out += record
+
+    def encode_message(self, data: bytes | bytearray | memoryview) -> bytes:
+        """The records of one message, as they go on the wire (advances the send nonce)."""
+        out = bytearray()
+        for batch in self._message_records(memoryview(data).cast("B")):
+            out += batch
+        return bytes(out)
+
+    def _message_records(self, view: memoryview):
+        """Yield batches (about SEND_BATCH bytes) of the records of one message."""
+        total = len(view)
+        if total > MAX_MESSAGE_LIMIT:
+            raise FrameTooLarge(f"a message of {total} bytes; the wire format allows {MAX_MESSAGE_LIMIT}")
+        out = bytearray()
+        self._seal(view[:START_BODY], out, True, total)
+        pos = START_BODY
+        while pos < total:
+            if len(out) >= SEND_BATCH:
+                yield out
+                out = bytearray()
+            self._seal(view[pos : pos + CONTINUE_BODY], out, False, 0)
+            pos += CONTINUE_BODY
+        yield out
+
+    async def send_message(self, data: bytes | bytearray | memoryview) -> None:
+        """Send one application message (0 to ``max_message`` bytes), kept whole for receive_message."""
+        view = memoryview(data).cast("B")
+        if len(view) > self.max_message:
+            raise FrameTooLarge(
+                f"a message of {len(view)} bytes is over max_message={self.max_message}; "
+                "split it, or raise max_message on both sides"
+            )
+        async with self._send_lock:
+            self._check_send()
+            try:
+                for batch in self._message_records(view):
+                    await self.inner.send_all(batch)
+            except BaseException:
+                self._send_broken = True  # part of a message may be out: nothing can follow it
+                raise
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send bytes (as a stream: the peer's receive_some may return them in other pieces)."""
+        view = memoryview(data).cast("B")
         async with self._send_lock:
-            view = memoryview(data)
-            out = bytearray()
-            encrypt = self._send.encrypt_with_ad
-            for pos in range(0, len(view), MAX_PLAINTEXT):
-                record = encrypt(b"", bytes(view[pos : pos + MAX_PLAINTEXT]))
-                out += _LEN.pack(len(record))
-                out += record
-            if out:
-                await self.inner.send_all(out)
+            self._check_send()
+            try:
+                out = bytearray()
+                for pos in range(0, len(view), START_BODY):
+                    chunk = view[pos : pos + START_BODY]
+                    self._seal(chunk, out, True, len(chunk))
+                    if len(out) >= SEND_BATCH:
+                        await self.inner.send_all(out)
+                        out = bytearray()
+                if out:
+                    await self.inner.send_all(out)
+            except BaseException:
+                self._send_broken = True  # a record may be half out: nothing can follow it
+                raise
 
     async def wait_send_all_might_not_block(self) -> None:
+        self._check_send()
         await self.inner.wait_send_all_might_not_block()
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        async with self._recv_lock:
-            while not self._plain:
-                if not self._decrypt_buffered():
-                    if self._eof:
-                        if self._buf:
-                            raise ProtocolError("the connection ended in the middle of an encrypted record")
-                        return b""
-                    data = await self.inner.receive_some(256 * 1024)
-                    if not data:
-                        self._eof = True
-                    self._buf += data
-            n = len(self._plain) if max_bytes is None else min(max_bytes, len(self._plain))
-            out = bytes(self._plain[:n])
-            del self._plain[:n]
-            return out
+    # --- receiving -----------------------------------------------------------------
 
-    def _decrypt_buffered(self) -> bool:
-        """Decrypt every complete record in the buffer; True if any was."""
-        buf = self._buf
-        pos = 0
-        got = False
-        while len(buf) - pos >= 2:
-            (n,) = _LEN.unpack_from(buf, pos)
-            if len(buf) - pos - 2 < n:
-                break
-            record = bytes(buf[pos + 2 : pos + 2 + n])
-            self._plain += self._recv.decrypt_with_ad(b"", record)
-            pos += 2 + n
-            got = True
-        if pos:
-            del buf[:pos]
-        return got
+    async def _next_record(self) -> bytes | None:
+        """The next decrypted record; None at EOF on a record boundary."""
+        raw = self._raw
+        while True:
+            if len(raw) >= 2:
+                (n,) = _LEN.unpack_from(raw)
+                if len(raw) >= 2 + n:
+                    record = bytes(memoryview(raw)[2 : 2 + n])
+                    del raw[: 2 + n]
+                    return self._recv.decrypt_with_ad(b"", record)
+            if self._eof:
+                if raw:
+                    raise ProtocolError(
+                        f"the connection ended inside an encrypted record ({len(raw)} bytes of it received)"
+                    )
+                return None
+            data = await self.inner.receive_some(RECEIVE_SIZE)
+            if data:
+                raw += data
+            else:
+                self._eof = True
+
+    def _open_record(self, plaintext: bytes) -> memoryview:
+        """Check a record's header against the message state; returns its body."""
+        if not plaintext:
+            raise ProtocolError("an empty record (no header)")
+        kind = plaintext[0]
+        view = memoryview(plaintext)
+        if kind == START:
+            if len(plaintext) < _START.size:
+                raise ProtocolError("a start record too short to hold its message length")
+            if self._remaining:
+                raise ProtocolError(f"a new message began while {self._remaining} bytes of the last were due")
+            _, total = _START.unpack_from(plaintext)
+            if total > self.max_message:
+                raise FrameTooLarge(
+                    f"the peer announced a message of {total} bytes, over max_message={self.max_message}"
+                )
+            body = view[_START.size :]
+            if len(body) > total:
+                raise ProtocolError(f"a start record holds {len(body)} bytes of a {total}-byte message")
+            self._remaining = total - len(body)
+            return body
+        if kind == CONTINUE:
+            body = view[1:]
+            if not self._remaining:
+                raise ProtocolError("a continuation record outside any message")
+            if not body or len(body) > self._remaining:
+                raise ProtocolError(
+                    f"a continuation record of {len(body)} bytes where {self._remaining} were due"
+                )
+            self._remaining -= len(body)
+            return body
+        raise ProtocolError(f"unknown record type {kind}")
+
+    async def _receive_body(self) -> memoryview | None:
+        """The body of the next record, checked; None at a clean EOF."""
+        if self._broken is not None:
+            raise ProtocolError(f"the secure stream is broken: {self._broken}")
+        try:
+            plaintext = await self._next_record()
+            if plaintext is None:
+                if self._remaining:
+                    raise ProtocolError(f"the connection ended with {self._remaining} bytes of a message due")
+                return None
+            return self._open_record(plaintext)
+        except ProtocolError as exc:
+            self._broken = exc
+            raise
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Decrypted bytes (as many as are ready, up to ``max_bytes``); b"" at EOF."""
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
+        async with self._recv_lock:
+            self._check_open()
+            if self._parts:
+                raise RuntimeError("receive_some in the middle of a message receive_message was assembling")
+            while not self._pending:
+                body = await self._receive_body()
+                if body is None:
+                    return b""
+                self._pending = body
+            pending = self._pending
+            n = len(pending) if max_bytes is None else min(max_bytes, len(pending))
+            self._pending = pending[n:]
+            return bytes(pending[:n])
+
+    async def receive_message(self) -> bytes:
+        """The next whole application message; raises trio.EndOfChannel at a clean EOF.
+
+        Cancellation-safe: a cancelled call keeps what it had, the next call goes on.
+        """
+        async with self._recv_lock:
+            self._check_open()
+            if self._pending or (self._remaining and not self._parts):
+                raise RuntimeError("receive_message in the middle of a message receive_some was reading")
+            parts = self._parts
+            while True:
+                body = await self._receive_body()
+                if body is None:
+                    raise trio.EndOfChannel
+                parts.append(body)
+                if not self._remaining:
+                    break
+            self._parts = []
+            return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+
+    # --- closing -------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the secure stream was closed")
+
+    def _check_send(self) -> None:
+        self._check_open()
+        if self._send_broken:
+            raise trio.BrokenResourceError("an earlier send failed or was cancelled part way")
 
     async def aclose(self) -> None:
+        self._closed = True
         await self.inner.aclose()
 
 
 async def _read_handshake_message(stream: trio.abc.Stream, buf: bytearray) -> bytes:
     while True:
         if len(buf) >= 2:
-            (n,) = _LEN.unpack_from(buf, 0)
+            (n,) = _LEN.unpack_from(buf)
             if len(buf) >= 2 + n:
                 msg = bytes(buf[2 : 2 + n])
                 del buf[: 2 + n]
                 return msg
-        data = await stream.receive_some(65536)
+        data = await stream.receive_some(MAX_MESSAGE + 2)
         if not data:
             raise HandshakeError("the peer closed the connection during the handshake")
         buf += data
@@ -110,34 +306,45 @@ async def secure_stream(
     initiator: bool,
     static_private: bytes | None = None,
     prologue: bytes = b"corelog/1",
+    max_message: int = 16 * 1024 * 1024,
     handshake_timeout: float = 10.0,
 ) -> SecureStream:
     """Run the Noise XX handshake over ``stream``; returns the encrypted stream.
 
-    Raises HandshakeError (and closes ``stream``) on garbage, tampering, a
-    timeout, or a peer speaking another prologue.
+    ``static_private`` is this side's 32-byte X25519 identity (a fresh one if
+    None). Both sides must use the same ``prologue``. ``max_message`` bounds the
+    messages this side accepts (and sends); ``send_all`` sends pieces of up to
+    65514 bytes, so a peer that uses it needs ``max_message`` >= 65514. Raises :class:`HandshakeError`, and
+    closes ``stream``, on garbage, tampering, a peer speaking another prologue,
+    a broken connection, or no complete handshake within ``handshake_timeout``
+    seconds.
     """
-    noise = NoiseXX(initiator, static_private or os.urandom(32), prologue=prologue)
+    if not 0 < max_message <= MAX_MESSAGE_LIMIT:
+        raise ValueError(f"max_message must be 1..{MAX_MESSAGE_LIMIT}")
+    if static_private is None:
+        static_private = bytes(nacl.public.PrivateKey.generate())
+    noise = NoiseXX(initiator, static_private, prologue=prologue)
     buf = bytearray()
+
+    async def write() -> None:
+        m = noise.write_message()
+        await stream.send_all(_LEN.pack(len(m)) + m)
+
+    async def read() -> None:
+        noise.read_message(await _read_handshake_message(stream, buf))
+
     try:
         with trio.fail_after(handshake_timeout):
-            if initiator:
-                m = noise.write_message()
-                await stream.send_all(_LEN.pack(len(m)) + m)
-                noise.read_message(await _read_handshake_message(stream, buf))
-                m = noise.write_message()
-                await stream.send_all(_LEN.pack(len(m)) + m)
-            else:
-                noise.read_message(await _read_handshake_message(stream, buf))
-                m = noise.write_message()
-                await stream.send_all(_LEN.pack(len(m)) + m)
-                noise.read_message(await _read_handshake_message(stream, buf))
+            steps = (write, read, write) if initiator else (read, write, read)
+            for step in steps:
+                await step()
     except trio.TooSlowError:
         await trio.aclose_forcefully(stream)
         raise HandshakeError(f"the handshake did not finish within {handshake_timeout} s") from None
-    except (HandshakeError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+    except HandshakeError:
         await trio.aclose_forcefully(stream)
-        if isinstance(exc, HandshakeError):
-            raise
-        raise HandshakeError(f"the connection broke during the handshake: {exc}") from None
-    return SecureStream(stream, noise, bytes(buf))
+        raise
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        await trio.aclose_forcefully(stream)
+        raise HandshakeError(f"the connection broke during the handshake: {exc!r}") from None
+    return SecureStream(stream, noise, bytes(buf), max_message=max_message)
