@@ -87,6 +87,7 @@ class SecureStream(trio.abc.Stream):
         self._closed = False
         self._send_broken = False
         self._broken: ProtocolError | None = None
+        self._deferred: ProtocolError | None = None
 
     # --- sending -------------------------------------------------------------------
 
@@ -97,7 +98,7 @@ class SecureStream(trio.abc.Stream):
         out += _LEN.pack(len(record))
         out += record
 
-    def encode_message(self, data: bytes | bytearray | memoryview) -> bytes:
+    def _encode_message(self, data: bytes | bytearray | memoryview) -> bytes:
         """The records of one message, as they go on the wire (advances the send nonce)."""
         out = bytearray()
         for batch in self._message_records(memoryview(data).cast("B")):
@@ -162,25 +163,32 @@ class SecureStream(trio.abc.Stream):
 
     # --- receiving -----------------------------------------------------------------
 
+    def _take_record(self) -> bytes | None:
+        """The next record decrypted, if it is wholly buffered; else None."""
+        raw = self._raw
+        if len(raw) >= 2:
+            (n,) = _LEN.unpack_from(raw)
+            if len(raw) >= 2 + n:
+                record = bytes(memoryview(raw)[2 : 2 + n])
+                del raw[: 2 + n]
+                return self._recv.decrypt_with_ad(b"", record)
+        return None
+
     async def _next_record(self) -> bytes | None:
         """The next decrypted record; None at EOF on a record boundary."""
-        raw = self._raw
         while True:
-            if len(raw) >= 2:
-                (n,) = _LEN.unpack_from(raw)
-                if len(raw) >= 2 + n:
-                    record = bytes(memoryview(raw)[2 : 2 + n])
-                    del raw[: 2 + n]
-                    return self._recv.decrypt_with_ad(b"", record)
+            plaintext = self._take_record()
+            if plaintext is not None:
+                return plaintext
             if self._eof:
-                if raw:
+                if self._raw:
                     raise ProtocolError(
-                        f"the connection ended inside an encrypted record ({len(raw)} bytes of it received)"
+                        f"the connection ended inside an encrypted record ({len(self._raw)} bytes of it received)"
                     )
                 return None
             data = await self.inner.receive_some(RECEIVE_SIZE)
             if data:
-                raw += data
+                self._raw += data
             else:
                 self._eof = True
 
@@ -217,9 +225,17 @@ class SecureStream(trio.abc.Stream):
             return body
         raise ProtocolError(f"unknown record type {kind}")
 
+    def _take_body(self) -> memoryview | None:
+        """The checked body of the next record if it is wholly buffered; else None."""
+        plaintext = self._take_record()
+        return None if plaintext is None else self._open_record(plaintext)
+
     async def _receive_body(self) -> memoryview | None:
         """The body of the next record, checked; None at a clean EOF."""
         if self._broken is not None:
+            if self._deferred is not None:  # found while receive_some was returning good bytes
+                exc, self._deferred = self._deferred, None
+                raise exc
             raise ProtocolError(f"the secure stream is broken: {self._broken}")
         try:
             plaintext = await self._next_record()
@@ -245,10 +261,27 @@ class SecureStream(trio.abc.Stream):
                 if body is None:
                     return b""
                 self._pending = body
-            pending = self._pending
-            n = len(pending) if max_bytes is None else min(max_bytes, len(pending))
-            self._pending = pending[n:]
-            return bytes(pending[:n])
+            # then whatever more is already here (no waiting), in one copy
+            limit = RECEIVE_SIZE if max_bytes is None else max_bytes
+            pieces = []
+            got = 0
+            while True:
+                pending = self._pending
+                n = min(limit - got, len(pending))
+                pieces.append(pending[:n])
+                self._pending = pending[n:]
+                got += n
+                if got >= limit or self._pending:
+                    break
+                try:
+                    body = self._take_body()
+                except ProtocolError as exc:
+                    self._broken = self._deferred = exc  # raised by the next call
+                    break
+                if body is None:
+                    break
+                self._pending = body
+            return bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
 
     async def receive_message(self) -> bytes:
         """The next whole application message; raises trio.EndOfChannel at a clean EOF.

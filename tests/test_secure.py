@@ -150,6 +150,20 @@ async def test_apis_mix_at_message_boundaries():
         assert await b.receive_some() == b"def"
 
 
+async def test_receive_some_returns_what_is_ready_then_the_error():
+    with trio.fail_after(10):
+        a, b = await _memory_pair()
+        good = a._encode_message(b"one") + a._encode_message(b"two") + a._encode_message(b"three")
+        bad = bytearray(a._encode_message(b"four"))
+        bad[-1] ^= 1
+        await a.inner.send_all(good + bytes(bad))
+        assert await b.receive_some() == b"onetwothree"  # the good records, in one piece
+        with pytest.raises(HandshakeError, match="altered"):
+            await b.receive_some()  # then the tampered one
+        with pytest.raises(ProtocolError, match="broken"):
+            await b.receive_some()
+
+
 async def test_concurrent_senders_and_receivers_are_serialised():
     with trio.fail_after(10):
         a, b = await _memory_pair()
@@ -172,7 +186,7 @@ async def test_receive_message_is_cancellation_safe():
     with trio.fail_after(10):
         a, b = await _memory_pair()
         message = os.urandom(3 * CONTINUE_BODY)
-        wire = a.encode_message(message)
+        wire = a._encode_message(message)
         await a.inner.send_all(wire[: len(wire) // 2])
         with trio.move_on_after(0.05) as scope:
             await b.receive_message()
@@ -189,7 +203,7 @@ async def test_oversized_message_is_rejected_before_buffering():
         a, b = await _memory_pair(kw_b={"max_message": MiB})
         await a.send_message(bytes(MiB))  # exactly the limit is fine
         assert len(await b.receive_message()) == MiB
-        wire = a.encode_message(bytes(MiB + 1))
+        wire = a._encode_message(bytes(MiB + 1))
         await a.inner.send_all(wire[:100])  # only the start of the first record: the header says it all
         await a.inner.send_all(wire[100 : 65535 + 2])
         with pytest.raises(FrameTooLarge, match="over max_message"):
@@ -215,7 +229,7 @@ async def test_eof_handling():
 
         # EOF inside a message (whole records, but not all of them)
         a, b = await _memory_pair()
-        wire = a.encode_message(os.urandom(2 * CONTINUE_BODY))
+        wire = a._encode_message(os.urandom(2 * CONTINUE_BODY))
         await a.inner.send_all(wire[: 2 + 65535])
         await a.inner.aclose()
         with pytest.raises(ProtocolError, match="bytes of a message due"):
@@ -261,7 +275,7 @@ async def test_any_flipped_bit_on_the_wire_is_an_error(pos, bit, size):
     with trio.fail_after(10):
         a, b = await _memory_pair()
         message = os.urandom(size)
-        wire = bytearray(a.encode_message(message))
+        wire = bytearray(a._encode_message(message))
         wire[pos % len(wire)] ^= 1 << bit
         await a.inner.send_all(bytes(wire))
         await a.inner.aclose()
