@@ -125,41 +125,58 @@ class HistoryEntry:
         )
 
 
+def _int_or_none(value: Any) -> bool:
+    return value is None or (type(value) is int)
+
+
 def decode(index: int, data: bytes) -> HistoryEntry:
-    """Decode entry ``index``; NotAMachineLog if it is not a corelog machine entry."""
+    """Decode entry ``index`` strictly; NotAMachineLog if it is not a corelog machine entry."""
     try:
         e = msgpack.unpackb(data, raw=False)
     except Exception as exc:
         raise NotAMachineLog(f"entry {index} is not msgpack ({exc}); this is not a machine log") from None
     if not isinstance(e, dict) or "state" not in e or not isinstance(e.get("context"), dict):
         raise NotAMachineLog(f"entry {index} is not a machine entry (no state/context)")
+    state = e["state"]
+    if not isinstance(state, str | dict):
+        raise NotAMachineLog(f"entry {index} has a state of type {type(state).__name__}; not a machine entry")
+    if not _int_or_none(e.get("time")):
+        raise NotAMachineLog(f"entry {index} has a non-integer time {e.get('time')!r}")
     if e.get("type") == HEADER_TYPE:
-        if e.get("version") != VERSION or not isinstance(e.get("definition"), dict):
+        if e.get("version") != VERSION:
             raise NotAMachineLog(f"entry {index}: unsupported machine header version {e.get('version')!r}")
+        if not isinstance(e.get("definition"), dict) or not isinstance(e.get("definition_hash"), str):
+            raise NotAMachineLog(f"entry {index}: a machine header without a definition and its hash")
         return HistoryEntry(
             index,
             "header",
             None,
-            e["state"],
+            state,
             e["context"],
             e.get("time"),
             False,
             index,
             e["definition"],
-            e.get("definition_hash"),
+            e["definition_hash"],
         )
+    if index == 0:
+        raise NotAMachineLog("entry 0 is not a machine header; this log was not written by a machine")
     ev = e.get("event")
     if not isinstance(ev, dict) or not isinstance(ev.get("type"), str):
         raise NotAMachineLog(f"entry {index} has no event")
-    if index == 0:
-        raise NotAMachineLog("entry 0 is not a machine header; this log was not written by a machine")
+    header = e.get("header", 0)
+    if type(header) is not int or not 0 <= header < index:
+        raise NotAMachineLog(f"entry {index} names header {header!r}, which cannot precede it")
+    done = e.get("done", False)
+    if type(done) is not bool:
+        raise NotAMachineLog(f"entry {index} has a non-boolean done flag {done!r}")
     return HistoryEntry(
         index,
         "transition",
         Event(ev["type"], ev.get("data"), e.get("time")),
-        e["state"],
+        state,
         e["context"],
         e.get("time"),
-        bool(e.get("done", False)),
-        int(e.get("header", 0)),
+        done,
+        header,
     )

@@ -46,6 +46,40 @@ def as_event(event: Any, data: Any = None) -> tuple[str, Any]:
     raise TypeError(f"an event is a type string, (type, data), an Event or a dict with 'type'; got {event!r}")
 
 
+def definition_diff(
+    old: Any, new: Any, path: str = "", out: list[str] | None = None, limit: int = 6
+) -> list[str]:
+    """Up to ``limit`` human-readable differences between two definitions (``states.a.on.GO added``)."""
+    if out is None:
+        out = []
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        for k in sorted(set(old) | set(new), key=str):
+            if len(out) >= limit:
+                break
+            p = f"{path}.{k}" if path else str(k)
+            if k not in old:
+                out.append(f"{p} added")
+            elif k not in new:
+                out.append(f"{p} removed")
+            else:
+                definition_diff(old[k], new[k], p, out, limit)
+    elif old != new and len(out) < limit:
+        out.append(f"{path or '<root>'} changed from {old!r:.40} to {new!r:.40}")
+    return out
+
+
+def missing_implementations(problems: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """``{"actions": [...], "guards": [...]}`` named by DefinitionError problems about implementations."""
+    import re
+
+    found: dict[str, list[str]] = {}
+    for _, msg in problems:
+        m = re.match(r"unknown (action|guard) '([^']*)'", msg)
+        if m and m.group(2) not in found.setdefault(m.group(1) + "s", []):
+            found[m.group(1) + "s"].append(m.group(2))
+    return found
+
+
 class History(Sequence):
     """The recorded entries of a machine log, read lazily from the log."""
 
@@ -138,6 +172,7 @@ class _Core:
         self.view_only_reason: str | None = None
         self._actions, self._guards = actions, guards
         self.header_index = 0
+        self._fork = log.fork
         self.header_hash: str | None = None
         self.stored_definition: dict | None = None
         self._head: Snapshot | None = None
@@ -150,64 +185,79 @@ class _Core:
         given = definition if isinstance(definition, Statechart) else None
         if definition is not None and given is None:
             given = Statechart(definition, actions, guards)
+        self._given = given
         if log.contiguous_length == 0:
             if given is None:
                 if log.writable:
                     raise MachineError("this log is empty: pass a definition to create a machine in it")
             elif log.writable:
                 self.chart = given
-                snap = given.initial(self.clock())
-                log.append(encode_header(dict(given.definition), given.hash, snap, self.clock()))
+                t = self.clock()
+                log.append(encode_header(dict(given.definition), given.hash, given.initial(t), t))
                 self._restore()
             else:
                 self.chart = given  # a replica still waiting for its first entries
         else:
-            self._restore(given)
+            self._restore()
             if given is not None and self.header_hash != given.hash:
                 if not migrate:
+                    diff = definition_diff(self.stored_definition, dict(given.definition))
                     raise DefinitionMismatch(
-                        f"the log was recorded with definition {self.header_hash[:12]}… but this one is "
-                        f"{given.hash[:12]}…; pass migrate=True to record the new definition and continue"
+                        f"the log was recorded with definition {str(self.header_hash)[:12]}… (entry "
+                        f"{self.header_index}) but this one is {given.hash[:12]}…; it differs in: "
+                        f"{'; '.join(diff) or 'its encoding only'}. Pass migrate=True to record the new "
+                        "definition and continue (or definition=None to use the stored one)"
                     )
                 self._migrate(given)
         self._unwatch = log.watch(self._on_log_change)
 
     # --- restore -------------------------------------------------------------------
 
-    def _restore(self, given: Statechart | None = None) -> None:
-        """O(1): read the last entry and its governing header."""
+    def _restore(self) -> None:
+        """O(1): read the last entry and (unless already known) its governing header."""
         n = self.log.contiguous_length
         if n == 0:
             self._head, self._head_index = None, -1
             return
         last = decode(n - 1, self.log.get(n - 1))
-        header = last if last.kind == "header" else decode(last.header, self.log.get(last.header))
-        if header.kind != "header":
-            raise MachineError(f"entry {last.header} should be a header but is not; the log is damaged")
-        if header.definition_hash != self.header_hash or self.chart is None:
+        known = (
+            last.kind == "transition"
+            and last.header == self.header_index
+            and self.header_hash is not None
+            and self.chart is not None
+        )
+        if not known:
+            header = last if last.kind == "header" else decode(last.header, self.log.get(last.header))
+            if header.kind != "header":
+                raise MachineError(f"entry {last.header} should be a header but is not; the log is damaged")
+            if header.definition_hash != self.header_hash or self.chart is None:
+                self.stored_definition = header.definition
+                given = self._given
+                if given is not None and given.hash == header.definition_hash:
+                    self.chart, self.view_only_reason = given, None
+                else:
+                    self.chart = self._chart_for(header.definition)  # type: ignore[arg-type]
             self.header_index = header.index
             self.header_hash = header.definition_hash
-            self.stored_definition = header.definition
-            if given is not None and given.hash == header.definition_hash:
-                self.chart = given
-            else:
-                self.chart = self._chart_for(header.definition)  # type: ignore[arg-type]
         self._head = self._snapshot_of(last)
         self._head_index = n - 1
 
     def _chart_for(self, definition: dict) -> Statechart | None:
+        """The stored definition compiled; view only (``send`` refused) if implementations are missing."""
+        self.view_only_reason = None
         try:
             return Statechart(definition, self._actions, self._guards)
         except DefinitionError as exc:
-            if self._actions or self._guards:
-                self.view_only_reason = str(exc)
+            missing = missing_implementations(exc.problems)
             try:
                 chart = Statechart(definition, self._actions, self._guards, implementations=False)
-            except DefinitionError:
+            except DefinitionError as exc2:
+                self.view_only_reason = f"the stored definition does not compile: {exc2}"
                 return None
+            names = ", ".join(f"{kind}={{{', '.join(map(repr, ns))}: ...}}" for kind, ns in missing.items())
             self.view_only_reason = (
-                "this machine was opened without the implementations its definition names; "
-                "pass actions=/guards= (or the definition) to send events"
+                f"this machine is view only: its definition names implementations that were not given; "
+                f"pass {names or 'the actions/guards it names'} to Machine(...) to send events"
             )
             return chart
 
@@ -229,29 +279,43 @@ class _Core:
                 f"cannot migrate: the current state does not exist in the new definition ({exc})"
             ) from None
         self.log.append(encode_header(dict(chart.definition), chart.hash, snap, self.clock()))
-        self.view_only_reason = None
         self.chart = None
-        self._restore(chart)
+        self._restore()
 
     def _on_log_change(self, log: Log) -> None:
         if self._appending:
             return
         with self._lock:
-            n = log.contiguous_length
-            if n - 1 == self._head_index and self._head is not None:
+            n, fork = log.contiguous_length, log.fork
+            if fork == self._fork and n - 1 == self._head_index and self._head is not None:
                 return
+            if fork != self._fork:
+                # reorganised (a truncation, or a replica following a higher fork): entries from
+                # ``keep`` on may differ now; a cursor on one of them clamps to the last one kept
+                keep = log.common_prefix(self._fork, self._head_index + 1)
+                self._fork = fork
+                if self.header_index >= keep:
+                    self.header_hash = None
+                if self._cursor is not None and self._cursor >= keep:
+                    self._cursor = max(0, keep - 1)
             self._restore()
-            if self._cursor is not None and self._cursor > self._head_index:
-                self._cursor = None  # a reorg cut below the cursor: back to the head
+            if self._cursor is not None and self._cursor >= self._head_index:
+                self._cursor = None  # clamped onto the head (or beyond it): live again
             self._cursor_snapshot = None
         for cb in list(self._listeners):
             cb()
 
     # --- sending ------------------------------------------------------------------------
 
-    def prepare(self, event: Any, data: Any) -> tuple[Snapshot, bytes]:
+    def check_writable(self) -> None:
         if not self.log.writable:
-            raise NotWritable("this machine runs on a replica log: only the writer can send events")
+            raise NotWritable(
+                "this machine runs on a replica log (or a read-only store): only the writer can send "
+                "events; nothing was done"
+            )
+
+    def prepare(self, event: Any, data: Any) -> tuple[Snapshot, bytes]:
+        self.check_writable()
         if self._cursor is not None:
             raise NotAtHead(
                 f"the history cursor is at entry {self._cursor}, not the head ({self._head_index}); "
@@ -321,6 +385,7 @@ class _Core:
             self.log.truncate(n)
         finally:
             self._appending = False
+        self._fork = self.log.fork
         self.header_hash = None  # the governing header may have been cut
         self._restore()
         self._cursor = None
@@ -359,9 +424,13 @@ class Machine:
 
     # sending
     def send(self, event: str | Event | Mapping | tuple, data: Any = None) -> Snapshot:
-        """Run ``event`` to completion and record it; returns the new snapshot.
+        """Run ``event`` to completion and record it as one entry; returns the new snapshot.
 
-        Raises EventNotAccepted, a guard's or action's own exception, or
+        ``event`` is a type string (``send("START", 1)``: ``data`` is the event data), an
+        :class:`Event` (its ``time`` is replaced by the clock's; ``data`` overrides its data
+        when given), a ``(type, data)`` tuple, or a dict ``{"type": ..., "data": ...}``.
+        Raises NotWritable on a replica and NotAtHead when the cursor is in the past (before
+        any work); EventNotAccepted, a guard's or action's own exception, or
         UnserializableContext, and then records nothing and changes nothing.
         """
         core = self._core

@@ -45,11 +45,17 @@ class Coremachine(Machine):
         clock: Callable[[], int] | None = None,
         offload: bool | None = None,
     ):
+        try:
+            self._token = trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            raise RuntimeError(
+                "create a Coremachine inside trio (e.g. in an async function run by trio.run); "
+                "outside trio use the synchronous Machine"
+            ) from None
         super().__init__(log, definition, actions=actions, guards=guards, migrate=migrate, clock=clock)
         self._send_lock = trio.Lock()
         self._changed = trio.Event()
         self._closed = False
-        self._token = trio.lowlevel.current_trio_token()
         self._trio_thread = threading.get_ident()
         # durable stores fsync on commit: do that in a thread so the event loop keeps running
         self._offload = log.store.sync if offload is None else offload
@@ -69,37 +75,69 @@ class Coremachine(Machine):
                 pass
 
     async def send(self, event: str | Event | Mapping | tuple, data: Any = None) -> Snapshot:  # type: ignore[override]
-        """Run ``event`` to completion and record it (serialised with other sends, in arrival order)."""
+        """Run ``event`` to completion and record it (serialised with other sends, in arrival order).
+
+        Accepts what :meth:`Machine.send` accepts. Cancelled while waiting for its turn, it records
+        nothing. Once its entry is being appended it is no longer cancellable: the append runs to
+        its end and the snapshot is committed, then the send returns it (the cancellation is
+        delivered at the caller's next checkpoint), so the log and the snapshot always agree.
+        After :meth:`aclose` (even one that happened while this send waited) it raises
+        ``trio.ClosedResourceError`` and records nothing.
+        """
         if self._closed:
-            raise trio.ClosedResourceError("the machine is closed")
+            raise trio.ClosedResourceError("the machine is closed; nothing was recorded")
+        self._core.check_writable()  # before waiting for a turn
         async with self._send_lock:
+            if self._closed:
+                raise trio.ClosedResourceError(
+                    "the machine was closed while this send waited for its turn; nothing was recorded"
+                )
             core = self._core
-            snapshot, entry = core.prepare(event, data)
+            snapshot, entry = core.prepare(event, data)  # pure: raises and changes nothing on any error
             if self._offload:
-                # not cancellable mid-commit: the append either happens and is committed here, or not at all
+                # a checkpoint before the thread starts (cancel: nothing done); after that, uncancellable
                 index = await trio.to_thread.run_sync(core.append, entry, abandon_on_cancel=False)
             else:
                 index = core.append(entry)
-            core.commit(snapshot, index)
+            core.commit(snapshot, index)  # synchronous: no checkpoint between the append and this
             return snapshot
 
     action = send  # type: ignore[assignment]
 
+    def truncate(self, n: int) -> Snapshot:
+        """As :meth:`Machine.truncate`; refused while a send is being recorded (call it between sends)."""
+        if self._send_lock.locked():
+            raise MachineError("a send is being recorded: truncate between sends (e.g. before the next send)")
+        return super().truncate(n)
+
     async def subscribe(self, from_index: int = 0, *, entries: bool = True) -> AsyncIterator[HistoryEntry]:
-        """Entries from ``from_index`` on (replayed from the log), then each new one as it is recorded."""
+        """Entries from ``from_index`` on (replayed from the log), then each new one as it is recorded.
+
+        The subscription is a cursor over the log, read in chunks of 256 entries; nothing is queued
+        for it, so a slow consumer only lags. If the log is reorganised (truncated, or a replica
+        following a higher fork) it rewinds to the first entry that changed and replays from there.
+        Ends when the machine is closed.
+        """
         i = max(0, from_index)
         log = self.log
+        fork = log.fork
         while not self._closed:
             changed = self._changed
-            n = log.contiguous_length
-            if i > n:
-                i = n  # the log was truncated under us
+            n, f = log.contiguous_length, log.fork
+            if f != fork:
+                i = min(i, log.common_prefix(fork, i))
+                fork = f
+            i = min(i, n)
             if i < n:
                 end = min(n, i + _CHUNK)
                 batch = [decode(j, b) for j, b in enumerate(log.iter(i, end), i)]
                 for e in batch:
+                    if self._closed:
+                        return
                     yield e
                     i += 1
+                    if log.fork != fork:
+                        break  # reorganised while we yielded: the rest of the batch may be stale
                 continue
             await changed.wait()
 
@@ -125,10 +163,19 @@ class Coremachine(Machine):
                 await send_channel.send(snapshot)
 
     async def aclose(self) -> None:
-        """End every subscription and refuse further sends."""
+        """End every subscription and refuse further sends; waits for a send being recorded.
+
+        Sends still waiting for their turn raise ``trio.ClosedResourceError`` and record nothing.
+        """
+        if self._closed:
+            return
         self._closed = True
         self._wake()
+        with trio.CancelScope(shield=True):
+            async with self._send_lock:  # the send in progress (if any) finishes first
+                pass
         self.close()
+        self._wake()
 
     async def __aenter__(self) -> Coremachine:
         return self

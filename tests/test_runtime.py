@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,7 +19,7 @@ from corelog.errors import (
     OutOfRange,
     UnserializableContext,
 )
-from machine import Event, Machine, Statechart
+from machine import Event, Machine, Statechart, decode_entry
 from tests.test_interpreter import COUNTER, COUNTER_IMPL, GUARDED, GUARDED_IMPL
 
 
@@ -100,8 +102,15 @@ def test_reopen_restores_exactly(tmp_path):
         m.send("STOP")
         viewer = Machine(s.get("m"))  # the stored definition, no implementations: view only
         assert viewer.state == "idle" and viewer.definition == COUNTER
-        with pytest.raises(MachineError, match="implementations"):
+        assert viewer.available_events() == ["START"] and not viewer.can("START")
+        with pytest.raises(
+            MachineError, match=r"view only.*actions=\{'start', 'increment', 'stop': \.\.\.\}"
+        ):
             viewer.send("START", 1)
+        assert viewer.log.length == 13
+        partial = Machine(s.get("m"), actions={"start": COUNTER_IMPL["actions"]["start"]})
+        with pytest.raises(MachineError, match=r"actions=\{'increment', 'stop'"):
+            partial.send("START", 1)
 
 
 def test_history_navigation(store):
@@ -154,8 +163,20 @@ def test_definition_mismatch_and_migrate(store):
             "running": {"on": {**COUNTER["states"]["running"]["on"], "RESET": {"target": "idle"}}},
         },
     }
-    with pytest.raises(DefinitionMismatch, match="migrate=True"):
+    with pytest.raises(DefinitionMismatch, match=r"states\.running\.on\.RESET added.*migrate=True"):
         Machine(log, v2, **COUNTER_IMPL)
+    assert log.length == 2
+    # the current state must exist in the new definition: a clear error, nothing appended
+    renamed = {
+        **COUNTER,
+        "states": {
+            "idle": {"on": {"START": {"target": "busy", "actions": "start"}}},
+            "busy": {"on": {"STOP": {"target": "idle", "actions": "stop"}}},
+        },
+    }
+    with pytest.raises(DefinitionMismatch, match="cannot migrate"):
+        Machine(log, renamed, **COUNTER_IMPL, migrate=True)
+    assert log.length == 2
     m2 = Machine(log, v2, **COUNTER_IMPL, migrate=True)
     assert m2.history[-1].kind == "header" and m2.context["counter"] == 3 and m2.state == "running"
     m2.send("RESET")
@@ -170,6 +191,43 @@ def test_not_a_machine_log(store):
     log.append(b"not msgpack \xc1")
     with pytest.raises(NotAMachineLog):
         Machine(log, COUNTER, **COUNTER_IMPL)
+    other = store.get("other")
+    other.append(msgpack.packb({"event": {"type": "X"}, "state": "a", "context": {}, "time": 1}))
+    with pytest.raises(NotAMachineLog, match="entry 0 is not a machine header"):
+        Machine(other)
+    m = Machine(store.get("m"), COUNTER, **COUNTER_IMPL)
+    bad = {"event": {"type": "X"}, "state": "a", "context": {}, "time": 1, "header": 5}
+    for entry, msg in [(bad, "header 5"), ({**bad, "header": 0, "time": "now"}, "time"), ({"x": 1}, "state")]:
+        with pytest.raises(NotAMachineLog, match=msg):
+            decode_entry(1, msgpack.packb(entry))
+    assert m.state == "idle"
+
+
+def test_history_rows_html_and_dataframe(store, monkeypatch):
+    m = Machine(store.get("m"), COUNTER, **COUNTER_IMPL, clock=clock_from())
+    m.send("START", 2)
+    m.send("INCREMENT")
+    row = m.history[1]
+    assert row.to_dict() == {
+        "index": 1,
+        "kind": "transition",
+        "event": {"type": "START", "data": 2},
+        "state": "running",
+        "context": {"running": True, "counter": 2},
+        "time": row.time,
+    }
+    assert "START" in row._repr_html_() and "<td>1</td>" in row._repr_html_()
+    assert m.history[0].to_dict()["event"] is None and "(header)" in m.history[0]._repr_html_()
+    assert [r.index for r in m.history[::2]] == [0, 2] and m.history[-1].context["counter"] == 3
+    with pytest.raises(IndexError):
+        m.history[3]
+    pytest.importorskip("pandas")
+    df = m.history.to_dataframe()
+    assert list(df["event"]) == ["(header)", "START", "INCREMENT"]
+    assert list(df["context.counter"]) == [0, 2, 3]
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(ImportError, match="needs pandas"):
+        m.history.to_dataframe()
 
 
 def test_replica_machine_follows_and_refuses_sends(make_store):
@@ -193,10 +251,38 @@ def test_replica_machine_follows_and_refuses_sends(make_store):
     assert replica.position == 1 and replica.history[-1].event.type == "STOP"
 
 
+def test_replica_reorganised_by_a_higher_fork_clamps_the_cursor(make_store):
+    ws, rs = make_store("w"), make_store("r")
+    wlog = ws.get("m")
+    m = Machine(wlog, COUNTER, **COUNTER_IMPL)
+    m.send("START", 0)
+    for _ in range(4):
+        m.send("INCREMENT")
+    rlog = rs.get(key=wlog.key)
+    rlog.apply(wlog.proof(0, wlog.length))
+    replica = Machine(rlog)
+    low = Machine(rlog)
+    replica.seek(4)
+    low.seek(2)
+    m.truncate(3)  # the writer branches: entries 3.. are replaced
+    m.send("STOP")
+    m.send("START", 7)
+    m.send("INCREMENT")
+    assert rlog.apply(wlog.proof(3, wlog.length, have=3)) and rlog.fork == 1
+    # entry 4 was cut: the cursor clamps onto the last kept entry; one below the cut stays put
+    assert replica.position == 2 and not replica.at_head and replica.context["counter"] == 1
+    assert low.position == 2 and low.context["counter"] == 1
+    assert replica.live().context["counter"] == 8 and replica.position == 5
+    assert [e.event.type for e in replica.history[1:]] == ["START", "INCREMENT", "STOP", "START", "INCREMENT"]
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(events=st.lists(st.tuples(st.sampled_from(["TRY", "TRY", "NOPE"]), st.integers(-3, 20)), max_size=15))
-def test_replay_reproduces_every_recorded_snapshot(make_store, events):
-    store = make_store()
+def test_replay_reproduces_every_recorded_snapshot(tmp_path_factory, events):
+    from corelog import Store
+
+    path = tmp_path_factory.mktemp("h")
+    store = Store(path, sync=False)
     m = Machine(store.get("g"), GUARDED, **GUARDED_IMPL)
     for etype, data in events:
         try:
@@ -211,4 +297,7 @@ def test_replay_reproduces_every_recorded_snapshot(make_store, events):
         assert (snap.value, dict(snap.context), snap.done) == (row.state, row.context, row.done)
     before = m.snapshot
     m.close()
-    assert Machine(store.get("g"), GUARDED, **GUARDED_IMPL).snapshot == before
+    store.close()
+    with Store(path) as reopened:
+        again = Machine(reopened.get("g"), GUARDED, **GUARDED_IMPL)
+        assert again.snapshot == before and again.position == len(rows) - 1

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+from collections import deque
+
 import pytest
 import trio
+import trio.testing
 
 from corelog.errors import EventNotAccepted, NotWritable
 from machine import Coremachine
@@ -98,7 +102,19 @@ async def test_slow_consumer_does_not_make_the_writer_buffer(store):
                 await cm.send("INCREMENT")
             # the writer is done long before the reader: what is pending lives in the log only
             assert len(cm._core._listeners) == 1 and len(got) < 2000
+            assert largest_container(cm) < 10  # no queue, list or buffer grew with the events
     assert got == list(range(1, 2001))
+
+
+def largest_container(cm) -> int:
+    """The longest list/dict/set/deque the runtime holds (outside the stored definition)."""
+    sizes = [0]
+    for obj in (cm.__dict__, cm._core.__dict__):
+        for name, v in obj.items():
+            if name != "stored_definition" and isinstance(v, list | dict | set | tuple | deque):
+                sizes.append(len(v))
+    sizes.append(len(cm._changed._tasks))  # tasks parked on the wake-up: one per waiting subscriber
+    return max(sizes)
 
 
 async def test_pipes_and_close(store):
@@ -124,6 +140,120 @@ async def test_pipes_and_close(store):
         await cm.send("START", 1)
 
 
+class Gate:
+    """Holds every append of ``cm`` in its worker thread until ``release`` is set."""
+
+    def __init__(self, cm):
+        self.started, self.release = threading.Event(), threading.Event()
+        orig = cm._core.append
+
+        def gated(entry):
+            self.started.set()
+            assert self.release.wait(10)
+            return orig(entry)
+
+        cm._core.append = gated
+
+    async def appending(self):
+        while not self.started.is_set():
+            await trio.sleep(0.001)
+
+
+async def test_cancel_while_waiting_records_nothing_cancel_while_appending_completes(store):
+    cm = Coremachine(store.get("m"), COUNTER, **COUNTER_IMPL, offload=True)
+    await cm.send("START", 0)
+    gate = Gate(cm)
+    results = []
+    scopes = [trio.CancelScope(), trio.CancelScope()]
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+
+            async def sender(scope):
+                with scope:
+                    results.append(await cm.send("INCREMENT"))
+
+            nursery.start_soon(sender, scopes[0])
+            await gate.appending()  # the first send is appending in its thread
+            nursery.start_soon(sender, scopes[1])
+            await trio.testing.wait_all_tasks_blocked()  # the second waits for its turn
+            for scope in scopes:
+                scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            gate.release.set()
+    # the append in progress ran to its end and was committed (and returned); the waiting one did nothing
+    assert [s.context["counter"] for s in results] == [1]
+    assert len(cm.history) == 3 and cm.context["counter"] == 1 and cm.history[-1].context == cm.context
+    assert (await cm.send("INCREMENT")).context["counter"] == 2
+
+
+async def test_aclose_fails_waiting_sends_clearly_and_ends_subscribers(store):
+    cm = Coremachine(store.get("m"), COUNTER, **COUNTER_IMPL, offload=True)
+    await cm.send("START", 0)
+    gate = Gate(cm)
+    outcomes = []
+    ended = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+
+            async def sender():
+                try:
+                    outcomes.append((await cm.send("INCREMENT")).context["counter"])
+                except trio.ClosedResourceError as exc:
+                    outcomes.append(str(exc))
+
+            async def reader():
+                async for _ in cm.subscribe(0):
+                    pass
+                ended.append(True)
+
+            nursery.start_soon(reader)
+            nursery.start_soon(sender)
+            await gate.appending()
+            nursery.start_soon(sender)
+            nursery.start_soon(sender)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(cm.aclose)  # waits for the send being recorded; the two waiting ones fail
+            await trio.testing.wait_all_tasks_blocked()
+            gate.release.set()
+    assert len(cm.history) == 3 and ended == [True]
+    assert outcomes[0] == 1 and len(outcomes) == 3
+    assert all("closed while this send waited" in o for o in outcomes[1:])
+    async for _ in cm:
+        raise AssertionError("a closed machine yields nothing")
+    with pytest.raises(trio.ClosedResourceError):
+        await cm.send("INCREMENT")
+
+
+async def test_truncate_rewinds_subscribers(store):
+    cm = Coremachine(store.get("m"), COUNTER, **COUNTER_IMPL)
+    await cm.send("START", 0)
+    for _ in range(4):
+        await cm.send("INCREMENT")
+    seen = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+
+            async def reader():
+                async for e in cm.subscribe(0):
+                    seen.append((e.index, e.event.type if e.event else None))
+                    if e.index == 4 and e.event.type == "START":
+                        return
+
+            nursery.start_soon(reader)
+            await trio.sleep(0.01)
+            assert len(seen) == 6
+            cm.truncate(3)
+            await cm.send("STOP")
+            await cm.send("START", 9)
+    assert seen[6:] == [(3, "STOP"), (4, "START")]  # replayed from the cut on
+    assert cm.context["counter"] == 9
+
+
+def test_coremachine_needs_trio(store):
+    with pytest.raises(RuntimeError, match="inside trio"):
+        Coremachine(store.get("m"), COUNTER, **COUNTER_IMPL)
+
+
 async def test_cancelled_send_leaves_log_and_snapshot_consistent(make_store):
     s = make_store(sync=True)
     cm = Coremachine(s.get("m"), COUNTER, **COUNTER_IMPL)
@@ -133,6 +263,40 @@ async def test_cancelled_send_leaves_log_and_snapshot_consistent(make_store):
             await cm.send("INCREMENT")
         # either the entry was appended and the snapshot shows it, or neither happened
         assert cm.context["counter"] == len(cm.history) - 2
+
+
+async def test_replica_coremachine_follows_apply_from_another_thread(make_store):
+    ws, rs = make_store("w"), make_store("r")
+    wlog = ws.get("m")
+    writer = Coremachine(wlog, COUNTER, **COUNTER_IMPL)
+    await writer.send("START", 0)
+    rlog = rs.get(key=wlog.key)
+    rlog.apply(wlog.proof(0, wlog.length))
+    calls = []
+    counting = {"actions": {k: lambda c, e, k=k: calls.append(k) for k in COUNTER_IMPL["actions"]}}
+    reader = Coremachine(rlog, COUNTER, **counting)
+    with pytest.raises(NotWritable, match="replica"):
+        await reader.send("INCREMENT")  # before any work: no action ran
+    assert calls == [] and rlog.length == 2 and reader.context["counter"] == 0
+    seen = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+
+            async def follow():
+                async for snap in reader:
+                    seen.append(snap.context["counter"])
+                    if len(seen) == 6:
+                        return
+
+            nursery.start_soon(follow)
+            await trio.sleep(0)
+            for batch in (1, 3, 2):
+                for _ in range(batch):
+                    await writer.send("INCREMENT")
+                have = rlog.contiguous_length
+                # replication commits in a worker thread: the wake-up crosses threads
+                await trio.to_thread.run_sync(rlog.apply, wlog.proof(have, wlog.length, have=have))
+    assert seen == [1, 2, 3, 4, 5, 6] and reader.context["counter"] == 6 and reader.at_head
 
 
 async def test_replica_coremachine_yields_replicated_snapshots(make_store):
