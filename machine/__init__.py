@@ -2,8 +2,22 @@
 
 A pure interpreter (:class:`Statechart`, :func:`initial`, :func:`transition`)
 and a runtime binding a machine to a log: a synchronous :class:`Machine` and a
-trio duplex stream :class:`Coremachine`, with history time travel.
+trio duplex stream :class:`Coremachine`, with history time travel. The errors
+they raise live in :mod:`corelog.errors` and are re-exported here.
 """
+
+from corelog.errors import (
+    DefinitionError,
+    DefinitionMismatch,
+    EndlessLoop,
+    EventNotAccepted,
+    MachineError,
+    NotAMachineLog,
+    NotAtHead,
+    NotWritable,
+    OutOfRange,
+    UnserializableContext,
+)
 
 from ._definition import definition_hash
 from ._entries import HistoryEntry
@@ -14,12 +28,22 @@ from ._stream import Coremachine
 
 __all__ = [
     "Coremachine",
+    "DefinitionError",
+    "DefinitionMismatch",
+    "EndlessLoop",
     "Event",
+    "EventNotAccepted",
     "History",
     "HistoryEntry",
     "Machine",
+    "MachineError",
+    "NotAMachineLog",
+    "NotAtHead",
+    "NotWritable",
+    "OutOfRange",
     "Snapshot",
     "Statechart",
+    "UnserializableContext",
     "decode_entry",
     "definition_hash",
     "initial",

@@ -60,6 +60,23 @@ class Coremachine(Machine):
         # durable stores fsync on commit: do that in a thread so the event loop keeps running
         self._offload = log.store.sync if offload is None else offload
         self._core._listeners.append(self._wake_threadsafe)
+        # the machine's state changes only in the trio thread: a commit in another thread (a replica
+        # fed by replication running in a worker thread) is handed over with run_sync_soon
+        core = self._core
+        core._unwatch()
+        core._unwatch = log.watch(self._on_log_change)
+
+    def _on_log_change(self, log: Log) -> None:
+        core = self._core
+        if core._appending:
+            return  # our own send: committed by send() itself
+        if threading.get_ident() == self._trio_thread:
+            core._on_log_change(log)
+        else:
+            try:
+                self._token.run_sync_soon(core._on_log_change, log)
+            except trio.RunFinishedError:
+                pass
 
     def _wake(self) -> None:
         self._changed.set()
