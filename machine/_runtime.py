@@ -97,9 +97,10 @@ class History(Sequence):
     def __getitem__(self, i):
         n = len(self)
         if isinstance(i, slice):
-            start, stop, step = i.indices(n)
-            rows = [decode(j, b) for j, b in enumerate(self._core.log.iter(start, stop), start)]
-            return rows[::step] if step != 1 else rows
+            r = range(*i.indices(n))
+            if r.step != 1:
+                return [decode(j, self._core.log.get(j)) for j in r]
+            return [decode(j, b) for j, b in enumerate(self._core.log.iter(r.start, r.stop), r.start)]
         if i < 0:
             i += n
         if not 0 <= i < n:
@@ -210,6 +211,12 @@ class _Core:
                     )
                 self._migrate(given)
         self._unwatch = log.watch(self._on_log_change)
+        self._readonly = log.store.readonly
+
+    def poll(self) -> None:
+        """On a read-only store (another process writes, no watch callbacks): catch up with the log."""
+        if self._readonly:
+            self._on_log_change(self.log)
 
     # --- restore -------------------------------------------------------------------
 
@@ -355,10 +362,12 @@ class _Core:
 
     @property
     def position(self) -> int:
+        self.poll()
         return self._head_index if self._cursor is None else self._cursor
 
     @property
     def snapshot(self) -> Snapshot | None:
+        self.poll()
         if self._cursor is None:
             return self._head
         if self._cursor_snapshot is None:
@@ -366,6 +375,7 @@ class _Core:
         return self._cursor_snapshot
 
     def seek(self, index: int) -> Snapshot:
+        self.poll()
         n = self._head_index + 1
         if index < 0:
             index += n

@@ -24,6 +24,7 @@ from ._interpreter import Event, Snapshot, Statechart
 from ._runtime import Machine
 
 _CHUNK = 256
+_POLL = 0.05  # seconds between looks at the log of a read-only store
 
 
 class Coremachine(Machine):
@@ -133,6 +134,7 @@ class Coremachine(Machine):
         The subscription is a cursor over the log, read in chunks of 256 entries; nothing is queued
         for it, so a slow consumer only lags. If the log is reorganised (truncated, or a replica
         following a higher fork) it rewinds to the first entry that changed and replays from there.
+        On a read-only store (written by another process) it polls the log every 50 ms.
         Ends when the machine is closed.
         """
         i = max(0, from_index)
@@ -156,7 +158,12 @@ class Coremachine(Machine):
                     if log.fork != fork:
                         break  # reorganised while we yielded: the rest of the batch may be stale
                 continue
-            await changed.wait()
+            if self._core._readonly:
+                # a read-only store gets no callbacks from the writing process: poll the log
+                with trio.move_on_after(_POLL):
+                    await changed.wait()
+            else:
+                await changed.wait()
 
     async def snapshots(self, from_index: int | None = None) -> AsyncIterator[Snapshot]:
         """Snapshots of entries from ``from_index`` (default: only new ones) on."""

@@ -276,6 +276,27 @@ def test_replica_reorganised_by_a_higher_fork_clamps_the_cursor(make_store):
     assert [e.event.type for e in replica.history[1:]] == ["START", "INCREMENT", "STOP", "START", "INCREMENT"]
 
 
+def test_machine_on_a_read_only_store_follows_the_writer(tmp_path):
+    from corelog import Store
+
+    with Store(tmp_path / "s", sync=False) as ws:
+        m = Machine(ws.get("m"), COUNTER, **COUNTER_IMPL)
+        m.send("START", 1)
+        with Store(tmp_path / "s", readonly=True) as rs:
+            viewer = Machine(rs.get("m"))
+            assert viewer.context["counter"] == 1 and viewer.position == 1
+            with pytest.raises(NotWritable):
+                viewer.send("INCREMENT")
+            m.send("INCREMENT")
+            m.send("INCREMENT")
+            assert viewer.context["counter"] == 3 and viewer.position == 3 and len(viewer.history) == 4
+            viewer.seek(1)
+            m.send("STOP")
+            assert viewer.position == 1 and viewer.history[-1].event.type == "STOP"
+        assert [e.index for e in m.history[::-2]] == [4, 2, 0]
+        assert [e.index for e in m.history[3:1:-1]] == [3, 2]
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(events=st.lists(st.tuples(st.sampled_from(["TRY", "TRY", "NOPE"]), st.integers(-3, 20)), max_size=15))
 def test_replay_reproduces_every_recorded_snapshot(tmp_path_factory, events):

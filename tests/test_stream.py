@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from corelog.errors import EventNotAccepted, NotWritable
-from machine import Coremachine
+from machine import Coremachine, Machine
 from replication import memory_pair, replicate
 from tests.test_interpreter import COUNTER, COUNTER_IMPL
 
@@ -247,6 +247,31 @@ async def test_truncate_rewinds_subscribers(store):
             await cm.send("START", 9)
     assert seen[6:] == [(3, "STOP"), (4, "START")]  # replayed from the cut on
     assert cm.context["counter"] == 9
+
+
+async def test_coremachine_on_a_read_only_store_polls(tmp_path):
+    from corelog import Store
+
+    with Store(tmp_path / "s", sync=False) as ws, Store(tmp_path / "s", readonly=True) as rs:
+        m = Machine(ws.get("m"), COUNTER, **COUNTER_IMPL)
+        m.send("START", 0)
+        viewer = Coremachine(rs.get("m"))
+        seen = []
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+
+                async def follow():
+                    async for snap in viewer:
+                        seen.append(snap.context["counter"])
+                        if len(seen) == 3:
+                            return
+
+                nursery.start_soon(follow)
+                await trio.testing.wait_all_tasks_blocked()  # the follower waits at the head
+                for _ in range(3):
+                    m.send("INCREMENT")  # as another process would: no callback reaches the viewer
+        assert seen == [1, 2, 3] and viewer.context["counter"] == 3
+        await viewer.aclose()
 
 
 def test_coremachine_needs_trio(store):
