@@ -20,21 +20,37 @@ CHILD = textwrap.dedent(
     from corelog import Store
     from machine import Machine
     from tests.test_interpreter import COUNTER, COUNTER_IMPL
-    m = Machine(Store(sys.argv[1], sync=True).get("m"), COUNTER, **COUNTER_IMPL)
-    m.send("START", 0)
-    print("ready", flush=True)
-    for _ in range(100_000):
-        snap = m.send("INCREMENT")
-        print(snap.context["counter"], flush=True)
+    log = Store(sys.argv[1], sync=True).get("m")
+    if sys.argv[2] == "sync":
+        m = Machine(log, COUNTER, **COUNTER_IMPL)
+        m.send("START", 0)
+        print("ready", flush=True)
+        for _ in range(100_000):
+            snap = m.send("INCREMENT")
+            print(snap.context["counter"], flush=True)
+    else:  # the trio face: the durable append runs in a worker thread
+        import trio
+        from machine import Coremachine
+
+        async def main():
+            cm = Coremachine(log, COUNTER, **COUNTER_IMPL)
+            await cm.send("START", 0)
+            print("ready", flush=True)
+            for _ in range(100_000):
+                snap = await cm.send("INCREMENT")
+                print(snap.context["counter"], flush=True)
+
+        trio.run(main)
     """
 )
 
 
 @pytest.mark.slow
-def test_sigkill_loses_no_returned_send(tmp_path):
+@pytest.mark.parametrize("face", ["sync", "trio"])
+def test_sigkill_loses_no_returned_send(tmp_path, face):
     path = str(tmp_path / "s")
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, path],
+        [sys.executable, "-c", CHILD, path, face],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
