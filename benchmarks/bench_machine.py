@@ -22,7 +22,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from corelog import Store  # noqa: E402
-from machine import Coremachine, Event, Machine, Statechart  # noqa: E402
+from corelog.machine import Coremachine, Event, Machine, Statechart  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table, run_anchor  # noqa: E402

@@ -24,7 +24,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from corelog import Store  # noqa: E402
-from replication import connect_tcp, serve_tcp  # noqa: E402
+from corelog.replication import connect_tcp, serve_tcp  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table, run_anchor  # noqa: E402
@@ -154,10 +154,10 @@ def tcp_live_latency(root: Path, count: int) -> list[float]:
 
 def webrtc_sync(root: Path, n: int) -> float | str:
     try:
-        from replication import connect_webrtc, memory_signaling_pair  # type: ignore[attr-defined]
+        from corelog.replication import connect_webrtc, memory_signaling_pair  # type: ignore[attr-defined]
     except ImportError as exc:
         return f"not available ({exc})"
-    from replication import replicate
+    from corelog.replication import replicate
 
     wpath = root / "rtc-w"
     (key,) = build(wpath, "log", n)

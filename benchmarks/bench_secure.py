@@ -18,7 +18,7 @@ import nacl.bindings as sodium
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from replication._secure import secure_stream  # noqa: E402
+from corelog.replication._secure import secure_stream  # noqa: E402
 
 MB = 1e6
 

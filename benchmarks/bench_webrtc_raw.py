@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import print_table  # noqa: E402
 
-from replication._signaling import memory_signaling_pair  # noqa: E402
-from replication._webrtc import connect_webrtc  # noqa: E402
+from corelog.replication._signaling import memory_signaling_pair  # noqa: E402
+from corelog.replication._webrtc import connect_webrtc  # noqa: E402
 
 PIECE = 1 << 20
 

@@ -8,7 +8,7 @@ import argparse
 import tempfile
 
 from corelog import Store
-from machine import Machine
+from corelog.machine import Machine
 
 definition = {
     "id": "counter",

@@ -8,7 +8,7 @@ import tempfile
 import trio
 
 from corelog import Store
-from machine import Coremachine
+from corelog.machine import Coremachine
 
 LIGHT = {
     "id": "light",

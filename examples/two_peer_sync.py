@@ -23,8 +23,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from corelog import Store  # noqa: E402
-from machine import Coremachine  # noqa: E402
-from replication import replicate, serve_tcp  # noqa: E402
+from corelog.machine import Coremachine  # noqa: E402
+from corelog.replication import replicate, serve_tcp  # noqa: E402
 
 COUNTER = {
     "id": "counter",
@@ -52,7 +52,7 @@ async def connect(port: int, webrtc: bool, initiator: bool, listener: trio.Socke
         tcp = await trio.open_tcp_stream("127.0.0.1", port)
     if not webrtc:
         return tcp
-    from replication import StreamSignaling, connect_webrtc
+    from corelog.replication import StreamSignaling, connect_webrtc
 
     return await connect_webrtc(StreamSignaling(tcp), initiator=initiator)
 

@@ -23,8 +23,8 @@ from click.testing import CliRunner
 
 import corelog
 from corelog import Store
-from corelog_cli import cli, mermaid
-from machine import Machine, Statechart, definition_hash
+from corelog.cli import cli, mermaid
+from corelog.machine import Machine, Statechart, definition_hash
 
 COUNTER = {
     "id": "counter",
@@ -434,7 +434,7 @@ def test_audit_replay_with_the_right_implementation(built, impl_dir):
         impl_dir,
         "impl_forms",
         """
-        from machine import Statechart
+        from corelog.machine import Statechart
         from tests.test_cli import COUNTER, COUNTER_IMPL
         CHART = Statechart(COUNTER, **COUNTER_IMPL)
         def build(definition):

@@ -7,8 +7,20 @@ import os
 import pytest
 
 from corelog.errors import FrameTooLarge, ProtocolError, RemoteError
-from replication import CLOSED, NEED_DATA, ChannelState, Connection, LocalProtocolError, capability
-from replication._messages import Close, Data, Done, Error, Head, Hello, NoData, Open, Ping, Request, encode
+from corelog.replication import CLOSED, NEED_DATA, ChannelState, Connection, LocalProtocolError, capability
+from corelog.replication._messages import (
+    Close,
+    Data,
+    Done,
+    Error,
+    Head,
+    Hello,
+    NoData,
+    Open,
+    Ping,
+    Request,
+    encode,
+)
 
 HH = os.urandom(64)
 KEY = os.urandom(32)

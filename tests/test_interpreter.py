@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corelog.errors import DefinitionError, EndlessLoop, EventNotAccepted
-from machine import Event, Statechart, definition_hash, transition
+from corelog.machine import Event, Statechart, definition_hash, transition
 
 COUNTER = {
     "id": "counter",

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from corelog import Store
-from machine import Machine
+from corelog.machine import Machine
 from tests.test_interpreter import COUNTER, COUNTER_IMPL
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,7 +18,7 @@ CHILD = textwrap.dedent(
     """
     import sys
     from corelog import Store
-    from machine import Machine
+    from corelog.machine import Machine
     from tests.test_interpreter import COUNTER, COUNTER_IMPL
     log = Store(sys.argv[1], sync=True).get("m")
     if sys.argv[2] == "sync":
@@ -30,7 +30,7 @@ CHILD = textwrap.dedent(
             print(snap.context["counter"], flush=True)
     else:  # the trio face: the durable append runs in a worker thread
         import trio
-        from machine import Coremachine
+        from corelog.machine import Coremachine
 
         async def main():
             cm = Coremachine(log, COUNTER, **COUNTER_IMPL)

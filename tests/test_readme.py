@@ -56,7 +56,7 @@ def test_readme_block_runs(index, tmp_path):
 
 def test_readme_machine_snippet_runs(tmp_path, monkeypatch):
     block = re.search(
-        r"```python\n(from corelog import Store\nfrom machine import Machine.*?)```", README, re.S
+        r"```python\n(from corelog import Store\nfrom corelog.machine import Machine.*?)```", README, re.S
     )
     assert block
     monkeypatch.chdir(tmp_path)

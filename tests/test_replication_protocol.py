@@ -19,8 +19,8 @@ from corelog.errors import (
     ProtocolError,
     RemoteError,
 )
-from replication._connection import Connection
-from replication._messages import (
+from corelog.replication._connection import Connection
+from corelog.replication._messages import (
     Data,
     FrameDecoder,
     Head,
@@ -29,7 +29,7 @@ from replication._messages import (
     decode,
     encode,
 )
-from replication._replicator import Replicator
+from corelog.replication._replicator import Replicator
 
 HH = bytes(range(64))
 

@@ -6,7 +6,7 @@ import trio
 import trio.testing
 
 from corelog.errors import CorelogError, ProtocolError
-from replication import Session, connect_tcp, memory_pair, replicate, serve_tcp
+from corelog.replication import Session, connect_tcp, memory_pair, replicate, serve_tcp
 
 
 async def _wait_for(predicate, timeout=10.0):
@@ -83,7 +83,7 @@ async def test_bad_peer_is_dropped_and_server_keeps_serving(make_store):
                 pass
         await s.aclose()
         # 2. a proper handshake followed by garbage frames
-        from replication._secure import secure_stream
+        from corelog.replication._secure import secure_stream
 
         s = await trio.open_tcp_stream("127.0.0.1", port)
         secure = await secure_stream(s, initiator=True)

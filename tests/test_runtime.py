@@ -19,7 +19,7 @@ from corelog.errors import (
     OutOfRange,
     UnserializableContext,
 )
-from machine import Event, Machine, Statechart, decode_entry
+from corelog.machine import Event, Machine, Statechart, decode_entry
 from tests.test_interpreter import COUNTER, COUNTER_IMPL, GUARDED, GUARDED_IMPL
 
 

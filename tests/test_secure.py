@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corelog.errors import FrameTooLarge, HandshakeError, ProtocolError
-from replication._noise import keypair
-from replication._secure import CONTINUE_BODY, START_BODY, SecureStream, secure_stream
+from corelog.replication._noise import keypair
+from corelog.replication._secure import CONTINUE_BODY, START_BODY, SecureStream, secure_stream
 
 MiB = 1 << 20
 MESSAGE_SIZES = [0, 1, START_BODY, START_BODY + 1, 65519, 65520, START_BODY + CONTINUE_BODY + 1, MiB]

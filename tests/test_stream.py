@@ -10,8 +10,8 @@ import trio
 import trio.testing
 
 from corelog.errors import EventNotAccepted, NotWritable
-from machine import Coremachine, Machine
-from replication import memory_pair, replicate
+from corelog.machine import Coremachine, Machine
+from corelog.replication import memory_pair, replicate
 from tests.test_interpreter import COUNTER, COUNTER_IMPL
 
 

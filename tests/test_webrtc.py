@@ -20,14 +20,14 @@ import trio
 import trio.testing
 
 from corelog.errors import ProtocolError
-from replication import memory_signaling_pair, replicate
-from replication._signaling import (
+from corelog.replication import memory_signaling_pair, replicate
+from corelog.replication._signaling import (
     StreamSignaling,
     open_tcp_signaling,
     open_unix_signaling,
     open_unix_signaling_listener,
 )
-from replication._webrtc import AsyncioThread, WebRTCError, connect_webrtc
+from corelog.replication._webrtc import AsyncioThread, WebRTCError, connect_webrtc
 
 
 def _asyncio_threads() -> list[threading.Thread]:

@@ -30,7 +30,7 @@ def _label(text: str) -> str:
 
 def mermaid(definition: dict, current: Any = None) -> str:
     """The diagram of ``definition``; ``current`` is a state value (string or dict) to highlight."""
-    from machine import Statechart
+    from corelog.machine import Statechart
 
     root = Statechart(definition, implementations=False).root
     wrap_root = root.type == "parallel" or bool(root.on) or bool(root.always)

@@ -103,7 +103,7 @@ def find_log(store: Store, spec: str) -> Log:
 
 def machine_header(log: Log) -> dict | None:
     """The machine header of a log (entry 0), or None if it is not a machine log."""
-    from machine import decode_entry
+    from corelog.machine import decode_entry
 
     if log.contiguous_length == 0:
         return None
@@ -225,7 +225,7 @@ def info(store: str, log: str) -> None:
 
 
 def _entries(lg: Log, start: int, stop: int | None):
-    from machine import decode_entry
+    from corelog.machine import decode_entry
 
     stop = lg.contiguous_length if stop is None else min(stop, lg.contiguous_length)
     for i, data in enumerate(lg.iter(start, stop), start):
@@ -331,7 +331,7 @@ def _brief(problems: list[str]) -> str:
 
 def _load_replay(spec: str) -> Callable[[dict], Any]:
     """MODULE:ATTR -> a function building a Statechart for a stored definition."""
-    from machine import Statechart
+    from corelog.machine import Statechart
 
     mod_name, sep, attr = spec.partition(":")
     if not sep or not mod_name or not attr:
@@ -374,7 +374,7 @@ def _replay(
     lg: Log, make_chart: Callable[[dict], Any], progress: Callable[[int], None]
 ) -> tuple[int, str] | None:
     """Re-run every recorded event; (index, description) of the first entry that differs, or None."""
-    from machine import decode_entry
+    from corelog.machine import decode_entry
 
     chart = snap = None
 
@@ -541,7 +541,7 @@ def export(store: str, log: str, fmt: str, output: str | None) -> None:
 @click.argument("log")
 def diagram(store: str, log: str) -> None:
     """A Mermaid stateDiagram-v2 of the stored definition, the current state marked."""
-    from machine import decode_entry
+    from corelog.machine import decode_entry
 
     with open_store(store) as s:
         lg = find_log(s, log)
@@ -560,7 +560,7 @@ def serve(store: str, host: str, port: int) -> None:
     """Serve every log of STORE to peers over TCP (Noise-encrypted), live, until interrupted."""
     import trio
 
-    from replication import serve_tcp
+    from corelog.replication import serve_tcp
 
     with Store(Path(store), sync=True) as s:
 
@@ -585,7 +585,7 @@ def sync(store: str, key: str, address: str, live: bool) -> None:
     """Replicate the log with KEY (hex) from a peer at HOST:PORT into STORE."""
     import trio
 
-    from replication import connect_tcp
+    from corelog.replication import connect_tcp
 
     try:
         raw_key = bytes.fromhex(key)
