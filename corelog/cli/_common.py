@@ -1,0 +1,138 @@
+"""Helpers shared by the CLI's command modules: consoles, exit codes, opening stores, finding logs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from corelog import Log, Store
+from corelog.errors import LogNotFound, NotAMachineLog
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+USAGE, PROBLEMS = 2, 1
+
+
+class UsageProblem(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+def fail(message: str, code: int = USAGE) -> None:
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise SystemExit(code)
+
+
+def open_store(path: str) -> Store:
+    p = Path(path)
+    if not (p / "data.mdb").exists():
+        raise UsageProblem(f"no corelog store at {path} (a store is a directory holding data.mdb)")
+    return Store(p, readonly=True)
+
+
+MIN_PREFIX = 8
+HEX = set("0123456789abcdef")
+
+
+def find_log(store: Store, spec: str) -> Log:
+    """A log by name, full hex key (64 digits), or unique hex-key prefix (>= 8 digits).
+
+    A name wins over a key prefix that happens to spell it. Unknown or ambiguous: UsageProblem.
+    """
+    if spec in store:
+        return store.get(spec, create=False)
+    lowered = spec.lower()
+    hint = "give a name, a 64-hex-digit key or a unique key prefix of 8+ hex digits; `corelog ls STORE` lists them"
+    if lowered and set(lowered) <= HEX:
+        if len(lowered) == 64:
+            try:
+                return store.get(key=bytes.fromhex(lowered), create=False)
+            except LogNotFound:
+                raise UsageProblem(f"no log with key {lowered} in {store.path}") from None
+        if len(lowered) > 64:
+            raise UsageProblem(f"{spec!r} is not a log key: a key is 64 hex digits, this has {len(lowered)}")
+        if len(lowered) < MIN_PREFIX:
+            raise UsageProblem(
+                f"no log named {spec!r} in {store.path}, and a key prefix needs at least {MIN_PREFIX} hex digits"
+            )
+        matches = [k for k in store.keys() if k.hex().startswith(lowered)]
+        if len(matches) == 1:
+            return store.get(key=matches[0], create=False)
+        if len(matches) > 1:
+            shown = ", ".join(k.hex()[:16] for k in matches[:4]) + (", ..." if len(matches) > 4 else "")
+            raise UsageProblem(
+                f"key prefix {spec!r} is ambiguous: {len(matches)} logs match ({shown}); give more digits"
+            )
+        raise UsageProblem(f"no log named {spec!r} and no key starting with it in {store.path} ({hint})")
+    raise UsageProblem(f"no log named {spec!r} in {store.path} ({hint})")
+
+
+def machine_header(log: Log) -> dict | None:
+    """The machine header of a log (entry 0), or None if it is not a machine log."""
+    from corelog.machine import decode_entry
+
+    if log.contiguous_length == 0:
+        return None
+    try:
+        entry = decode_entry(0, log.get(0))
+    except NotAMachineLog:
+        return None
+    return {
+        "id": (entry.definition or {}).get("id"),
+        "definition_hash": entry.definition_hash,
+        "definition": entry.definition,
+    }
+
+
+def short(b: bytes) -> str:
+    return b.hex()[:16] + "…"
+
+
+def size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def entries(lg: Log, start: int, stop: int | None) -> Iterator[Any]:
+    from corelog.machine import decode_entry
+
+    stop = lg.contiguous_length if stop is None else min(stop, lg.contiguous_length)
+    for i, data in enumerate(lg.iter(start, stop), start):
+        yield decode_entry(i, data)
+
+
+def diff(before: dict | None, after: dict) -> str:
+    if before is None:
+        return json.dumps(after, ensure_ascii=False)
+    parts = []
+    for k in sorted(set(before) | set(after)):
+        if k not in after:
+            parts.append(f"-{k}")
+        elif before.get(k, object()) != after[k]:
+            parts.append(f"{k}={json.dumps(after[k], ensure_ascii=False)}")
+    return ", ".join(parts) or "(unchanged)"
+
+
+def entry_dict(e) -> dict:
+    d = e.to_dict()
+    if e.kind == "header":
+        d["definition_hash"] = e.definition_hash
+    return d
+
+
+def when(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def value(state: Any) -> str:
+    return state if isinstance(state, str) else json.dumps(state, ensure_ascii=False)

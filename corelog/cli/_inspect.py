@@ -1,0 +1,364 @@
+"""Reading commands: ls, info, key, log, audit (with --replay), export."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import io
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from corelog import Log
+from corelog.errors import CorelogError, DefinitionError, NotAMachineLog
+
+from ._app import cli
+from ._common import (
+    PROBLEMS,
+    UsageProblem,
+    console,
+    diff,
+    entries,
+    entry_dict,
+    find_log,
+    machine_header,
+    open_store,
+    short,
+    size,
+    value,
+    when,
+)
+
+
+@cli.command("ls")
+@click.argument("store")
+def ls_cmd(store: str) -> None:
+    """List the logs in STORE."""
+    with open_store(store) as s:
+        table = Table(title=f"logs in {store}")
+        for col in ("name", "key", "length", "fork", "writable", "size", "machine"):
+            table.add_column(col, justify="right" if col in ("length", "fork", "size") else "left")
+        for info in s.list():
+            header = machine_header(s.get(key=info.key, create=False))
+            table.add_row(
+                info.name or "-",
+                short(info.key),
+                str(info.length),
+                str(info.fork),
+                "yes" if info.writable else "replica",
+                size(info.byte_length),
+                (header or {}).get("id") or ("yes" if header else "-"),
+            )
+        console.print(table)
+
+
+@cli.command()
+@click.argument("store")
+@click.argument("log")
+def info(store: str, log: str) -> None:
+    """Key, discovery key, signed head and machine of one LOG."""
+    with open_store(store) as s:
+        lg = find_log(s, log)
+        h = lg.head()
+        rows = [
+            ("name", lg.name or "-"),
+            ("key", lg.key.hex()),
+            ("discovery key", lg.discovery_key.hex()),
+            ("writable", "yes" if lg.owned else "no (replica)"),
+            ("fork", str(h.fork)),
+            ("length", str(h.length)),
+            ("contiguous", str(lg.contiguous_length)),
+            ("byte length", str(h.byte_length)),
+            ("tree hash", h.tree_hash.hex()),
+            ("signature", h.encoded_signature.hex() if h.signature else "-"),
+            ("conflict", json.dumps(lg.conflict) if lg.conflict else "no"),
+        ]
+        header = machine_header(lg)
+        if header:
+            rows += [("machine id", str(header["id"])), ("definition hash", str(header["definition_hash"]))]
+        else:
+            rows.append(("machine", "no (not a machine log)"))
+        for k, v in rows:  # one unwrapped line each, so keys and hashes can be copied and grepped
+            console.print(f"[bold]{k + ':':<16}[/] {escape(v)}", soft_wrap=True)
+
+
+@cli.command()
+@click.argument("store")
+@click.argument("log")
+def key(store: str, log: str) -> None:
+    """Print LOG's key in hex (for scripts: `corelog sync DIR $(corelog key STORE LOG) HOST:PORT`)."""
+    with open_store(store) as s:
+        click.echo(find_log(s, log).key.hex())
+
+
+@cli.command("log")
+@click.argument("store")
+@click.argument("log")
+@click.option("--from", "start", type=click.IntRange(min=0), default=0, help="First entry index.")
+@click.option("--to", "stop", type=click.IntRange(min=0), default=None, help="Stop before this index.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines (one entry each) instead of a table.")
+def log_cmd(store: str, log: str, start: int, stop: int | None, as_json: bool) -> None:
+    """Entries of a machine LOG: time (UTC), event, state, and what changed in the context.
+
+    LOG is a name, a 64-hex-digit key or a unique key prefix (8+ hex digits).
+    """
+    with open_store(store) as s:
+        lg = find_log(s, log)
+        if not machine_header(lg):
+            raise UsageProblem(f"log {log!r} is not a machine log (its first entry is not a machine header)")
+        length = lg.contiguous_length
+        stop = length if stop is None else min(stop, length)
+        if start >= length or stop <= start:
+            raise UsageProblem(
+                f"nothing in --from {start} --to {stop}: log {log!r} has entries 0..{length - 1}"
+            )
+        if as_json:
+            for e in entries(lg, start, stop):
+                sys.stdout.write(json.dumps(entry_dict(e), ensure_ascii=False) + "\n")
+            return
+        table = Table(title=f"{log}: entries {start}..{stop - 1} of {length}")
+        for col in ("#", "time (UTC)", "event", "data", "state", "context change"):
+            table.add_column(col, overflow="fold")
+        prev = next(entries(lg, start - 1, start)).context if start > 0 else None
+        for e in entries(lg, start, stop):
+            ev = e.event.type if e.event else "(header)" if e.index == 0 else "(migration)"
+            data = (
+                json.dumps(e.event.data, ensure_ascii=False) if e.event and e.event.data is not None else ""
+            )
+            table.add_row(str(e.index), when(e.time), ev, data, value(e.state), diff(prev, e.context))
+            prev = e.context
+        console.print(table)
+
+
+REPLAY_HELP = """Also re-run every recorded event through your implementation and compare
+with the recorded snapshots. MODULE:ATTR is imported (the current directory is on
+the path) and ATTR is one of: a dict {"actions": {...}, "guards": {...}} (the
+usual case: a Statechart is built for each stored definition); a
+machine.Statechart (used as is); or a callable taking the stored definition dict
+and returning a Statechart. Each header entry (entry 0 and every migration)
+resets the chart; entry 0 must equal the chart's initial snapshot. Without LOG,
+every machine log is replayed with the same ATTR: for a store of several
+machines, use a callable that picks the implementation by definition["id"]."""
+
+
+def _brief(problems: list[str]) -> str:
+    """The first problem's first line, shortened for a table cell."""
+    if not problems:
+        return "-"
+    first = problems[0].splitlines()[0]
+    more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+    return (first[:60] + "…" if len(first) > 60 else first) + more
+
+
+def _load_replay(spec: str) -> Callable[[dict], Any]:
+    """MODULE:ATTR -> a function building a Statechart for a stored definition."""
+    from corelog.machine import Statechart
+
+    mod_name, sep, attr = spec.partition(":")
+    if not sep or not mod_name or not attr:
+        raise UsageProblem(f"--replay takes MODULE:ATTR (e.g. myapp.machines:IMPL), got {spec!r}")
+    cwd = str(Path.cwd())
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        obj = importlib.import_module(mod_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise UsageProblem(f"cannot load {spec}: {exc}") from None
+    if isinstance(obj, Statechart):
+        return lambda definition: obj
+    if isinstance(obj, dict):
+        unknown = set(obj) - {"actions", "guards"}
+        if unknown:
+            raise UsageProblem(
+                f"{spec} is a dict with unknown keys {sorted(unknown)}; use 'actions' and 'guards'"
+            )
+        return lambda definition: Statechart(definition, obj.get("actions"), obj.get("guards"))
+    if callable(obj):
+
+        def build(definition: dict) -> Statechart:
+            chart = obj(definition)
+            if not isinstance(chart, Statechart):
+                raise UsageProblem(
+                    f"{spec}(definition) returned {type(chart).__name__}, not a machine.Statechart"
+                )
+            return chart
+
+        return build
+    raise UsageProblem(
+        f"{spec} is a {type(obj).__name__}: give a dict with actions/guards, a Statechart, or a callable(definition)"
+    )
+
+
+def _replay(
+    lg: Log, make_chart: Callable[[dict], Any], progress: Callable[[int], None]
+) -> tuple[int, str] | None:
+    """Re-run every recorded event; (index, description) of the first entry that differs, or None."""
+    from corelog.machine import decode_entry
+
+    chart = snap = None
+
+    def differs(index: int, what: str, recorded, replayed) -> tuple[int, str]:
+        return index, (
+            f"entry {index} ({what}): recorded {value(recorded.value)} {json.dumps(dict(recorded.context))}, "
+            f"replayed {value(replayed.value)} {json.dumps(dict(replayed.context))}"
+            + (f" (done {recorded.done} vs {replayed.done})" if recorded.done != replayed.done else "")
+        )
+
+    for index, data in enumerate(lg.iter(0, lg.contiguous_length)):
+        progress(index)
+        try:
+            e = decode_entry(index, data)
+        except NotAMachineLog as exc:
+            return index, f"entry {index}: {exc}"
+        if e.kind == "header":
+            try:
+                chart = make_chart(e.definition)
+            except DefinitionError as exc:
+                why = "; ".join(f"{path or '<root>'}: {msg}" for path, msg in exc.problems)
+                return index, f"entry {index} (header): the implementation does not fit the definition: {why}"
+            except CorelogError as exc:
+                return index, f"entry {index} (header): the implementation does not fit the definition: {exc}"
+            if chart.hash != e.definition_hash:
+                return index, (
+                    f"entry {index} (header): the stored definition hash {e.definition_hash} is not the "
+                    f"implementation's {chart.hash}"
+                )
+            recorded = chart.snapshot_from(e.state, e.context)
+            if index == 0:
+                try:
+                    start = chart.initial(e.time)
+                except Exception as exc:
+                    return index, f"entry 0 (header): the initial snapshot raised {type(exc).__name__}: {exc}"
+                if start.value != e.state or dict(start.context) != e.context:
+                    return differs(index, "initial snapshot", recorded, start)
+            snap = recorded
+            continue
+        try:
+            snap_next = chart.transition(snap, e.event)
+        except Exception as exc:
+            return index, f"entry {index} ({e.event.type}): replay raised {type(exc).__name__}: {exc}"
+        recorded = e.snapshot
+        if snap_next.value != e.state or dict(snap_next.context) != e.context or snap_next.done != e.done:
+            return differs(index, e.event.type, recorded, snap_next)
+        snap = snap_next
+    return None
+
+
+@cli.command()
+@click.argument("store")
+@click.argument("log", required=False)
+@click.option("--replay", metavar="MODULE:ATTR", help=REPLAY_HELP)
+def audit(store: str, log: str | None, replay: str | None) -> None:
+    """Verify every block, tree node and signed head of LOG (or of every log in STORE).
+
+    The store is opened read-only, so an audit can run while a writer is working.
+    Exit status: 0 when clean, 1 when problems are found, 2 on usage errors.
+    """
+    make_chart = _load_replay(replay) if replay else None
+    with open_store(store) as s:
+        logs = [find_log(s, log)] if log else list(s)
+        results = []
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not console.is_terminal,
+            transient=True,
+        ) as bar:
+            for lg in logs:
+                label = lg.name or short(lg.key)
+                task = bar.add_task(f"audit {label}", total=lg.contiguous_length)
+                report = lg.audit(
+                    progress=lambda done, total, t=task: bar.update(t, completed=done, total=total)
+                )
+                problems = [str(p) for p in report.problems]
+                first_bad = report.first_bad
+                replayed = "-"
+                if make_chart is not None:
+                    if not machine_header(lg):
+                        replayed = "not a machine log"
+                    elif not report.ok:
+                        replayed = "skipped (log damaged)"
+                    else:
+                        t2 = bar.add_task(f"replay {label}", total=lg.contiguous_length)
+                        found = _replay(lg, make_chart, lambda i, t=t2: bar.update(t, completed=i + 1))
+                        replayed = "ok" if found is None else "DIFFERS"
+                        if found:
+                            first_bad, message = found
+                            problems.append(f"replay: {message}")
+                results.append((label, lg, report, problems, first_bad, replayed))
+        table = Table(title=f"audit of {store}")
+        for col in ("log", "length", "fork", "result", "first bad", "replay"):
+            table.add_column(col, no_wrap=col not in ("log", "replay"), overflow="fold")
+        table.add_column("details", overflow="fold", ratio=1)
+        for label, lg, report, problems, first_bad, replayed in results:
+            table.add_row(
+                label,
+                str(report.length),
+                str(lg.fork),
+                "[green]ok[/]" if not problems else "[red]BAD[/]",
+                "-" if first_bad is None else str(first_bad),
+                replayed,
+                _brief(problems),
+            )
+        console.print(table)
+        bad = [r for r in results if r[3]]
+        for label, lg, _report, problems, first_bad, _ in bad:
+            console.print(
+                f"log {label} ({lg.key.hex()}): first bad index {first_bad}: {problems[0]}", soft_wrap=True
+            )
+        if bad:
+            raise SystemExit(PROBLEMS)
+        console.print(f"{len(results)} log(s) clean" + (" (replayed)" if make_chart else ""))
+
+
+@cli.command()
+@click.argument("store")
+@click.argument("log")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, writable=True), help="File (default: stdout)."
+)
+def export(store: str, log: str, fmt: str, output: str | None) -> None:
+    """Export the entries of a machine LOG as JSON lines or CSV."""
+    with open_store(store) as s:
+        lg = find_log(s, log)
+        if not machine_header(lg):
+            raise UsageProblem(f"log {log!r} is not a machine log")
+        out = open(output, "w", newline="") if output else io.TextIOWrapper(sys.stdout.buffer, newline="")
+        try:
+            if fmt == "jsonl":
+                for e in entries(lg, 0, None):
+                    out.write(json.dumps(entry_dict(e), ensure_ascii=False) + "\n")
+            else:
+                w = csv.writer(out)
+                w.writerow(["index", "kind", "time", "event", "data", "state", "context"])
+                for e in entries(lg, 0, None):
+                    w.writerow(
+                        [
+                            e.index,
+                            e.kind,
+                            e.time,
+                            e.event.type if e.event else "",
+                            json.dumps(e.event.data) if e.event and e.event.data is not None else "",
+                            e.state if isinstance(e.state, str) else json.dumps(e.state),
+                            json.dumps(e.context, ensure_ascii=False),
+                        ]
+                    )
+        finally:
+            out.flush()
+            if output:
+                out.close()
+            else:
+                out.detach()
