@@ -1,8 +1,9 @@
-"""Typed errors for corelog, machine and replication.
+"""Typed errors of the log layer (``corelog``): the store, logs, proofs.
 
 Every error says what happened and what to do about it. They all derive from
 :class:`CorelogError`, so ``except CorelogError`` catches anything the library
-raises on purpose; where a builtin fits (``IndexError``, ``KeyError``,
+raises on purpose (``corelog.machine.errors`` and ``corelog.replication.errors``
+derive from it); where a builtin fits (``IndexError``, ``KeyError``,
 ``ValueError``) the error also derives from it so idiomatic code keeps working.
 """
 
@@ -69,65 +70,3 @@ class Corrupt(CorelogError):
 
 class Conflict(CorelogError):
     """Two valid signed heads with the same fork and length but different trees."""
-
-
-# --- machines --------------------------------------------------------------
-
-
-class MachineError(CorelogError):
-    """Base class of errors about machine definitions and runtimes."""
-
-
-class DefinitionError(MachineError, ValueError):
-    """A machine definition with problems; ``problems`` lists ``(path, message)`` pairs."""
-
-    def __init__(self, problems: list[tuple[str, str]]):
-        self.problems = list(problems)
-        lines = "\n".join(f"  {path or '<root>'}: {msg}" for path, msg in self.problems)
-        super().__init__(
-            f"invalid machine definition ({len(self.problems)} problem(s)):\n{lines}\n"
-            "Fix the definition (or pass the missing actions/guards) and try again."
-        )
-
-
-class EventNotAccepted(MachineError):
-    """No enabled transition for the event in the current state; nothing was recorded."""
-
-
-class EndlessLoop(MachineError):
-    """Eventless (``always``) transitions kept firing past the microstep limit."""
-
-
-class NotAtHead(MachineError):
-    """A send while the history cursor is in the past; call ``live()`` or ``truncate()`` first."""
-
-
-class DefinitionMismatch(MachineError):
-    """The log was recorded with a different definition; pass ``migrate=True`` to switch."""
-
-
-class NotAMachineLog(MachineError):
-    """The log's first entry is not a corelog machine header."""
-
-
-class UnserializableContext(MachineError, TypeError):
-    """The context (or event data) cannot be stored as msgpack; nothing was recorded."""
-
-
-# --- replication ------------------------------------------------------------
-
-
-class ProtocolError(CorelogError):
-    """The remote peer broke the replication protocol; the connection is closed."""
-
-
-class HandshakeError(ProtocolError):
-    """The encrypted handshake failed (wrong peer, garbage, or tampering)."""
-
-
-class FrameTooLarge(ProtocolError):
-    """A frame over the negotiated maximum size."""
-
-
-class RemoteError(ProtocolError):
-    """The remote peer closed the connection and told us why."""

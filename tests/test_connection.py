@@ -6,7 +6,6 @@ import os
 
 import pytest
 
-from corelog.errors import FrameTooLarge, ProtocolError, RemoteError
 from corelog.replication import CLOSED, NEED_DATA, ChannelState, Connection, LocalProtocolError, capability
 from corelog.replication._messages import (
     Close,
@@ -21,6 +20,7 @@ from corelog.replication._messages import (
     Request,
     encode,
 )
+from corelog.replication.errors import FrameTooLarge, ProtocolError, RemoteError
 
 HH = os.urandom(64)
 KEY = os.urandom(32)

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corelog.errors import DefinitionError, EndlessLoop, EventNotAccepted
 from corelog.machine import Event, Statechart, definition_hash, transition
+from corelog.machine.errors import DefinitionError, EndlessLoop, EventNotAccepted
 
 COUNTER = {
     "id": "counter",

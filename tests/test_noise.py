@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corelog.errors import HandshakeError, ProtocolError
 from corelog.replication._noise import MAX_MESSAGE, CipherState, NoiseXX, keypair
+from corelog.replication.errors import HandshakeError, ProtocolError
 
 # Two vector cases copied (only the values needed) from github.com/mcginty/snow at commit
 # 8ac60f51cfe3e010c84f0a454cc575ad9204fa12, the entries "Noise_XX_25519_ChaChaPoly_BLAKE2b" of

@@ -12,13 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from corelog.errors import (
-    FrameTooLarge,
-    InvalidProof,
-    InvalidSignature,
-    ProtocolError,
-    RemoteError,
-)
+from corelog.errors import InvalidProof, InvalidSignature
 from corelog.replication._connection import Connection
 from corelog.replication._messages import (
     Data,
@@ -30,6 +24,7 @@ from corelog.replication._messages import (
     encode,
 )
 from corelog.replication._replicator import Replicator
+from corelog.replication.errors import FrameTooLarge, ProtocolError, RemoteError
 
 HH = bytes(range(64))
 

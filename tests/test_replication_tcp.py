@@ -5,8 +5,9 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from corelog.errors import CorelogError, ProtocolError
+from corelog.errors import CorelogError
 from corelog.replication import Session, connect_tcp, memory_pair, replicate, serve_tcp
+from corelog.replication.errors import ProtocolError
 
 
 async def _wait_for(predicate, timeout=10.0):

@@ -9,17 +9,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from corelog.errors import (
+from corelog.errors import NotWritable, OutOfRange
+from corelog.machine import Event, Machine, Statechart, decode_entry
+from corelog.machine.errors import (
     DefinitionMismatch,
     EventNotAccepted,
     MachineError,
     NotAMachineLog,
     NotAtHead,
-    NotWritable,
-    OutOfRange,
     UnserializableContext,
 )
-from corelog.machine import Event, Machine, Statechart, decode_entry
 from tests.test_interpreter import COUNTER, COUNTER_IMPL, GUARDED, GUARDED_IMPL
 
 

@@ -9,9 +9,9 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corelog.errors import FrameTooLarge, HandshakeError, ProtocolError
 from corelog.replication._noise import keypair
 from corelog.replication._secure import CONTINUE_BODY, START_BODY, SecureStream, secure_stream
+from corelog.replication.errors import FrameTooLarge, HandshakeError, ProtocolError
 
 MiB = 1 << 20
 MESSAGE_SIZES = [0, 1, START_BODY, START_BODY + 1, 65519, 65520, START_BODY + CONTINUE_BODY + 1, MiB]

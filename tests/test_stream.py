@@ -9,8 +9,9 @@ import pytest
 import trio
 import trio.testing
 
-from corelog.errors import EventNotAccepted, NotWritable
+from corelog.errors import NotWritable
 from corelog.machine import Coremachine, Machine
+from corelog.machine.errors import EventNotAccepted
 from corelog.replication import memory_pair, replicate
 from tests.test_interpreter import COUNTER, COUNTER_IMPL
 

@@ -19,7 +19,6 @@ import pytest
 import trio
 import trio.testing
 
-from corelog.errors import ProtocolError
 from corelog.replication import memory_signaling_pair, replicate
 from corelog.replication._signaling import (
     StreamSignaling,
@@ -28,6 +27,7 @@ from corelog.replication._signaling import (
     open_unix_signaling_listener,
 )
 from corelog.replication._webrtc import AsyncioThread, WebRTCError, connect_webrtc
+from corelog.replication.errors import ProtocolError
 
 
 def _asyncio_threads() -> list[threading.Thread]:

@@ -11,7 +11,8 @@ from typing import Any
 from rich.console import Console
 
 from corelog import Log, Store
-from corelog.errors import LogNotFound, NotAMachineLog
+from corelog.errors import LogNotFound
+from corelog.machine.errors import NotAMachineLog
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)

@@ -17,7 +17,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from corelog import Log
-from corelog.errors import CorelogError, DefinitionError, NotAMachineLog
+from corelog.errors import CorelogError
+from corelog.machine.errors import DefinitionError, NotAMachineLog
 
 from ._app import cli
 from ._common import (

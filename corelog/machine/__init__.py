@@ -3,21 +3,10 @@
 A pure interpreter (:class:`Statechart`, :func:`initial`, :func:`transition`)
 and a runtime binding a machine to a log: a synchronous :class:`Machine` and a
 trio duplex stream :class:`Coremachine`, with history time travel. The errors
-they raise live in :mod:`corelog.errors` and are re-exported here.
+they raise live in :mod:`corelog.machine.errors` and are re-exported here.
 """
 
-from corelog.errors import (
-    DefinitionError,
-    DefinitionMismatch,
-    EndlessLoop,
-    EventNotAccepted,
-    MachineError,
-    NotAMachineLog,
-    NotAtHead,
-    NotWritable,
-    OutOfRange,
-    UnserializableContext,
-)
+from corelog.errors import NotWritable, OutOfRange
 
 from ._definition import definition_hash
 from ._entries import HistoryEntry
@@ -25,6 +14,16 @@ from ._entries import decode as decode_entry
 from ._interpreter import Event, Snapshot, Statechart, initial, transition
 from ._runtime import History, Machine
 from ._stream import Coremachine
+from .errors import (
+    DefinitionError,
+    DefinitionMismatch,
+    EndlessLoop,
+    EventNotAccepted,
+    MachineError,
+    NotAMachineLog,
+    NotAtHead,
+    UnserializableContext,
+)
 
 __all__ = [
     "Coremachine",

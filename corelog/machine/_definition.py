@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from corelog.errors import DefinitionError
+from .errors import DefinitionError
 
 STATE_KEYS = {
     "id",

@@ -21,9 +21,8 @@ from typing import Any
 
 import msgpack
 
-from corelog.errors import NotAMachineLog, UnserializableContext
-
 from ._interpreter import Event, Snapshot
+from .errors import NotAMachineLog, UnserializableContext
 
 HEADER_TYPE = "corelog/machine"
 VERSION = 1

@@ -47,9 +47,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from corelog.errors import EndlessLoop, EventNotAccepted, MachineError
-
 from ._definition import ActionRef, StateNode, Transition, compile_definition, definition_hash
+from .errors import EndlessLoop, EventNotAccepted, MachineError
 
 INIT_EVENT = "xstate.init"
 

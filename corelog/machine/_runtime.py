@@ -15,18 +15,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, overload
 
 from corelog import Log
-from corelog.errors import (
-    DefinitionError,
-    DefinitionMismatch,
-    MachineError,
-    NotAtHead,
-    NotWritable,
-    OutOfRange,
-)
+from corelog.errors import NotWritable, OutOfRange
 
 from ._definition import definition_hash
 from ._entries import HistoryEntry, check_json, decode, encode_header, encode_transition
 from ._interpreter import Event, Snapshot, Statechart
+from .errors import DefinitionError, DefinitionMismatch, MachineError, NotAtHead
 
 
 def now_ms() -> int:

@@ -17,11 +17,11 @@ from typing import Any
 import trio
 
 from corelog import Log
-from corelog.errors import MachineError
 
 from ._entries import HistoryEntry, decode
 from ._interpreter import Event, Snapshot, Statechart
 from ._runtime import Machine
+from .errors import MachineError
 
 _CHUNK = 256
 _POLL = 0.05  # seconds between looks at the log of a read-only store

@@ -2,7 +2,8 @@
 
 The protocol is sans-IO (:class:`Connection`, :class:`Replicator`): bytes in,
 bytes out, no I/O inside. Thin trio transports run it over memory pipes, TCP
-(Noise XX encrypted) and WebRTC data channels. Imports ``corelog`` only.
+(Noise XX encrypted) and WebRTC data channels. Imports ``corelog`` only. Its
+errors live in :mod:`corelog.replication.errors` and are re-exported here.
 """
 
 from ._connection import CLOSED, NEED_DATA, ChannelState, Connection, LocalProtocolError, capability
@@ -13,6 +14,7 @@ from ._secure import SecureStream, secure_stream
 from ._session import Session, connect_tcp, memory_pair, replicate, serve_tcp
 from ._signaling import MemorySignaling, Signaling, StreamSignaling, memory_signaling_pair
 from ._webrtc import WebRTCStream, candidate_addresses, connect_webrtc
+from .errors import FrameTooLarge, HandshakeError, ProtocolError, RemoteError
 
 __all__ = [
     "CLOSED",
@@ -20,9 +22,13 @@ __all__ = [
     "PROTOCOL_VERSION",
     "ChannelState",
     "Connection",
+    "FrameTooLarge",
+    "HandshakeError",
     "LocalProtocolError",
     "MemorySignaling",
     "NoiseXX",
+    "ProtocolError",
+    "RemoteError",
     "SecureStream",
     "Replicator",
     "Session",

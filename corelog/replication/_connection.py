@@ -41,8 +41,6 @@ import enum
 import hashlib
 import hmac
 
-from corelog.errors import ProtocolError, RemoteError
-
 from ._messages import (
     DEFAULT_MAX_FRAME,
     PROTOCOL_VERSION,
@@ -62,6 +60,7 @@ from ._messages import (
     decode,
     encode,
 )
+from .errors import ProtocolError, RemoteError
 
 
 class LocalProtocolError(ProtocolError):

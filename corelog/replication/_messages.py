@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import msgpack
 
-from corelog.errors import FrameTooLarge, ProtocolError
+from .errors import FrameTooLarge, ProtocolError
 
 PROTOCOL_VERSION = 1
 FRAME_HEADER = struct.Struct(">I")

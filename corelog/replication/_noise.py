@@ -38,7 +38,7 @@ import struct
 import nacl.bindings as sodium
 import nacl.exceptions
 
-from corelog.errors import HandshakeError, ProtocolError
+from .errors import HandshakeError, ProtocolError
 
 PROTOCOL_NAME = b"Noise_XX_25519_ChaChaPoly_BLAKE2b"
 HASHLEN = 64

@@ -34,17 +34,11 @@ from dataclasses import dataclass, field
 
 from corelog import Head as LogHead
 from corelog import Log, Proof, Store
-from corelog.errors import (
-    Conflict,
-    CorelogError,
-    InvalidProof,
-    NotWritable,
-    OutOfRange,
-    ProtocolError,
-)
+from corelog.errors import Conflict, CorelogError, InvalidProof, NotWritable, OutOfRange
 
 from ._connection import CLOSED, NEED_DATA, ChannelState, Connection
 from ._messages import Close, Data, Done, Head, Hello, Message, NoData, Open, Ping, Pong, Request
+from .errors import ProtocolError
 
 DEFAULT_BATCH_BYTES = 512 * 1024
 DEFAULT_BATCH_BLOCKS = 4096

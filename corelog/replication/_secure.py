@@ -38,9 +38,8 @@ import struct
 import nacl.public
 import trio
 
-from corelog.errors import FrameTooLarge, HandshakeError, ProtocolError
-
 from ._noise import MAX_MESSAGE, MAX_PLAINTEXT, NoiseXX
+from .errors import FrameTooLarge, HandshakeError, ProtocolError
 
 _LEN = struct.Struct(">H")
 _START = struct.Struct(">BI")

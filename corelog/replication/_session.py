@@ -16,9 +16,10 @@ from collections.abc import Iterable
 import trio
 
 from corelog import Log, Store
-from corelog.errors import CorelogError, ProtocolError
+from corelog.errors import CorelogError
 
 from ._replicator import Replicator
+from .errors import ProtocolError
 
 RECEIVE_SIZE = 256 * 1024
 

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import trio
 
-from corelog.errors import ProtocolError
+from .errors import ProtocolError
 
 MAX_LINE = 256 * 1024  # an SDP is a few KiB; a longer line is refused
 

@@ -61,9 +61,8 @@ from typing import Any
 import outcome
 import trio
 
-from corelog.errors import ProtocolError
-
 from ._signaling import Signaling
+from .errors import ProtocolError
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_MESSAGE_SIZE = 16 * 1024

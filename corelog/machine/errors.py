@@ -1,0 +1,48 @@
+"""Typed errors of ``corelog.machine``: definitions, the interpreter and the runtime.
+
+They derive from :class:`corelog.errors.CorelogError`; the log layer knows nothing of them.
+"""
+
+from __future__ import annotations
+
+from corelog.errors import CorelogError
+
+
+class MachineError(CorelogError):
+    """Base class of errors about machine definitions and runtimes."""
+
+
+class DefinitionError(MachineError, ValueError):
+    """A machine definition with problems; ``problems`` lists ``(path, message)`` pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  {path or '<root>'}: {msg}" for path, msg in self.problems)
+        super().__init__(
+            f"invalid machine definition ({len(self.problems)} problem(s)):\n{lines}\n"
+            "Fix the definition (or pass the missing actions/guards) and try again."
+        )
+
+
+class EventNotAccepted(MachineError):
+    """No enabled transition for the event in the current state; nothing was recorded."""
+
+
+class EndlessLoop(MachineError):
+    """Eventless (``always``) transitions kept firing past the microstep limit."""
+
+
+class NotAtHead(MachineError):
+    """A send while the history cursor is in the past; call ``live()`` or ``truncate()`` first."""
+
+
+class DefinitionMismatch(MachineError):
+    """The log was recorded with a different definition; pass ``migrate=True`` to switch."""
+
+
+class NotAMachineLog(MachineError):
+    """The log's first entry is not a corelog machine header."""
+
+
+class UnserializableContext(MachineError, TypeError):
+    """The context (or event data) cannot be stored as msgpack; nothing was recorded."""

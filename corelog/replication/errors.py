@@ -1,0 +1,24 @@
+"""Typed errors of ``corelog.replication``: protocol violations, handshakes, frames.
+
+They derive from :class:`corelog.errors.CorelogError`; the log layer knows nothing of them.
+"""
+
+from __future__ import annotations
+
+from corelog.errors import CorelogError
+
+
+class ProtocolError(CorelogError):
+    """The remote peer broke the replication protocol; the connection is closed."""
+
+
+class HandshakeError(ProtocolError):
+    """The encrypted handshake failed (wrong peer, garbage, or tampering)."""
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame over the negotiated maximum size."""
+
+
+class RemoteError(ProtocolError):
+    """The remote peer closed the connection and told us why."""
