@@ -29,10 +29,20 @@ STATE_KEYS = {
     "always",
     "description",
     "meta",
+    "after",
+    "invoke",
+    "onDone",
+    "output",
+    "history",
+    "target",
+    "tags",
 }
 ROOT_ONLY_KEYS = {"context", "version"}
 TRANSITION_KEYS = {"target", "guard", "actions", "reenter", "description", "meta"}
-STATE_TYPES = {"atomic", "compound", "parallel", "final"}
+INVOKE_KEYS = {"src", "id", "input", "onDone", "onError", "description", "meta", "retry"}
+RETRY_KEYS = {"attempts", "backoff", "factor", "max"}
+STATE_TYPES = {"atomic", "compound", "parallel", "final", "history"}
+HISTORY_ONLY_KEYS = {"history", "target"}
 
 
 def canonical_json(definition: Any) -> bytes:
@@ -67,6 +77,34 @@ class Transition:
         return not self.targets
 
 
+@dataclass(frozen=True, slots=True)
+class InvokeDef:
+    """An ``invoke`` of a state: the service name, its id (XState's ``<i>.<stateId>`` by default),
+    a JSON ``input``, and the retry policy (attempts, backoff ms, factor, max ms)."""
+
+    id: str
+    src: str
+    input: Any
+    state: str  # path of the invoking state
+    retry: Mapping[str, Any] | None = None
+
+    @property
+    def done_event(self) -> str:
+        return f"xstate.done.actor.{self.id}"
+
+    @property
+    def error_event(self) -> str:
+        return f"xstate.error.actor.{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class AfterDef:
+    """A delayed transition group of a state: its event name and the delay (ms or a named delay)."""
+
+    event: str
+    delay: int | str
+
+
 @dataclass(eq=False, slots=True)
 class StateNode:
     key: str
@@ -83,6 +121,14 @@ class StateNode:
     exit: tuple[ActionRef, ...] = ()
     ancestors: tuple[StateNode, ...] = ()  # proper ancestors, nearest first
     depth: int = 0
+    id: str = ""  # XState's id: the explicit ``id`` or ``<machineId>.<path>``
+    histories: dict[str, StateNode] = field(default_factory=dict)  # history pseudo-states
+    history: str = ""  # "shallow" | "deep" for history nodes
+    default: tuple[StateNode, ...] = ()  # a history node's default target
+    after: tuple[AfterDef, ...] = ()
+    invoke: tuple[InvokeDef, ...] = ()
+    output: Any = None
+    has_output: bool = False
 
     def __repr__(self) -> str:
         return f"<StateNode {self.path or '(root)'}>"
@@ -120,16 +166,20 @@ def compile_definition(
     guards: Mapping[str, Callable] | None,
     *,
     check_implementations: bool = True,
+    delays: Mapping[str, Any] | None = None,
 ) -> StateNode:
     """Validate ``definition`` and build its state tree; raise one DefinitionError listing every problem."""
     problems: list[tuple[str, str]] = []
     if not isinstance(definition, Mapping):
         raise DefinitionError([("", f"a definition is a dict, got {type(definition).__name__}")])
     _is_json(dict(definition), "", problems)
+    machine_id = definition.get("id") if isinstance(definition.get("id"), str) else "machine"
+    delays = delays or {}
     actions = actions or {}
     guards = guards or {}
     counter = [0]
     by_id: dict[str, StateNode] = {}
+    invoke_ids: set[str] = set()
     pending: list[tuple[StateNode, str, str, Any, str]] = []  # node, event, path, raw, kind
 
     def refs(raw: Any, path: str, table: Mapping[str, Callable], kind: str) -> tuple[ActionRef, ...]:
@@ -175,17 +225,42 @@ def compile_definition(
             typ = None
         if typ is None:
             typ = "compound" if children_raw else "atomic"
-        if typ in ("compound", "parallel") and not children_raw:
+        if typ in ("compound", "parallel") and not (
+            isinstance(children_raw, Mapping)
+            and any(
+                not (isinstance(v, Mapping) and v.get("type") == "history") for v in children_raw.values()
+            )
+        ):
             problems.append((where or "<root>", f"a {typ} state needs child states"))
-        if typ in ("atomic", "final") and children_raw:
+        if typ in ("atomic", "final", "history") and children_raw:
             problems.append((where or "<root>", f"a {typ} state cannot have child states"))
-        if typ == "final" and (raw.get("on") or raw.get("always")):
-            problems.append((where or "<root>", "a final state cannot have transitions"))
+        if typ == "final" and (raw.get("on") or raw.get("always") or raw.get("after") or raw.get("invoke")):
+            problems.append((where or "<root>", "a final state cannot have transitions or invocations"))
+        if typ == "history":
+            if parent is None:
+                problems.append(("<root>", "the root cannot be a history state"))
+            extra = set(raw) - {"type", "history", "target", "id", "description", "meta"}
+            if extra:
+                problems.append((where, f"a history state has only history/target/id, not {sorted(extra)}"))
+            if raw.get("history", "shallow") not in ("shallow", "deep"):
+                problems.append((f"{where}.history", "history is 'shallow' or 'deep'"))
+        else:
+            for k in sorted(HISTORY_ONLY_KEYS & set(raw)):
+                problems.append((f"{where}.{k}" if where else k, f"{k!r} belongs to history states only"))
+        if raw.get("onDone") is not None and typ not in ("compound", "parallel"):
+            problems.append(
+                (f"{where}.onDone" if where else "onDone", f"onDone on a {typ} state never fires")
+            )
+        if "output" in raw and typ != "final" and parent is not None:
+            problems.append((f"{where}.output", "output belongs to final states and the root"))
         node = StateNode(key, path, parent, typ, counter[0])
         counter[0] += 1
         if parent is not None:
             node.ancestors = (parent, *parent.ancestors)
             node.depth = parent.depth + 1
+        node.history = raw.get("history", "shallow") if typ == "history" else ""
+        if "output" in raw:
+            node.output, node.has_output = raw["output"], True
         sid = raw.get("id")
         if sid is not None:
             if not isinstance(sid, str) or not sid:
@@ -195,6 +270,7 @@ def compile_definition(
             else:
                 node.explicit_id = sid
                 by_id[sid] = node
+        node.id = node.explicit_id or (f"{machine_id}.{path}" if path else machine_id)
         prefix = f"{where}." if where else ""
         node.entry = refs(raw.get("entry"), f"{prefix}entry", actions, "action")
         node.exit = refs(raw.get("exit"), f"{prefix}exit", actions, "action")
@@ -205,7 +281,10 @@ def compile_definition(
                     continue
                 child = build(cv, ck, f"{path}.{ck}" if path else ck, node, f"{prefix}states.{ck}")
                 if child is not None:
-                    node.children[ck] = child
+                    if child.type == "history":
+                        node.histories[ck] = child
+                    else:
+                        node.children[ck] = child
         elif children_raw is not None:
             problems.append((f"{prefix}states", "states must be a dict"))
         initial = raw.get("initial")
@@ -237,6 +316,67 @@ def compile_definition(
                     pending.append((node, ev, f"{prefix}on.{ev}", tr, "on"))
         if raw.get("always") is not None:
             pending.append((node, "", f"{prefix}always", raw["always"], "always"))
+        if raw.get("onDone") is not None:
+            pending.append((node, f"xstate.done.state.{node.id}", f"{prefix}onDone", raw["onDone"], "on"))
+        after = raw.get("after")
+        if after is not None:
+            if not isinstance(after, Mapping):
+                problems.append((f"{prefix}after", "after must be a dict of delay -> transition"))
+            else:
+                groups = []
+                for dk, tr in after.items():
+                    delay: int | str
+                    if isinstance(dk, int) or (isinstance(dk, str) and dk.isdigit()):
+                        delay = int(dk)
+                    elif isinstance(dk, str) and dk:
+                        delay = dk
+                        if check_implementations and dk not in delays:
+                            problems.append(
+                                (f"{prefix}after.{dk}", f"unknown delay {dk!r}: pass delays={{{dk!r}: ms}}")
+                            )
+                    else:
+                        problems.append((f"{prefix}after", f"bad delay {dk!r}"))
+                        continue
+                    ev = f"xstate.after.{delay}.{node.id}"
+                    groups.append(AfterDef(ev, delay))
+                    pending.append((node, ev, f"{prefix}after.{dk}", tr, "on"))
+                node.after = tuple(groups)
+        inv = raw.get("invoke")
+        if inv is not None:
+            items = inv if isinstance(inv, list) else [inv]
+            defs = []
+            for i, item in enumerate(items):
+                p = f"{prefix}invoke[{i}]" if isinstance(inv, list) else f"{prefix}invoke"
+                if not isinstance(item, Mapping) or not isinstance(item.get("src"), str) or not item["src"]:
+                    problems.append((p, "an invoke is a dict with a service name in 'src'"))
+                    continue
+                extra = set(item) - INVOKE_KEYS
+                if extra:
+                    problems.append((p, f"unknown key(s) {sorted(extra)} in invoke"))
+                iid = item.get("id", f"{i}.{node.id}")
+                if not isinstance(iid, str) or not iid:
+                    problems.append((f"{p}.id", "an invoke id is a non-empty string"))
+                    continue
+                if iid in invoke_ids:
+                    problems.append((f"{p}.id", f"duplicate invoke id {iid!r}"))
+                invoke_ids.add(iid)
+                retry = item.get("retry")
+                if retry is not None and (
+                    not isinstance(retry, Mapping)
+                    or set(retry) - RETRY_KEYS
+                    or not all(type(v) in (int, float) and v >= 0 for v in retry.values())
+                ):
+                    problems.append((f"{p}.retry", f"retry is {{{', '.join(sorted(RETRY_KEYS))}}} numbers"))
+                    retry = None
+                d = InvokeDef(iid, item["src"], item.get("input"), path, retry)
+                defs.append(d)
+                if item.get("onDone") is not None:
+                    pending.append((node, d.done_event, f"{p}.onDone", item["onDone"], "on"))
+                if item.get("onError") is not None:
+                    pending.append((node, d.error_event, f"{p}.onError", item["onError"], "on"))
+            node.invoke = tuple(defs)
+        if typ == "history" and raw.get("target") is not None:
+            pending.append((node, "", f"{where}.target", raw["target"], "history"))
         return node
 
     root = build(definition, "", "", None, "")
@@ -244,7 +384,6 @@ def compile_definition(
         raise DefinitionError(problems)
     if "context" in definition and not isinstance(definition["context"], Mapping):
         problems.append(("context", "context must be an object"))
-    machine_id = definition.get("id") if isinstance(definition.get("id"), str) else "machine"
 
     def resolve(source: StateNode, target: Any, where: str) -> StateNode | None:
         if not isinstance(target, str) or not target:
@@ -268,7 +407,7 @@ def compile_definition(
             else:
                 node, parts = source.parent, target.split(".")
         for part in parts:
-            child = node.children.get(part)
+            child = node.children.get(part) or node.histories.get(part)
             if child is None:
                 problems.append(
                     (where, f"unknown target {target!r}: {node.path or 'the root'} has no child {part!r}")
@@ -279,6 +418,12 @@ def compile_definition(
 
     order = [0]
     for node, ev, where, raw_tr, kind in pending:
+        if kind == "history":
+            ts = raw_tr if isinstance(raw_tr, list) else [raw_tr]
+            node.default = tuple(
+                r for j, t in enumerate(ts) if (r := resolve(node, t, f"{where}[{j}]")) is not None
+            )
+            continue
         cands = raw_tr if isinstance(raw_tr, list) else [raw_tr]
         out: list[Transition] = []
         for i, cand in enumerate(cands):
@@ -319,7 +464,7 @@ def compile_definition(
                 )
             )
         if kind == "on":
-            node.on[ev] = out
+            node.on.setdefault(ev, []).extend(out)
         else:
             node.always = out
 

@@ -51,6 +51,7 @@ from ._definition import ActionRef, StateNode, Transition, compile_definition, d
 from .errors import EndlessLoop, EventNotAccepted, MachineError
 
 INIT_EVENT = "xstate.init"
+_EMPTY: Mapping[str, Any] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,14 +71,25 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """An immutable state of a machine: the XState value, the context, and ``done``.
+    """An immutable state of a machine: the XState value, the context, ``done`` and ``output``.
 
-    Treat ``context`` as read-only; the interpreter never mutates it.
+    ``history`` maps each history state's id to the states it remembers;
+    ``timers`` maps the event of each pending delayed transition
+    (``xstate.after.<delay>.<stateId>``) to its due time in ms (None when the
+    entering event had no time); ``invocations`` maps each running invocation's
+    id to ``{"src", "input", "state"}`` (the runtime adds ``"at"``, the index of
+    the entry that started it). Entering a state starts its timers and
+    invocations, leaving it cancels them: a driver compares two snapshots to
+    know what to start and stop. Treat everything as read-only.
     """
 
     value: str | dict
     context: Mapping[str, Any]
     done: bool = False
+    output: Any = None
+    history: Mapping[str, list] = field(default_factory=dict)
+    timers: Mapping[str, int | None] = field(default_factory=dict)
+    invocations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     _config: frozenset = field(default=frozenset(), compare=False, repr=False)
 
     def matches(self, state: str | Mapping) -> bool:
@@ -88,8 +100,21 @@ class Snapshot:
         )
         return all(p in active for p in paths)
 
+    def extras(self) -> dict[str, Any]:
+        """The non-empty ``output``/``history``/``timers``/``invocations`` as a JSON dict (for storage)."""
+        out: dict[str, Any] = {}
+        if self.output is not None:
+            out["output"] = self.output
+        if self.history:
+            out["history"] = {k: list(v) for k, v in self.history.items()}
+        if self.timers:
+            out["timers"] = dict(self.timers)
+        if self.invocations:
+            out["invocations"] = {k: dict(v) for k, v in self.invocations.items()}
+        return out
+
     def to_dict(self) -> dict:
-        return {"value": self.value, "context": self.context, "done": self.done}
+        return {"value": self.value, "context": self.context, "done": self.done, **self.extras()}
 
     def _repr_html_(self) -> str:
         from html import escape
@@ -127,14 +152,32 @@ def copy_json(value: Any) -> Any:
     return value
 
 
+class _Work:
+    """The mutable state of one macrostep (a private copy; the input snapshot is never touched)."""
+
+    __slots__ = ("config", "ctx", "history", "timers", "invocations", "internal", "done", "output", "time")
+
+    def __init__(self, config: set, ctx: dict, snapshot: Snapshot | None, time: int | None):
+        self.config = config
+        self.ctx = ctx
+        self.history: dict[str, list] = dict(snapshot.history) if snapshot else {}
+        self.timers: dict[str, int | None] = dict(snapshot.timers) if snapshot else {}
+        self.invocations: dict[str, Mapping[str, Any]] = dict(snapshot.invocations) if snapshot else {}
+        self.internal: list[Event] = []
+        self.done = False
+        self.output: Any = None
+        self.time = time
+
+
 class Statechart:
     """A validated, compiled machine definition plus its action and guard implementations.
 
     Actions are ``fn(ctx, event)`` (``fn(ctx, event, **params)`` with params) and
     mutate ``ctx``, a private copy; returning a mapping merges it into ``ctx``.
-    Guards are ``fn(ctx, event) -> bool``. With ``implementations=False`` missing
-    implementations are tolerated (for viewing a stored machine); running a
-    transition that needs one then raises MachineError.
+    Guards are ``fn(ctx, event) -> bool``. ``delays`` gives named delays for
+    ``after`` (ms, or ``fn(ctx, event) -> ms``). With ``implementations=False``
+    missing implementations are tolerated (for viewing a stored machine); running
+    a transition that needs one then raises MachineError.
     """
 
     def __init__(
@@ -143,17 +186,22 @@ class Statechart:
         actions: Mapping[str, Callable] | None = None,
         guards: Mapping[str, Callable] | None = None,
         *,
+        delays: Mapping[str, int | Callable] | None = None,
         max_microsteps: int = 100,
         implementations: bool = True,
     ):
-        self.root = compile_definition(definition, actions, guards, check_implementations=implementations)
+        self.root = compile_definition(
+            definition, actions, guards, check_implementations=implementations, delays=delays
+        )
         self.definition = definition
         self.hash = definition_hash(definition)
         self.id: str = definition.get("id") if isinstance(definition.get("id"), str) else "machine"
         self.actions = dict(actions or {})
         self.guards = dict(guards or {})
+        self.delays = dict(delays or {})
         self.max_microsteps = max_microsteps
         self._nodes: list[StateNode] = []
+        self._histories: dict[str, StateNode] = {}
         self._collect(self.root)
         self._by_path = {n.path: n for n in self._nodes}
         self._atomic_chain: dict[StateNode, tuple[StateNode, ...]] = {
@@ -161,9 +209,13 @@ class Statechart:
         }
         self._has_always = any(n.always for n in self._nodes)
         self._has_final = any(n.type == "final" for n in self._nodes)
+        self.invokes = {d.id: d for n in self._nodes for d in n.invoke}
+        self.services = sorted({d.src for d in self.invokes.values()})
 
     def _collect(self, node: StateNode) -> None:
         self._nodes.append(node)
+        for h in node.histories.values():
+            self._histories[h.id] = h
         for child in node.children.values():
             self._collect(child)
 
@@ -175,36 +227,53 @@ class Statechart:
     def initial(self, time: int | None = None) -> Snapshot:
         """The initial snapshot: initial states entered, entry actions run with ``xstate.init``."""
         event = Event(INIT_EVENT, None, time)
-        ctx = copy_json(self.definition.get("context") or {})
-        config: set[StateNode] = set()
+        work = _Work(set(), copy_json(self.definition.get("context") or {}), None, time)
         to_enter: set[StateNode] = set()
-        self._add_descendants(self.root, to_enter)
-        internal: list[Event] = []
-        self._enter(to_enter, config, ctx, event, internal)
-        done = self._settle(config, ctx, event, internal)
-        return self._snapshot(config, ctx, done)
+        self._add_descendants(self.root, to_enter, work)
+        self._enter(to_enter, work, event)
+        self._settle(work, event)
+        return self._snapshot(work)
 
     def transition(self, snapshot: Snapshot, event: Event) -> Snapshot:
-        """The snapshot after ``event``; raises EventNotAccepted if no transition is enabled."""
+        """The snapshot after ``event``; EventNotAccepted if nothing at all would change.
+
+        As in XState v5, eventless (``always``) transitions are evaluated after
+        every event, also one no state handles. A delayed-transition event
+        (``xstate.after...``) or an invocation outcome (``xstate.done.actor...``,
+        ``xstate.error.actor...``) is accepted only while its timer or
+        invocation is pending, and then consumes it even if no guard passes.
+        """
         if snapshot.done:
             raise EventNotAccepted(f"the machine is done (final state reached); {event.type!r} is ignored")
         config_in = snapshot._config or self._config_from_value(snapshot.value)
         ctx_in = snapshot.context
+        consumed = self._consumes(snapshot, event)
         selected = self._select(config_in, ctx_in, event)
-        if not selected:
-            raise EventNotAccepted(
-                f"no transition for {event.type!r} in state {json.dumps(snapshot.value)}"
-                " (no handler, or every guard was false); nothing was recorded"
-            )
+        if not selected and not consumed and not self._has_always:
+            raise self._not_accepted(snapshot, event)
         ctx = copy_json(ctx_in)
-        if len(selected) == 1 and not self._has_always and self._keeps_config(selected[0]):
+        if len(selected) == 1 and not consumed and not self._has_always and self._keeps_config(selected[0]):
             self._run(selected[0].actions, ctx, event)  # fast path: configuration unchanged
-            return Snapshot(snapshot.value, ctx, False, config_in)
-        config = set(config_in)
-        internal: list[Event] = []
-        self._microstep(selected, config, ctx, event, internal)
-        done = self._settle(config, ctx, event, internal)
-        return self._snapshot(config, ctx, done)
+            return Snapshot(
+                snapshot.value,
+                ctx,
+                False,
+                None,
+                snapshot.history,
+                snapshot.timers,
+                snapshot.invocations,
+                config_in,
+            )
+        work = _Work(set(config_in), ctx, snapshot, event.time)
+        if consumed:
+            work.timers.pop(event.type, None)
+            work.invocations.pop(consumed, None)
+        if selected:
+            self._microstep(selected, work, event)
+        steps = self._settle(work, event)
+        if not selected and not consumed and not steps:
+            raise self._not_accepted(snapshot, event)
+        return self._snapshot(work)
 
     def can(self, snapshot: Snapshot, event: Event | str) -> bool:
         """Whether ``event`` would be accepted (guards evaluated on the context; no actions run)."""
@@ -212,7 +281,7 @@ class Statechart:
             return False
         ev = Event(event) if isinstance(event, str) else event
         config = snapshot._config or self._config_from_value(snapshot.value)
-        return bool(self._select(config, snapshot.context, ev))
+        return bool(self._select(config, snapshot.context, ev)) or bool(self._consumes(snapshot, ev))
 
     def available_events(self, snapshot: Snapshot) -> list[str]:
         """Event types some active state handles (guards not evaluated), sorted."""
@@ -221,22 +290,78 @@ class Statechart:
         config = snapshot._config or self._config_from_value(snapshot.value)
         return sorted({ev for n in config for ev in n.on if not ev.startswith("xstate.")})
 
-    def snapshot_from(self, value: Any, context: Mapping[str, Any], done: bool | None = None) -> Snapshot:
-        """Rebuild a snapshot from a stored value and context (restoring from a log)."""
+    def snapshot_from(
+        self,
+        value: Any,
+        context: Mapping[str, Any],
+        done: bool | None = None,
+        extras: Mapping[str, Any] | None = None,
+    ) -> Snapshot:
+        """Rebuild a snapshot from a stored value, context and ``extras()`` (restoring from a log)."""
         config = self._config_from_value(value)
         if done is None:
-            done = any(n.type == "final" and n.parent is self.root for n in config)
-        return Snapshot(value, context, done, frozenset(config))
+            done = self._has_final and self._in_final(config, self.root)
+        x = extras or _EMPTY
+        return Snapshot(
+            value,
+            context,
+            done,
+            x.get("output"),
+            x.get("history") or {},
+            x.get("timers") or {},
+            x.get("invocations") or {},
+            frozenset(config),
+        )
+
+    def output_of(self, snapshot: Snapshot) -> Any:
+        """The machine's output (the root's ``output``) once it is done, else None."""
+        return snapshot.output
 
     # --- the algorithm ------------------------------------------------------------------
+
+    def _consumes(self, snapshot: Snapshot, event: Event) -> str | bool:
+        """Whether ``event`` fires a pending timer (True) or ends a running invocation (its id)."""
+        t = event.type
+        if not t.startswith("xstate."):
+            return False
+        if t.startswith("xstate.after."):
+            return t in snapshot.timers
+        for prefix in ("xstate.done.actor.", "xstate.error.actor."):
+            if t.startswith(prefix):
+                iid = t[len(prefix) :]
+                return iid if iid in snapshot.invocations else False
+        return False
+
+    def _not_accepted(self, snapshot: Snapshot, event: Event) -> EventNotAccepted:
+        if event.type.startswith("xstate.after."):
+            why = "that timer is not pending (its state was left, or it already fired)"
+        elif event.type.startswith(("xstate.done.actor.", "xstate.error.actor.")):
+            why = "that invocation is not running (its state was left, or its outcome is recorded)"
+        else:
+            why = "no handler, every guard was false, and no eventless transition is enabled"
+        return EventNotAccepted(
+            f"no transition for {event.type!r} in state {json.dumps(snapshot.value)} ({why}); nothing was recorded"
+        )
 
     def _keeps_config(self, t: Transition) -> bool:
         if not t.targets:
             return True
         return not t.reenter and all(tg is t.source and not tg.children for tg in t.targets)
 
-    def _snapshot(self, config: set[StateNode], ctx: dict, done: bool) -> Snapshot:
-        return Snapshot(self._value(self.root, config), ctx, done, frozenset(config))
+    def _snapshot(self, work: _Work) -> Snapshot:
+        if work.done:  # a done machine has no pending timers or running invocations
+            work.timers.clear()
+            work.invocations.clear()
+        return Snapshot(
+            self._value(self.root, work.config),
+            work.ctx,
+            work.done,
+            work.output,
+            work.history,
+            work.timers,
+            work.invocations,
+            frozenset(work.config),
+        )
 
     def _value(self, node: StateNode, config: Iterable[StateNode]) -> Any:
         config = config if isinstance(config, set | frozenset) else set(config)
@@ -308,17 +433,20 @@ class Statechart:
                     )
                 ctx.update(result)
 
-    def _select(self, config: Iterable[StateNode], ctx: Mapping, event: Event | None) -> list[Transition]:
+    def _select(
+        self, config: Iterable[StateNode], ctx: Mapping, event: Event, eventless: bool = False
+    ) -> list[Transition]:
+        """Enabled transitions; ``eventless`` selects ``always`` ones, their guards given ``event``."""
         atomic = sorted((n for n in config if not n.children), key=lambda n: n.order)
         chosen: list[Transition] = []
         for state in atomic:
             for node in self._atomic_chain[state]:
-                cands = node.always if event is None else node.on.get(event.type)
+                cands = node.always if eventless else node.on.get(event.type)
                 if not cands:
                     continue
                 hit = None
                 for t in cands:
-                    if self._guard_ok(t, ctx, event or Event("")):
+                    if self._guard_ok(t, ctx, event):
                         hit = t
                         break
                 if hit is not None:
@@ -330,12 +458,12 @@ class Statechart:
         return chosen
 
     def _remove_conflicts(
-        self, transitions: list[Transition], config: Iterable[StateNode]
+        self, transitions: list[Transition], config: Iterable[StateNode], history: Mapping | None = None
     ) -> list[Transition]:
         kept: list[Transition] = []
         exits: dict[int, set[StateNode]] = {}
         for t in transitions:
-            t_exit = self._exit_set([t], config)
+            t_exit = self._exit_set([t], config, history or _EMPTY)
             preempted = False
             for k in list(kept):
                 if t_exit & exits[id(k)]:
@@ -349,15 +477,50 @@ class Statechart:
                 exits[id(t)] = t_exit
         return kept
 
-    def _domain(self, t: Transition) -> StateNode | None:
+    # --- history ------------------------------------------------------------------------
+
+    def _history_targets(self, h: StateNode, history: Mapping[str, list]) -> list[StateNode]:
+        """What entering history state ``h`` enters: the remembered states, else its default."""
+        remembered = history.get(h.id)
+        if remembered:
+            nodes = [self._by_path.get(p) for p in remembered]
+            if all(n is not None for n in nodes):
+                return nodes  # type: ignore[return-value]
+        if h.default:
+            return list(h.default)
+        parent = h.parent
+        assert parent is not None
+        if parent.type == "parallel":
+            return list(parent.children.values())
+        return [parent.initial] if parent.initial is not None else []
+
+    def _effective_targets(self, t: Transition, history: Mapping[str, list]) -> list[StateNode]:
+        out: list[StateNode] = []
+        todo = list(t.targets)
+        while todo:
+            tg = todo.pop(0)
+            if tg.type == "history":
+                todo[:0] = self._history_targets(tg, history)
+            elif tg not in out:
+                out.append(tg)
+        return out
+
+    # --- microsteps ---------------------------------------------------------------------
+
+    def _domain(self, t: Transition, history: Mapping[str, list] = _EMPTY) -> StateNode | None:
         if not t.targets:
             return None
         src = t.source
-        if not t.reenter and src.children and all(tg is src or tg.is_descendant_of(src) for tg in t.targets):
+        targets = (
+            self._effective_targets(t, history)
+            if any(tg.type == "history" for tg in t.targets)
+            else t.targets
+        )
+        if not t.reenter and src.children and all(tg is src or tg.is_descendant_of(src) for tg in targets):
             return src
-        if not t.reenter and not src.children and all(tg is src for tg in t.targets):
+        if not t.reenter and not src.children and all(tg is src for tg in targets):
             return None  # a self-transition on an atomic state that does not re-enter
-        return self._lcca([src, *t.targets])
+        return self._lcca([src, *targets])
 
     def _lcca(self, nodes: list[StateNode]) -> StateNode:
         head, rest = nodes[0], nodes[1:]
@@ -368,103 +531,154 @@ class Statechart:
                 return anc
         return self.root
 
-    def _exit_set(self, transitions: list[Transition], config: Iterable[StateNode]) -> set[StateNode]:
+    def _exit_set(
+        self, transitions: list[Transition], config: Iterable[StateNode], history: Mapping[str, list]
+    ) -> set[StateNode]:
         out: set[StateNode] = set()
         for t in transitions:
-            domain = self._domain(t)
+            domain = self._domain(t, history)
             if domain is None:
                 continue
             out.update(n for n in config if n.is_descendant_of(domain))
         return out
 
-    def _microstep(
-        self,
-        transitions: list[Transition],
-        config: set[StateNode],
-        ctx: dict,
-        event: Event,
-        internal: list[Event],
-    ) -> None:
-        exiting = sorted(self._exit_set(transitions, config), key=lambda n: n.order, reverse=True)
+    def _microstep(self, transitions: list[Transition], work: _Work, event: Event) -> None:
+        config = work.config
+        exiting = sorted(
+            self._exit_set(transitions, config, work.history), key=lambda n: n.order, reverse=True
+        )
+        for node in exiting:  # history is recorded before anything leaves (SCXML exitStates)
+            for h in node.histories.values():
+                if h.history == "deep":
+                    kept = [s.path for s in config if not s.children and s.is_descendant_of(node)]
+                else:
+                    kept = [s.path for s in config if s.parent is node]
+                work.history[h.id] = sorted(kept, key=lambda p: self._by_path[p].order)
         for node in exiting:
-            self._run(node.exit, ctx, event)
+            self._run(node.exit, work.ctx, event)
+            self._stop(node, work)
             config.discard(node)
         for t in sorted(transitions, key=lambda t: t.source.order):
-            self._run(t.actions, ctx, event)
+            self._run(t.actions, work.ctx, event)
         to_enter: set[StateNode] = set()
         for t in transitions:
-            domain = self._domain(t)
+            domain = self._domain(t, work.history)
             if domain is None:
                 continue
             for tg in t.targets:
-                self._add_descendants(tg, to_enter, config)
-                for anc in tg.ancestors:
-                    if anc is domain:
-                        break
-                    to_enter.add(anc)
-                    self._fill_regions(anc, to_enter, config)
-                if domain.type == "parallel":  # like XState v5: the domain's other regions are re-entered
-                    self._fill_regions(domain, to_enter, config)
-        self._enter(to_enter, config, ctx, event, internal)
+                self._add_descendants(tg, to_enter, work)
+            for tg in self._effective_targets(t, work.history):
+                self._add_ancestors(tg, domain, to_enter, work)
+            if domain.type == "parallel":  # like XState v5: the domain's other regions are re-entered
+                self._fill_regions(domain, to_enter, work)
+        self._enter(to_enter, work, event)
 
-    def _fill_regions(self, node: StateNode, to_enter: set[StateNode], config: set[StateNode]) -> None:
+    def _stop(self, node: StateNode, work: _Work) -> None:
+        for a in node.after:
+            work.timers.pop(a.event, None)
+        for d in node.invoke:
+            work.invocations.pop(d.id, None)
+
+    def _add_ancestors(self, node: StateNode, upto: StateNode, to_enter: set[StateNode], work: _Work) -> None:
+        for anc in node.ancestors:
+            if anc is upto:
+                break
+            to_enter.add(anc)
+            self._fill_regions(anc, to_enter, work)
+
+    def _fill_regions(self, node: StateNode, to_enter: set[StateNode], work: _Work) -> None:
         """Every region of a parallel ``node`` that nothing enters or keeps gets its default entry."""
         if node.type != "parallel":
             return
         for child in node.children.values():
-            if not any(s is child or s.is_descendant_of(child) for s in to_enter | config):
-                self._add_descendants(child, to_enter, config)
+            if not any(s is child or s.is_descendant_of(child) for s in to_enter | work.config):
+                self._add_descendants(child, to_enter, work)
 
-    def _add_descendants(
-        self, node: StateNode, out: set[StateNode], config: set[StateNode] | None = None
-    ) -> None:
+    def _add_descendants(self, node: StateNode, out: set[StateNode], work: _Work) -> None:
+        if node.type == "history":
+            targets = self._history_targets(node, work.history)
+            for s in targets:
+                self._add_descendants(s, out, work)
+            for s in targets:
+                self._add_ancestors(s, node.parent, out, work)  # type: ignore[arg-type]
+            return
         out.add(node)
         if node.type == "compound":
-            if not any(c in out or (config and c in config) for c in node.children.values()):
-                self._add_descendants(node.initial, out, config)  # type: ignore[arg-type]
+            if not any(c in out or c in work.config for c in node.children.values()):
+                self._add_descendants(node.initial, out, work)  # type: ignore[arg-type]
         elif node.type == "parallel":
             for child in node.children.values():
                 if not any(s is child or s.is_descendant_of(child) for s in out):
-                    self._add_descendants(child, out, config)
+                    self._add_descendants(child, out, work)
 
-    def _enter(
-        self, to_enter: set[StateNode], config: set[StateNode], ctx: dict, event: Event, internal: list[Event]
-    ) -> None:
+    def _delay(self, ref: int | str, ctx: Mapping, event: Event) -> int:
+        if isinstance(ref, int):
+            return ref
+        d = self.delays.get(ref)
+        if d is None:
+            raise MachineError(f"delay {ref!r} has no implementation: pass delays={{{ref!r}: ms}}")
+        ms = d(ctx, event) if callable(d) else d
+        if type(ms) not in (int, float) or ms < 0:
+            raise MachineError(f"delay {ref!r} gave {ms!r}; a delay is a non-negative number of ms")
+        return int(ms)
+
+    def _enter(self, to_enter: set[StateNode], work: _Work, event: Event) -> None:
+        config = work.config
+        completed: set[StateNode] = set()
         for node in sorted(to_enter - config, key=lambda n: n.order):
             config.add(node)
-            self._run(node.entry, ctx, event)
-            if node.type == "final" and node.parent is not None and node.parent is not self.root:
-                parent = node.parent
-                internal.append(
-                    Event(f"xstate.done.state.{parent.explicit_id or parent.path}", None, event.time)
-                )
-                grand = parent.parent
-                if (
-                    grand is not None
-                    and grand.type == "parallel"
-                    and all(
-                        any(s.type == "final" and s.parent is region for s in config)
-                        for region in grand.children.values()
-                    )
-                ):
-                    internal.append(
-                        Event(f"xstate.done.state.{grand.explicit_id or grand.path}", None, event.time)
-                    )
+            self._run(node.entry, work.ctx, event)
+            for a in node.after:
+                delay = self._delay(a.delay, work.ctx, event)
+                work.timers[a.event] = None if work.time is None else work.time + delay
+            for d in node.invoke:
+                work.invocations[d.id] = {"src": d.src, "input": d.input, "state": node.path}
+            if node.type != "final":
+                continue
+            # XState v5 enterStates: done events for the parent and completed parallel ancestors
+            parent = node.parent
+            assert parent is not None
+            marker = parent if parent.type == "parallel" else parent.parent
+            if parent.type == "compound":
+                output = copy_json(node.output) if node.has_output else None
+                work.internal.append(Event(f"xstate.done.state.{parent.id}", output, event.time))
+            while (
+                marker is not None
+                and marker.type == "parallel"
+                and marker not in completed
+                and self._in_final(config, marker)
+            ):
+                completed.add(marker)
+                work.internal.append(Event(f"xstate.done.state.{marker.id}", None, event.time))
+                marker = marker.parent
+            if marker is not None:
+                continue
+            work.done = True
+            work.output = copy_json(self.root.output) if self.root.has_output else None
+        if work.done:  # the machine is done: every active state exits (innermost first)
+            for n in sorted(config, key=lambda n: n.order, reverse=True):
+                self._run(n.exit, work.ctx, event)
 
-    def _settle(self, config: set[StateNode], ctx: dict, event: Event, internal: list[Event]) -> bool:
+    def _in_final(self, config: Iterable[StateNode], node: StateNode) -> bool:
+        if node.type == "compound":
+            return any(c.type == "final" and c in config for c in node.children.values())
+        if node.type == "parallel":
+            return all(self._in_final(config, c) for c in node.children.values())
+        return node.type == "final"
+
+    def _settle(self, work: _Work, event: Event) -> int:
+        """Take eventless transitions and internal events until none is enabled; the count."""
         steps = 0
-        while True:
-            if self._top_final(config):
-                return True
-            selected = self._select(config, ctx, None) if self._has_always else []
-            trigger = event
-            if not selected and internal:
-                trigger = internal.pop(0)
-                selected = self._select(config, ctx, trigger)
+        trigger = event
+        while not work.done:
+            selected = self._select(work.config, work.ctx, trigger, True) if self._has_always else []
+            if not selected:
+                if not work.internal:
+                    break
+                trigger = work.internal.pop(0)
+                selected = self._select(work.config, work.ctx, trigger)
                 if not selected:
                     continue
-            if not selected:
-                return False
             steps += 1
             if steps > self.max_microsteps:
                 states = ", ".join(sorted({t.source.path or "(root)" for t in selected}))
@@ -472,12 +686,8 @@ class Statechart:
                     f"eventless transitions fired more than {self.max_microsteps} times in a row "
                     f"(from: {states}); make their guards eventually false"
                 )
-            self._microstep(selected, config, ctx, trigger, internal)
-
-    def _top_final(self, config: set[StateNode]) -> bool:
-        if not self._has_final:
-            return False
-        return any(n.type == "final" and n.parent is self.root for n in config)
+            self._microstep(selected, work, trigger)
+        return steps
 
 
 def initial(chart: Statechart, time: int | None = None) -> Snapshot:
