@@ -449,7 +449,10 @@ def test_generated_charts_keep_their_invariants(definition, events):
         assert chart.transition(s, Event(name)) == s2
         rebuilt = chart.snapshot_from(s2.value, s2.context)  # a consistent configuration:
         assert rebuilt == s2 and rebuilt._config == s2._config  # one child per compound, all regions
-        if not any(n.always for n in chart._nodes):  # with always, one macrostep holds several microsteps
+        # with always, one macrostep holds several microsteps; reaching the top-level final state
+        # runs every active state's exit actions afterwards (XState v5)
+        if not any(n.always for n in chart._nodes) and not s2.done:
             assert _ordered(chart, s2.context["log"][len(s.context["log"]) :])
-        assert s2.done == any(n.type == "final" and n.parent is chart.root for n in s2._config)
+        assert s2.done == chart._in_final(s2._config, chart.root)
+        assert s2.done >= any(n.type == "final" and n.parent is chart.root for n in s2._config)
         s = s2
