@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corelog.errors import DefinitionError, EventNotAccepted
 from corelog.machine import Event, Statechart
+from corelog.machine.errors import DefinitionError, EventNotAccepted
 
 SHALLOW = {
     "id": "history",
