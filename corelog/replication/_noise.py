@@ -1,4 +1,11 @@
-"""Noise_XX_25519_ChaChaPoly_BLAKE2b (Noise Protocol Framework, revision 34), sans-IO, on PyNaCl.
+"""Noise XX with ChaChaPoly and BLAKE2b (Noise Protocol Framework, revision 34), sans-IO, on PyNaCl.
+
+Two DH functions, chosen by the ``dh`` argument of :class:`NoiseXX`:
+``X25519`` (``Noise_XX_25519_ChaChaPoly_BLAKE2b``, corelog's own protocol) and
+``ED25519`` (``Noise_XX_Ed25519_ChaChaPoly_BLAKE2b``, what Hypercore's
+``@hyperswarm/secret-stream`` speaks: Ed25519 sign key pairs as static and
+ephemeral keys, DH = the clamped SHA-512 scalar of the seed times the peer's
+Edwards point). Everything else (symmetric state, HKDF, cipher) is shared.
 
 XX is the handshake pattern Hypercore uses::
 
@@ -79,6 +86,45 @@ def _dh(private: bytes, public: bytes) -> bytes:
         raise HandshakeError("the peer sent an invalid X25519 public key (a low-order point)") from None
 
 
+def _ed25519_dh(private: bytes, public: bytes) -> bytes:
+    scalar = bytearray(hashlib.sha512(private[:32]).digest()[:32])
+    scalar[0] &= 248
+    scalar[31] &= 127
+    scalar[31] |= 64
+    try:
+        return sodium.crypto_scalarmult_ed25519_noclamp(bytes(scalar), public)
+    except (nacl.exceptions.CryptoError, RuntimeError, ValueError, TypeError):
+        # libsodium refuses non-canonical, small-order and non-prime-order points and a zero result
+        raise HandshakeError(
+            "the peer sent an invalid Ed25519 public key (not a usable curve point)"
+        ) from None
+
+
+def _ed25519_keypair(private: bytes | None = None) -> tuple[bytes, bytes]:
+    """An Ed25519 ``(secret key (64 bytes), public key)``; ``private`` is a 32-byte seed or the 64-byte key."""
+    if private is None:
+        private = sodium.randombytes(32)
+    if not isinstance(private, bytes | bytearray) or len(private) not in (32, 64):
+        raise ValueError("an Ed25519 private key is a 32-byte seed or a 64-byte secret key")
+    public, secret = sodium.crypto_sign_seed_keypair(bytes(private[:32]))
+    return secret, public
+
+
+class DH:
+    """A Noise DH function: its name in the protocol string, key pairs and the DH itself."""
+
+    __slots__ = ("name", "keypair", "dh")
+
+    def __init__(self, name: bytes, keypair, dh):
+        self.name = name
+        self.keypair = keypair
+        self.dh = dh
+
+    @property
+    def protocol_name(self) -> bytes:
+        return b"Noise_XX_" + self.name + b"_ChaChaPoly_BLAKE2b"
+
+
 def keypair(private: bytes | None = None) -> tuple[bytes, bytes]:
     """An X25519 ``(private, public)`` pair; random unless ``private`` (32 bytes) is given."""
     if private is None:
@@ -87,6 +133,10 @@ def keypair(private: bytes | None = None) -> tuple[bytes, bytes]:
         raise ValueError("an X25519 private key is 32 bytes")
     private = bytes(private)
     return private, sodium.crypto_scalarmult_base(private)
+
+
+X25519 = DH(b"25519", keypair, _dh)
+ED25519 = DH(b"Ed25519", _ed25519_keypair, _ed25519_dh)
 
 
 class CipherState:
@@ -178,7 +228,7 @@ _OVERHEAD = (DHLEN, DHLEN + DHLEN + TAGLEN + TAGLEN, DHLEN + TAGLEN + TAGLEN)
 
 
 class NoiseXX:
-    """One side of a Noise_XX_25519_ChaChaPoly_BLAKE2b handshake.
+    """One side of a Noise XX handshake (``Noise_XX_25519_...`` by default, or ``dh=ED25519``).
 
     Initiator: ``write_message``, ``read_message``, ``write_message``.
     Responder: ``read_message``, ``write_message``, ``read_message``.
@@ -197,21 +247,23 @@ class NoiseXX:
         *,
         prologue: bytes = b"",
         ephemeral_private: bytes | None = None,
+        dh: DH = X25519,
     ):
         self.initiator = bool(initiator)
-        self._s = keypair(static_private)
+        self._dhf = dh
+        self._s = dh.keypair(static_private)
         self._e_fixed = ephemeral_private
         self._e: tuple[bytes, bytes] | None = None
         self._re: bytes | None = None
         self.remote_static: bytes | None = None
-        self._ss = SymmetricState()
+        self._ss = SymmetricState(dh.protocol_name)
         self._ss.mix_hash(bytes(prologue))
         self._step = 0  # handshake messages done (3 = complete)
         self._failed: str | None = None
 
     @property
     def public_key(self) -> bytes:
-        """This side's static X25519 public key."""
+        """This side's static public key (X25519 or Ed25519, per ``dh``)."""
         return self._s[1]
 
     @property
@@ -245,6 +297,7 @@ class NoiseXX:
             raise
 
     def _write(self, payload: bytes) -> bytes:
+        _dh = self._dhf.dh
         ss = self._ss
         out = bytearray()
         if self._step == 0:  # -> e
@@ -262,7 +315,7 @@ class NoiseXX:
         return bytes(out)
 
     def _write_e(self) -> bytes:
-        self._e = keypair(self._e_fixed)
+        self._e = self._dhf.keypair(self._e_fixed)
         self._ss.mix_hash(self._e[1])
         return self._e[1]
 
@@ -276,6 +329,7 @@ class NoiseXX:
             raise
 
     def _read(self, message: bytes) -> bytes:
+        _dh = self._dhf.dh
         n = len(message)
         if n > MAX_MESSAGE:
             raise HandshakeError(f"handshake message of {n} bytes (at most {MAX_MESSAGE})")
