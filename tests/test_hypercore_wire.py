@@ -8,14 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corelog import Node, _crypto
-from corelog.errors import ProtocolError
 from corelog.replication._noise import ED25519, NoiseXX
+from corelog.replication.errors import ProtocolError
 from corelog.replication.hypercore import _caps
 from corelog.replication.hypercore import _messages as m
-from corelog.replication.hypercore._encoding import Reader, WireError, Writer, encode_uint
-from corelog.replication.hypercore._proof import ProofError, generate, verify_block_path
-from corelog.replication.hypercore._protomux import Closed, Message, Mux, MuxError, Opened, RemoteOpen
-from corelog.replication.hypercore._secretstream import SecretStream, StreamError
+from corelog.replication.hypercore._encoding import Reader, Writer, encode_uint
+from corelog.replication.hypercore._proof import generate, verify_block_path
+from corelog.replication.hypercore._protomux import Closed, Message, Mux, Opened, RemoteOpen
+from corelog.replication.hypercore._secretstream import SecretStream
+from corelog.replication.hypercore.errors import MuxError, ProofError, StreamError, WireError
 
 VEC = Path(__file__).parent / "vectors"
 W = json.loads((VEC / "wire-seed07.json").read_text())

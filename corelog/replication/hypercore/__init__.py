@@ -11,13 +11,17 @@ The stack, bottom up, each layer sans-IO (bytes in, bytes out):
 """
 
 from ._caps import capability, discovery_key, stream_id
-from ._encoding import Reader, WireError, Writer
+from ._encoding import Reader, Writer
 from ._messages import PROTOCOL
-from ._protomux import Mux, MuxError
-from ._secretstream import SecretStream, StreamError
+from ._protomux import Mux
+from ._secretstream import SecretStream
+from .errors import CapabilityError, MuxError, PeerTimeout, ProofError, StreamError, WireError
 
 __all__ = [
     "PROTOCOL",
+    "CapabilityError",
+    "PeerTimeout",
+    "ProofError",
     "Mux",
     "MuxError",
     "Reader",

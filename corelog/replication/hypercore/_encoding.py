@@ -14,7 +14,7 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from corelog.errors import ProtocolError
+from .errors import WireError
 
 MAX_SAFE_INTEGER = 2**53 - 1
 MAX_ARRAY = 0x100000
@@ -24,10 +24,6 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
 T = TypeVar("T")
-
-
-class WireError(ProtocolError):
-    """The peer sent bytes that do not decode as the Hypercore wire format."""
 
 
 def encode_uint(n: int) -> bytes:

@@ -20,11 +20,7 @@ from collections.abc import Callable
 from corelog import _crypto, _flat
 from corelog._tree import Node, parent_node
 
-from ._encoding import WireError
-
-
-class ProofError(WireError):
-    """A request we cannot answer (out of bounds, bad upgrade) or a proof that does not check."""
+from .errors import ProofError
 
 
 def _contains(node: int, x: int) -> bool:

@@ -25,18 +25,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from corelog.errors import ProtocolError
-
 from ._encoding import Reader, WireError, Writer, encode_uint
+from .errors import MuxError
 
 MAX_BATCH = 8 * 1024 * 1024
 MAX_BUFFERED = 32 * 1024  # bytes held for channels the application has not answered yet
 MAX_CHANNELS = 4096  # remote channel slots a peer may hold at once
 MAX_BATCH_ITEMS = 65536  # messages in one batch frame (JS sends a few hundred)
-
-
-class MuxError(ProtocolError):
-    """The peer broke the protomux framing (bad open/reject, too many channels, ...)."""
 
 
 @dataclass(eq=False)

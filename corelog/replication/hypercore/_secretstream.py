@@ -25,10 +25,11 @@ from __future__ import annotations
 import nacl.bindings as sodium
 import nacl.exceptions
 
-from corelog.errors import HandshakeError, ProtocolError
+from corelog.replication.errors import HandshakeError, ProtocolError
 
 from .._noise import ED25519, NoiseXX
 from ._caps import stream_id
+from .errors import StreamError
 
 MAX_FRAME = 2**24 - 1  # u24: the largest ciphertext one frame can carry
 ABYTES = sodium.crypto_secretstream_xchacha20poly1305_ABYTES
@@ -39,10 +40,6 @@ _MAX_HANDSHAKE = 1024
 _TAG_MESSAGE = sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE
 
 HANDSHAKE, HEADER, OPEN, FAILED = "handshake", "header", "open", "failed"
-
-
-class StreamError(ProtocolError):
-    """The peer broke the secret-stream framing or encryption; the connection must close."""
 
 
 def u24(n: int) -> bytes:
