@@ -11,7 +11,18 @@ from corelog.errors import NotWritable, OutOfRange
 from ._definition import definition_hash
 from ._entries import HistoryEntry
 from ._entries import decode as decode_entry
+from ._fleet import (
+    ActionFailed,
+    Fleet,
+    FleetClosed,
+    InvalidMachineId,
+    Kind,
+    MachineInfo,
+    UnknownKind,
+    UnknownMachine,
+)
 from ._interpreter import Event, Snapshot, Statechart, initial, transition
+from ._listeners import Change, Listeners
 from ._runtime import History, Machine
 from ._stream import Coremachine
 from .errors import (
@@ -26,6 +37,16 @@ from .errors import (
 )
 
 __all__ = [
+    "ActionFailed",
+    "Change",
+    "Fleet",
+    "FleetClosed",
+    "InvalidMachineId",
+    "Kind",
+    "Listeners",
+    "MachineInfo",
+    "UnknownKind",
+    "UnknownMachine",
     "Coremachine",
     "DefinitionError",
     "DefinitionMismatch",

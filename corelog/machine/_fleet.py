@@ -1,0 +1,657 @@
+"""A fleet: many small durable machines in one store, with listeners.
+
+Theory of operation
+-------------------
+A :class:`Fleet` owns one writer thread. ``send`` (any thread) and ``await
+asend`` (trio) hand an operation to it and wait; the writer takes every queued
+operation at once (a *batch*), opens ONE write transaction, runs each machine's
+transition on its committed snapshot in queue order (so each machine runs to
+completion, one event after another, while different machines share the
+batch), writes every machine's new blocks under one signature per machine, the
+index rows, the change-feed rows and listener cursors, commits (one fsync with
+``sync=True``), and only then updates its cache and wakes the waiters. An
+operation that fails (unknown event, an action raising, an unserialisable
+context) contributes nothing to the transaction and gets its own error.
+
+A machine in memory is a small record (``_Slot``: id, kind, log write state,
+snapshot) held in an LRU cache of ``cache_size`` records; an evicted or never
+loaded machine is restored from its log in O(1) (the last entry holds the whole
+snapshot). Only the writer thread touches the cache.
+
+Listeners (``_listeners``) each run in a thread of their own, reading the
+durable change feed from their own durable cursor; see that module.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from corelog import Store
+from corelog.errors import CorelogError, DefinitionMismatch, MachineError, StoreFull
+
+from . import _fleet_store as fs
+from ._entries import HistoryEntry, check_json, decode, encode_header, encode_transition
+from ._interpreter import Event, Snapshot, Statechart
+from ._runtime import as_event, now_ms
+
+
+class UnknownKind(MachineError, LookupError):
+    """A send names a machine kind that was never registered (or a new machine without a kind)."""
+
+
+class UnknownMachine(MachineError, LookupError):
+    """No machine with this id exists in the fleet."""
+
+
+class ActionFailed(MachineError):
+    """An action or guard raised; the original exception is ``__cause__``. Nothing was recorded."""
+
+
+class FleetClosed(MachineError):
+    """The fleet is closed (or not started): start it with ``with fleet:`` or ``fleet.start()``."""
+
+
+class InvalidMachineId(MachineError, ValueError):
+    """A machine id must be a non-empty str of at most 200 UTF-8 bytes without NUL."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A registered machine kind: its compiled chart, and whether old definitions migrate."""
+
+    name: str
+    chart: Statechart
+    migrate: bool
+
+
+@dataclass(frozen=True)
+class MachineInfo:
+    """One row of the fleet's machine index."""
+
+    id: str
+    kind: str
+    key: bytes
+    state: Any
+    done: bool
+    length: int
+
+
+class _Slot:
+    __slots__ = ("id", "kind", "log", "snapshot", "header")
+
+    def __init__(self, mid: str, kind: Kind, log: fs.LogState, snapshot: Snapshot | None, header: int):
+        self.id = mid
+        self.kind = kind
+        self.log = log
+        self.snapshot = snapshot  # committed; None for a machine created in the batch being prepared
+        self.header = header  # index of the governing header entry
+
+
+class _Stage:
+    """What a batch adds to one machine before it commits."""
+
+    __slots__ = ("slot", "blocks", "snapshot", "header", "new", "result")
+
+    def __init__(self, slot: _Slot):
+        self.slot = slot
+        self.blocks: list[bytes] = []
+        self.snapshot = slot.snapshot
+        self.header = slot.header
+        self.new = slot.log.lid == 0
+        self.result: tuple = ()
+
+
+class _Op:
+    """A queued request; ``finish`` is called in the writer thread with (result, error)."""
+
+    __slots__ = ("notify", "result", "error")
+
+    def __init__(self, notify: Callable[[_Op], None] | None):
+        self.notify = notify
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class _Send(_Op):
+    __slots__ = ("mid", "kind", "etype", "data")
+
+    def __init__(self, mid: str, kind: str | None, etype: str, data: Any, notify: Callable | None):
+        super().__init__(notify)
+        self.mid, self.kind, self.etype, self.data = mid, kind, etype, data
+
+
+class _Group(_Op):
+    """Follow-up sends from a listener plus its cursor (and dead-letter) writes: all or nothing."""
+
+    __slots__ = ("sends", "meta_puts", "meta_deletes")
+
+    def __init__(self, sends: list[_Send], meta_puts: list, meta_deletes: list, notify: Callable | None):
+        super().__init__(notify)
+        self.sends, self.meta_puts, self.meta_deletes = sends, meta_puts, meta_deletes
+
+
+def check_id(mid: Any) -> str:
+    if not isinstance(mid, str) or not mid or "\x00" in mid or len(mid.encode()) > fs.MAX_ID_BYTES:
+        raise InvalidMachineId(
+            f"machine id {mid!r:.60} is not valid: use a non-empty str of at most {fs.MAX_ID_BYTES} UTF-8 bytes"
+        )
+    return mid
+
+
+class Fleet:
+    """Many durable machines in one store, addressed by id, with listeners.
+
+    ``Fleet(store_or_path)`` then ``register(kind, definition, actions=...)`` and
+    ``listener(name)``; ``with fleet:`` starts the writer and the listeners
+    (resuming each from its durable cursor) and stops them at the end. A machine is
+    created by its first event (``send(id, event, data, kind=...)``; ``kind`` may be
+    left out when one kind is registered). Each machine is the log ``fleet:<id>``.
+
+    ``cache_size`` bounds the machines held in memory (least recently used are
+    evicted); ``max_batch`` bounds the operations in one commit. ``clock`` gives
+    event times in ms (tests make it deterministic). ``services`` is handed to
+    listeners as is.
+    """
+
+    def __init__(
+        self,
+        store: Store | str | Path,
+        *,
+        services: Any = None,
+        cache_size: int = 10_000,
+        max_batch: int = 4096,
+        clock: Callable[[], int] | None = None,
+        sync: bool = True,
+    ):
+        self._own_store = not isinstance(store, Store)
+        self.store: Store = Store(store, sync=sync) if not isinstance(store, Store) else store
+        if self.store.readonly:
+            raise MachineError("a fleet needs a writable store (it is the store's one writer of fleet logs)")
+        self.services = services
+        self.cache_size = max(1, cache_size)
+        self.max_batch = max(1, max_batch)
+        self.clock = clock or now_ms
+        self._env = self.store._env
+        self._dbs = self.store._dbs
+        self._seed = self.store.seed
+        self._kinds: dict[str, Kind] = {}
+        self._cache: collections.OrderedDict[str, _Slot] = collections.OrderedDict()
+        self._queue: collections.deque[_Op] = collections.deque()
+        self._cond = threading.Condition()
+        self._feed_cond = threading.Condition()
+        self._writer: threading.Thread | None = None
+        self._running = False
+        self._closed = False
+        with self._env.begin() as txn:
+            self._seq = fs.last_seq(txn, self._dbs)
+            persisted = fs.cursors(txn, self._dbs)
+        self._feed_on = bool(persisted)
+        self.batches = 0  # commits made (for benchmarks and tests)
+        from ._listeners import Listeners
+
+        self.listeners = Listeners(self)
+
+    # --- registration ------------------------------------------------------------------
+
+    def register(
+        self,
+        kind: str,
+        definition: Mapping[str, Any] | Statechart,
+        actions: Mapping[str, Callable] | None = None,
+        guards: Mapping[str, Callable] | None = None,
+        *,
+        migrate: bool = False,
+    ) -> Kind:
+        """Register a machine kind. ``migrate=True`` lets machines recorded with an older
+        definition continue under this one (a new header entry is recorded first)."""
+        if not isinstance(kind, str) or not kind:
+            raise UnknownKind("a kind name is a non-empty str")
+        chart = definition if isinstance(definition, Statechart) else Statechart(definition, actions, guards)
+        k = Kind(kind, chart, migrate)
+        self._kinds[kind] = k
+        return k
+
+    @property
+    def kinds(self) -> dict[str, Kind]:
+        return dict(self._kinds)
+
+    def listener(self, name: str, fn: Callable | None = None, **options: Any) -> Any:
+        """Register a listener ``fn(change, services, send)``; usable as a decorator.
+
+        Options: ``kinds`` (only these kinds), ``max_attempts`` (default 5), ``backoff``
+        (first retry delay in s, doubled each time, default 0.01), ``start`` ("now" or
+        "beginning": where a listener with no cursor yet starts). See ``_listeners``.
+        """
+        if fn is None:
+            return lambda f: self.listeners.add(name, f, **options)
+        return self.listeners.add(name, fn, **options)
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> Fleet:
+        """Start the writer and every listener (each resumes from its durable cursor)."""
+        if self._closed:
+            raise FleetClosed("the fleet is closed; open a new Fleet on the store")
+        if self._running:
+            return self
+        self._running = True
+        self._writer = threading.Thread(target=self._write_loop, name="corelog-fleet-writer", daemon=True)
+        self._writer.start()
+        self.listeners.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the listeners, commit what is queued, stop the writer (and close an owned store)."""
+        if self._closed:
+            return
+        self.listeners.stop()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._writer is not None:
+            self._writer.join()
+        self._running = False
+        with self._feed_cond:
+            self._feed_cond.notify_all()
+        if self._own_store:
+            self.store.close()
+
+    def __enter__(self) -> Fleet:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Fleet:
+        return self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        import trio
+
+        await trio.to_thread.run_sync(self.close)
+
+    # --- sending -----------------------------------------------------------------------
+
+    def _make_send(self, mid: str, event: Any, data: Any, kind: str | None, notify: Callable | None) -> _Send:
+        check_id(mid)
+        etype, edata = as_event(event, data)
+        check_json(edata, "event data")
+        if kind is not None and kind not in self._kinds:
+            raise UnknownKind(f"no machine kind {kind!r} is registered; register it with fleet.register()")
+        return _Send(mid, kind, etype, edata, notify)
+
+    def _submit(self, op: _Op) -> None:
+        with self._cond:
+            if self._closed or not self._running:
+                raise FleetClosed("the fleet is not running: use `with fleet:` (or fleet.start()) first")
+            self._queue.append(op)
+            if len(self._queue) == 1:
+                self._cond.notify()
+
+    def _write_meta(self, puts: list, deletes: list, sends: list | None = None) -> Any:
+        """Commit fleet bookkeeping (and follow-up sends) in one writer transaction; wait for it."""
+        done = threading.Event()
+        op = _Group(sends or [], puts, deletes, lambda _op: done.set())
+        self._submit(op)
+        done.wait()
+        if op.error is not None:
+            raise op.error
+        return op.result
+
+    def send(self, mid: str, event: Any, data: Any = None, *, kind: str | None = None) -> Snapshot:
+        """Send an event to machine ``mid`` (created by its first event); returns the new snapshot
+        once it is durable. Raises the machine's own error (nothing recorded) if it fails."""
+        done = threading.Event()
+        op = self._make_send(mid, event, data, kind, lambda _op: done.set())
+        self._submit(op)
+        done.wait()
+        if op.error is not None:
+            raise op.error
+        return op.result
+
+    def post(self, mid: str, event: Any, data: Any = None, *, kind: str | None = None) -> Callable[[], Snapshot]:
+        """Queue an event without waiting; returns ``wait()`` giving the durable snapshot (or raising).
+
+        Many posts to one machine are still applied one after another, in order.
+        """
+        done = threading.Event()
+        op = self._make_send(mid, event, data, kind, lambda _op: done.set())
+        self._submit(op)
+
+        def wait(timeout: float | None = None) -> Snapshot:
+            if not done.wait(timeout):
+                raise TimeoutError(f"the event for {mid!r} is not committed yet")
+            if op.error is not None:
+                raise op.error
+            return op.result
+
+        return wait
+
+    async def asend(self, mid: str, event: Any, data: Any = None, *, kind: str | None = None) -> Snapshot:
+        """``send`` for trio: the commit happens in the writer thread, the event loop keeps running.
+
+        Cancelling the waiting task does not withdraw an event already handed to the writer.
+        """
+        import trio
+
+        token = trio.lowlevel.current_trio_token()
+        ev = trio.Event()
+        op = self._make_send(mid, event, data, kind, lambda _op: token.run_sync_soon(ev.set))
+        self._submit(op)
+        await ev.wait()
+        if op.error is not None:
+            raise op.error
+        return op.result
+
+    # --- reading (any thread) ----------------------------------------------------------
+
+    def info(self, mid: str) -> MachineInfo:
+        with self._env.begin() as txn:
+            row = fs.index_row(txn, self._dbs, check_id(mid))
+        if row is None:
+            raise UnknownMachine(f"no machine {mid!r} in this fleet")
+        return MachineInfo(mid, row[0], row[1], row[2], row[3], row[4])
+
+    def __contains__(self, mid: str) -> bool:
+        with self._env.begin() as txn:
+            return fs.index_row(txn, self._dbs, mid) is not None
+
+    def machines(self, kind: str | None = None, state: str | None = None) -> Iterable[MachineInfo]:
+        """Index rows in id order, optionally of one kind and/or matching a state (``"a.b"``)."""
+        return list_machines(self.store, kind, state)
+
+    def snapshot(self, mid: str) -> Snapshot:
+        """The committed snapshot of a machine (from the cache, or its log's last entry)."""
+        slot = self._cache.get(mid)
+        if slot is not None and slot.snapshot is not None:
+            return slot.snapshot
+        info = self.info(mid)
+        log = self.store.get(key=info.key, create=False)
+        n = log.length
+        entry = decode(n - 1, log.get(n - 1))
+        k = self._kinds.get(info.kind)
+        if k is not None:
+            try:
+                return k.chart.snapshot_from(entry.state, entry.context, entry.done)
+            except MachineError:
+                pass
+        return entry.snapshot
+
+    def history(self, mid: str) -> list[HistoryEntry]:
+        return machine_history(self.store, mid)
+
+    def log(self, mid: str):  # -> corelog.Log
+        """The machine's log (replicate it, audit it, or open a ``Machine`` on it)."""
+        return self.store.get(key=self.info(mid).key, create=False)
+
+    @property
+    def feed_seq(self) -> int:
+        """The last committed change-feed sequence number."""
+        return self._seq
+
+    # --- the writer --------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue and self._closed:
+                    return
+                n = min(len(self._queue), self.max_batch)
+                ops = [self._queue.popleft() for _ in range(n)]
+            try:
+                self._commit(ops)
+            except BaseException as exc:  # never leave a waiter hanging
+                for op in ops:
+                    if op.error is None:
+                        op.error = exc if isinstance(exc, CorelogError) else MachineError(f"commit failed: {exc!r}")
+                self._cache.clear()
+            for op in ops:
+                if op.notify is not None:
+                    try:
+                        op.notify(op)
+                    except Exception:  # e.g. the trio run ended
+                        pass
+
+    def _slot(self, txn: Any, op: _Send, stages: dict[str, _Stage]) -> _Stage:
+        st = stages.get(op.mid)
+        if st is not None:
+            if op.kind is not None and op.kind != st.slot.kind.name:
+                raise UnknownKind(f"machine {op.mid!r} is a {st.slot.kind.name!r}, not a {op.kind!r}")
+            return st
+        slot = self._cache.get(op.mid)
+        if slot is not None:
+            head = fs.read_head(txn, self._dbs, slot.log.lid)
+            if head is None or head[0] != slot.log.fork or head[1] != slot.log.length:
+                slot = None  # appended or truncated outside the fleet: reload
+                self._cache.pop(op.mid, None)
+            else:
+                self._cache.move_to_end(op.mid)
+        if slot is None:
+            slot = self._load(txn, op)
+        if op.kind is not None and op.kind != slot.kind.name:
+            raise UnknownKind(f"machine {op.mid!r} is a {slot.kind.name!r}, not a {op.kind!r}")
+        st = stages[op.mid] = _Stage(slot)
+        return st
+
+    def _load(self, txn: Any, op: _Send) -> _Slot:
+        row = fs.index_row(txn, self._dbs, op.mid)
+        if row is None:
+            kname = op.kind
+            if kname is None:
+                if len(self._kinds) != 1:
+                    raise UnknownKind(
+                        f"machine {op.mid!r} does not exist yet: say which kind to create (send(..., kind=...))"
+                    )
+                kname = next(iter(self._kinds))
+            kind = self._kinds[kname]
+            log = fs.new_log_state(self._seed, fs.LOG_PREFIX + op.mid)
+            return _Slot(op.mid, kind, log, None, 0)
+        kind = self._kinds.get(row[0])
+        if kind is None:
+            raise UnknownKind(f"machine {op.mid!r} is a {row[0]!r}, a kind this fleet has not registered")
+        log = fs.load_log_state(txn, self._dbs, self._seed, row[1])
+        if log is None or log.length == 0:
+            raise MachineError(f"the log of machine {op.mid!r} is missing or empty; the store is damaged")
+        slot = restore(txn, self._dbs, op.mid, kind, log)
+        self._cache[op.mid] = slot
+        return slot
+
+    def _prepare_send(self, txn: Any, op: _Send, stages: dict[str, _Stage], now: int) -> tuple[_Stage, int]:
+        """Stage one event; on any error the stage is left exactly as it was."""
+        st = self._slot(txn, op, stages)
+        chart = st.slot.kind.chart
+        add: list[bytes] = []
+        snap, header = st.snapshot, st.header
+        if snap is None:  # a new machine: its header (with the initial snapshot) first
+            snap = chart.initial(now)
+            add.append(encode_header(dict(chart.definition), chart.hash, snap, now))
+        elif header < 0:  # recorded under another definition, kind registered with migrate=True
+            header = st.slot.log.length + len(st.blocks)
+            add.append(encode_header(dict(chart.definition), chart.hash, snap, now))
+        ev = Event(op.etype, op.data, now)
+        try:
+            new = chart.transition(snap, ev)
+        except CorelogError:
+            raise
+        except Exception as exc:
+            raise ActionFailed(
+                f"machine {op.mid!r} ({st.slot.kind.name}) failed on {op.etype!r}: {type(exc).__name__}: {exc}; "
+                "nothing was recorded"
+            ) from exc
+        add.append(encode_transition(ev, new, header))
+        st.blocks.extend(add)
+        st.snapshot, st.header = new, header
+        index = st.slot.log.length + len(st.blocks) - 1
+        op.result = new
+        return st, index
+
+    def _commit(self, ops: list[_Op]) -> None:
+        stages: dict[str, _Stage] = {}
+        feed: list[list] = []
+        meta_puts: list[tuple[bytes, bytes]] = []
+        meta_deletes: list[bytes] = []
+        now = self.clock()
+        env, dbs = self._env, self._dbs
+        with env.begin(write=True) as txn:
+            for op in ops:
+                if isinstance(op, _Send):
+                    try:
+                        st, index = self._prepare_send(txn, op, stages, now)
+                        feed.append([op.mid, st, index])
+                    except CorelogError as exc:
+                        op.error = exc
+                        self._drop_unwritten(stages, op.mid)
+                elif isinstance(op, _Group):
+                    self._prepare_group(txn, op, stages, now, feed, meta_puts, meta_deletes)
+                else:
+                    op.result = True
+                    extra = getattr(op, "prepare", None)
+                    if extra is not None:
+                        extra(meta_puts, meta_deletes)
+            try:
+                self._write(txn, stages, feed, meta_puts, meta_deletes)
+            except BaseException:
+                txn.abort()
+                raise
+        self._apply(stages, feed)
+
+    def _drop_unwritten(self, stages: dict[str, _Stage], mid: str) -> None:
+        st = stages.get(mid)
+        if st is not None and not st.blocks:
+            del stages[mid]
+
+    def _prepare_group(self, txn, op: _Group, stages, now, feed, meta_puts, meta_deletes) -> None:
+        saved = {m: (len(s.blocks), s.snapshot, s.header) for m, s in stages.items()}
+        nfeed = len(feed)
+        try:
+            results = []
+            for send in op.sends:
+                st, index = self._prepare_send(txn, send, stages, now)
+                feed.append([send.mid, st, index])
+                results.append(send.result)
+            op.result = results
+            meta_puts.extend(op.meta_puts)
+            meta_deletes.extend(op.meta_deletes)
+        except CorelogError as exc:
+            op.error = exc
+            del feed[nfeed:]
+            for m in list(stages):
+                if m not in saved:
+                    del stages[m]
+                else:
+                    n, snap, header = saved[m]
+                    del stages[m].blocks[n:]
+                    stages[m].snapshot, stages[m].header = snap, header
+
+    def _write(self, txn, stages: dict[str, _Stage], feed: list[list], meta_puts, meta_deletes) -> None:
+        dbs = self._dbs
+        meta = dbs.meta
+        try:
+            for mid, st in stages.items():
+                if not st.blocks:
+                    continue
+                log = st.slot.log
+                if st.new and log.lid == 0:
+                    fs.create_log(txn, dbs, log)
+                st.result = fs.append(txn, dbs, log, st.blocks)  # type: ignore[attr-defined]
+                snap = st.snapshot
+                txn.put(
+                    fs.machine_key(mid),
+                    fs.pack([st.slot.kind.name, log.key, snap.value, snap.done, st.result[1]]),  # type: ignore[union-attr]
+                    db=meta,
+                )
+            if feed and (self._feed_on or self.listeners.active):
+                self._feed_on = True
+                seq = self._seq
+                for row in feed:
+                    seq += 1
+                    mid, st, index = row
+                    txn.put(fs.feed_key(seq), fs.pack([mid, st.slot.kind.name, st.slot.log.lid, index]), db=meta)
+                    row.append(seq)
+                txn.put(fs.SEQ_KEY, fs.U64.pack(seq), db=meta)
+            for k, v in meta_puts:
+                txn.put(k, v, db=meta)
+            for k in meta_deletes:
+                txn.delete(k, db=meta)
+            if self._feed_on and self.batches % 64 == 0:
+                self.listeners.collect_feed(txn)
+        except Exception as exc:
+            import lmdb
+
+            if isinstance(exc, lmdb.MapFullError):
+                raise StoreFull(
+                    f"the store at {self.store.path} is full; reopen it with a larger map_size. Nothing was recorded"
+                ) from None
+            raise
+
+    def _apply(self, stages: dict[str, _Stage], feed: list[list]) -> None:
+        self.batches += 1
+        logs = self.store._logs
+        for mid, st in stages.items():
+            if not st.blocks:
+                continue
+            slot, log = st.slot, st.slot.log
+            log.roots, log.length, log.byte_length = st.result
+            slot.snapshot = st.snapshot
+            slot.header = st.header
+            if st.new:
+                self._cache[mid] = slot
+            other = logs.get(log.key)  # a Log object opened on this machine outside the fleet
+            if other is not None:
+                other._load()
+                other._notify()
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        if feed and len(feed[-1]) > 3:
+            with self._feed_cond:
+                self._seq = feed[-1][3]
+                self._feed_cond.notify_all()
+
+
+def restore(txn: Any, dbs: Any, mid: str, kind: Kind, log: fs.LogState) -> _Slot:
+    """A machine's record from its log: the last entry (and its header, to check the definition)."""
+    n = log.length
+    last = decode(n - 1, bytes(fs.read_block(txn, dbs, log.lid, n - 1) or b""))
+    header = last if last.kind == "header" else decode(last.header, bytes(fs.read_block(txn, dbs, log.lid, last.header) or b""))
+    chart = kind.chart
+    try:
+        snap = chart.snapshot_from(last.state, last.context, last.done)
+    except MachineError as exc:
+        raise DefinitionMismatch(f"machine {mid!r}: its state does not exist in kind {kind.name!r} ({exc})") from None
+    slot = _Slot(mid, kind, log, snap, header.index)
+    if header.definition_hash != chart.hash:
+        if not kind.migrate:
+            raise DefinitionMismatch(
+                f"machine {mid!r} was recorded with definition {str(header.definition_hash)[:12]}… but kind "
+                f"{kind.name!r} is {chart.hash[:12]}…; register the kind with migrate=True to continue it"
+            )
+        slot.header = -1  # a migration header is written before its next transition
+    return slot
+
+
+def list_machines(store: Store, kind: str | None = None, state: str | None = None) -> list[MachineInfo]:
+    out = []
+    with store._env.begin() as txn:
+        for mid, row in fs.iter_index(txn, store._dbs):
+            if kind is not None and row[0] != kind:
+                continue
+            if state is not None and not Snapshot(row[2], {}).matches(state):
+                continue
+            out.append(MachineInfo(mid, row[0], row[1], row[2], row[3], row[4]))
+    return out
+
+
+def machine_history(store: Store, mid: str) -> list[HistoryEntry]:
+    with store._env.begin() as txn:
+        row = fs.index_row(txn, store._dbs, check_id(mid))
+    if row is None:
+        raise UnknownMachine(f"no machine {mid!r} in this store's fleet")
+    log = store.get(key=row[1], create=False)
+    return [decode(i, b) for i, b in enumerate(log.iter(0, log.length))]

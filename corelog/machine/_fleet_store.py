@@ -1,0 +1,247 @@
+"""What a fleet keeps in its store, and the one-transaction commit of many machines.
+
+Layout (keys in the store's ``meta`` database, beside the log layer's own keys;
+every fleet key starts with ``fleet/``)::
+
+    fleet/seq                    u64: the last change-feed sequence number assigned
+    fleet/m/<id>                 msgpack [kind, log key, state value, done, length]  (the machine index)
+    fleet/f/<u64 seq>            msgpack [id, kind, log id, entry index]             (the change feed)
+    fleet/c/<listener>           u64: the last feed seq the listener is done with    (its cursor)
+    fleet/d/<listener>\\0<u64>   msgpack {id, kind, lid, index, error, attempts, ...} (a dead letter)
+
+Each machine is an ordinary writable log named ``fleet:<id>`` (signed, Merkle,
+replicable, auditable). A fleet commit writes, in ONE LMDB transaction, the new
+logs' records, every machine's blocks, tree nodes and signed head (one signature
+per machine per commit), the index rows, the feed rows and the listener cursors,
+so a crash leaves all of it or none of it.
+
+The fleet writes log blocks itself (same keys and values as ``corelog._log``)
+because the store-level group-commit writer of issue 8 was not on main when the
+fleet was written; the commit re-reads each machine's signed head inside the
+transaction (compare-and-append), so a log appended outside the fleet is
+reloaded, never overwritten.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import lmdb
+import msgpack
+
+from corelog import _crypto, _flat
+from corelog._log import BLOCK, HEAD, KEY, NODE, NODE_VALUE, head_key
+from corelog._tree import Node, append_nodes
+
+U64 = struct.Struct(">Q")
+SEQ_KEY = b"fleet/seq"
+M_PREFIX = b"fleet/m/"
+F_PREFIX = b"fleet/f/"
+C_PREFIX = b"fleet/c/"
+D_PREFIX = b"fleet/d/"
+LOG_PREFIX = "fleet:"
+MAX_ID_BYTES = 200  # LMDB keys are at most 511 bytes
+
+
+def machine_key(mid: str) -> bytes:
+    return M_PREFIX + mid.encode()
+
+
+def feed_key(seq: int) -> bytes:
+    return F_PREFIX + U64.pack(seq)
+
+
+def cursor_key(listener: str) -> bytes:
+    return C_PREFIX + listener.encode()
+
+
+def dead_key(listener: str, seq: int) -> bytes:
+    return D_PREFIX + listener.encode() + b"\x00" + U64.pack(seq)
+
+
+def pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def unpack(raw: bytes) -> Any:
+    return msgpack.unpackb(raw, raw=False)
+
+
+class LogState:
+    """What a commit needs to extend one log: id, key, secret, roots, length."""
+
+    __slots__ = ("lid", "key", "name", "secret", "roots", "length", "byte_length", "fork", "manifest")
+
+    def __init__(self, name: str, secret: bytes, key: bytes, manifest: bytes):
+        self.name = name
+        self.secret = secret
+        self.key = key
+        self.manifest = manifest
+        self.lid = 0  # assigned when the log is created (in the commit that first writes it)
+        self.roots: list[Node] = []
+        self.length = 0
+        self.byte_length = 0
+        self.fork = 0
+
+
+def new_log_state(store_seed: bytes, name: str) -> LogState:
+    public, secret = _crypto.keypair_from_seed(_crypto.derive_seed(store_seed, name))
+    manifest = _crypto.manifest_for(public)
+    return LogState(name, secret, _crypto.log_key(manifest), manifest)
+
+
+def read_head(txn: lmdb.Transaction, dbs: Any, lid: int) -> tuple[int, int, int] | None:
+    """(fork, length, byte length) of log ``lid``'s signed head, or None."""
+    raw = txn.get(head_key(lid), db=dbs.data)
+    if raw is None:
+        return None
+    fork, length, _contig, byte_length, _th, _sig = HEAD.unpack(raw)
+    return fork, length, byte_length
+
+
+def load_log_state(txn: lmdb.Transaction, dbs: Any, store_seed: bytes, key: bytes) -> LogState | None:
+    """The write state of an existing writable log (None if the store does not hold it)."""
+    raw = txn.get(key, db=dbs.logs)
+    if raw is None:
+        return None
+    record = msgpack.unpackb(raw)
+    if not record.get("writable"):
+        return None
+    name = record.get("name") or ""
+    seed = record.get("key_seed") or _crypto.derive_seed(store_seed, name)
+    _, secret = _crypto.keypair_from_seed(seed)
+    st = LogState(name, secret, key, record.get("manifest"))
+    st.lid = record["id"]
+    head = read_head(txn, dbs, st.lid)
+    if head is not None:
+        st.fork, st.length, st.byte_length = head
+    st.roots = [read_node(txn, dbs, st.lid, r) for r in _flat.full_roots(st.length)]
+    return st
+
+
+def read_node(txn: lmdb.Transaction, dbs: Any, lid: int, index: int) -> Node:
+    raw = txn.get(KEY.pack(lid, NODE, index), db=dbs.data)
+    if raw is None:
+        from corelog.errors import Corrupt
+
+        raise Corrupt(f"tree node {index} of log {lid} is missing; run `corelog audit`")
+    return Node(index, NODE_VALUE.unpack_from(raw)[0], bytes(raw[8:40]))
+
+
+def read_block(txn: lmdb.Transaction, dbs: Any, lid: int, index: int) -> bytes | None:
+    return txn.get(KEY.pack(lid, BLOCK, index), db=dbs.data)
+
+
+def create_log(txn: lmdb.Transaction, dbs: Any, st: LogState) -> None:
+    """Write a new writable log's record and name (its head is written by ``append``)."""
+    existing = txn.get(st.key, db=dbs.logs)
+    if existing is not None:  # created earlier (e.g. a replica of it, or a log made outside the fleet)
+        record = msgpack.unpackb(existing)
+        record.update(name=st.name, writable=True, manifest=st.manifest)
+    else:
+        next_id = int.from_bytes(txn.get(b"next_id", db=dbs.meta), "big")
+        txn.put(b"next_id", (next_id + 1).to_bytes(4, "big"), db=dbs.meta)
+        record = {"id": next_id, "name": st.name, "writable": True, "manifest": st.manifest}
+    st.lid = record["id"]
+    txn.put(st.key, msgpack.packb(record), db=dbs.logs)
+    txn.put(st.name.encode(), st.key, db=dbs.names)
+
+
+def append(txn: lmdb.Transaction, dbs: Any, st: LogState, blocks: list[bytes]) -> tuple[list[Node], int, int]:
+    """Put ``blocks`` with their nodes and a new signed head; returns (roots, length, byte length).
+
+    ``st`` is not modified (the caller applies the result once the transaction commits).
+    """
+    start = st.length
+    new_nodes, roots = append_nodes(st.roots, start, blocks)
+    length = start + len(blocks)
+    byte_length = st.byte_length + sum(map(len, blocks))
+    th = _crypto.tree_hash(roots)
+    sig = _crypto.sign(_crypto.signable(st.key, th, length, st.fork), st.secret)
+    lid, kp, data = st.lid, KEY.pack, dbs.data
+    put = txn.put
+    for i, b in enumerate(blocks, start):
+        put(kp(lid, BLOCK, i), b, db=data)
+    for n in new_nodes:
+        put(kp(lid, NODE, n.index), NODE_VALUE.pack(n.size) + n.hash, db=data)
+    put(head_key(lid), HEAD.pack(st.fork, length, length, byte_length, th, sig), db=data)
+    return roots, length, byte_length
+
+
+# --- reading (also from a read-only store: the CLI) -------------------------------------
+
+
+def index_row(txn: lmdb.Transaction, dbs: Any, mid: str) -> list | None:
+    raw = txn.get(machine_key(mid), db=dbs.meta)
+    return None if raw is None else unpack(raw)
+
+
+def iter_index(txn: lmdb.Transaction, dbs: Any, start: str = ""):
+    """Yield (id, [kind, key, state, done, length]) in id order."""
+    cur = txn.cursor(db=dbs.meta)
+    if not cur.set_range(M_PREFIX + start.encode()):
+        return
+    for k, v in cur:
+        if not k.startswith(M_PREFIX):
+            break
+        yield bytes(k[len(M_PREFIX) :]).decode(), unpack(v)
+
+
+def last_seq(txn: lmdb.Transaction, dbs: Any) -> int:
+    raw = txn.get(SEQ_KEY, db=dbs.meta)
+    return 0 if raw is None else U64.unpack(raw)[0]
+
+
+def read_feed(txn: lmdb.Transaction, dbs: Any, after: int, limit: int) -> list[tuple[int, list]]:
+    """Up to ``limit`` feed rows with seq > ``after``: [(seq, [id, kind, lid, index])]."""
+    out: list[tuple[int, list]] = []
+    cur = txn.cursor(db=dbs.meta)
+    if not cur.set_range(feed_key(after + 1)):
+        return out
+    for k, v in cur:
+        if not k.startswith(F_PREFIX) or len(out) >= limit:
+            break
+        out.append((U64.unpack(k[len(F_PREFIX) :])[0], unpack(v)))
+    return out
+
+
+def cursors(txn: lmdb.Transaction, dbs: Any) -> dict[str, int]:
+    out = {}
+    cur = txn.cursor(db=dbs.meta)
+    if cur.set_range(C_PREFIX):
+        for k, v in cur:
+            if not k.startswith(C_PREFIX):
+                break
+            out[bytes(k[len(C_PREFIX) :]).decode()] = U64.unpack(v)[0]
+    return out
+
+
+def dead_letters(txn: lmdb.Transaction, dbs: Any, listener: str | None = None) -> list[dict]:
+    """Every parked delivery (optionally of one listener), in listener then seq order."""
+    prefix = D_PREFIX + (listener.encode() + b"\x00" if listener is not None else b"")
+    out = []
+    cur = txn.cursor(db=dbs.meta)
+    if cur.set_range(prefix):
+        for k, v in cur:
+            if not k.startswith(prefix):
+                break
+            name, _, seq = bytes(k[len(D_PREFIX) :]).rpartition(b"\x00")
+            row = unpack(v)
+            row["listener"] = name.decode()
+            row["seq"] = U64.unpack(seq)[0]
+            out.append(row)
+    return out
+
+
+def requeue(txn: lmdb.Transaction, dbs: Any, listener: str | None = None, seq: int | None = None) -> int:
+    """Mark parked deliveries for redelivery (by the fleet, when it next runs); returns how many."""
+    n = 0
+    for row in dead_letters(txn, dbs, listener):
+        if seq is not None and row["seq"] != seq:
+            continue
+        name, s = row.pop("listener"), row.pop("seq")
+        row["requeued"] = True
+        txn.put(dead_key(name, s), pack(row), db=dbs.meta)
+        n += 1
+    return n
