@@ -109,10 +109,11 @@ class _Stage:
 class _Op:
     """A queued request; ``finish`` is called in the writer thread with (result, error)."""
 
-    __slots__ = ("notify", "result", "error")
+    __slots__ = ("notify", "result", "error", "done")
 
     def __init__(self, notify: Callable[[_Op], None] | None):
         self.notify = notify
+        self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -184,6 +185,8 @@ class Fleet:
         self._queue: collections.deque[_Op] = collections.deque()
         self._cond = threading.Condition()
         self._feed_cond = threading.Condition()
+        self._done = threading.Condition()
+        self._recent: collections.deque[tuple[int, int, list]] = collections.deque(maxlen=256)
         self._writer: threading.Thread | None = None
         self._running = False
         self._closed = False
@@ -295,42 +298,36 @@ class Fleet:
 
     def _write_meta(self, puts: list, deletes: list, sends: list | None = None) -> Any:
         """Commit fleet bookkeeping (and follow-up sends) in one writer transaction; wait for it."""
-        done = threading.Event()
-        op = _Group(sends or [], puts, deletes, lambda _op: done.set())
+        op = _Group(sends or [], puts, deletes, None)
         self._submit(op)
-        done.wait()
-        if op.error is not None:
-            raise op.error
-        return op.result
+        return self._wait(op)
 
     def send(self, mid: str, event: Any, data: Any = None, *, kind: str | None = None) -> Snapshot:
         """Send an event to machine ``mid`` (created by its first event); returns the new snapshot
         once it is durable. Raises the machine's own error (nothing recorded) if it fails."""
-        done = threading.Event()
-        op = self._make_send(mid, event, data, kind, lambda _op: done.set())
+        op = self._make_send(mid, event, data, kind, None)
         self._submit(op)
-        done.wait()
+        return self._wait(op)
+
+    def _wait(self, op: _Op, timeout: float | None = None) -> Any:
+        if not op.done:
+            with self._done:
+                if not self._done.wait_for(lambda: op.done, timeout):
+                    raise TimeoutError("the event is not committed yet")
         if op.error is not None:
             raise op.error
         return op.result
 
-    def post(self, mid: str, event: Any, data: Any = None, *, kind: str | None = None) -> Callable[[], Snapshot]:
+    def post(
+        self, mid: str, event: Any, data: Any = None, *, kind: str | None = None
+    ) -> Callable[[], Snapshot]:
         """Queue an event without waiting; returns ``wait()`` giving the durable snapshot (or raising).
 
         Many posts to one machine are still applied one after another, in order.
         """
-        done = threading.Event()
-        op = self._make_send(mid, event, data, kind, lambda _op: done.set())
+        op = self._make_send(mid, event, data, kind, None)
         self._submit(op)
-
-        def wait(timeout: float | None = None) -> Snapshot:
-            if not done.wait(timeout):
-                raise TimeoutError(f"the event for {mid!r} is not committed yet")
-            if op.error is not None:
-                raise op.error
-            return op.result
-
-        return wait
+        return lambda timeout=None: self._wait(op, timeout)
 
     async def asend(self, mid: str, event: Any, data: Any = None, *, kind: str | None = None) -> Snapshot:
         """``send`` for trio: the commit happens in the writer thread, the event loop keeps running.
@@ -410,14 +407,19 @@ class Fleet:
             except BaseException as exc:  # never leave a waiter hanging
                 for op in ops:
                     if op.error is None:
-                        op.error = exc if isinstance(exc, CorelogError) else MachineError(f"commit failed: {exc!r}")
+                        op.error = (
+                            exc if isinstance(exc, CorelogError) else MachineError(f"commit failed: {exc!r}")
+                        )
                 self._cache.clear()
             for op in ops:
+                op.done = True
                 if op.notify is not None:
                     try:
                         op.notify(op)
                     except Exception:  # e.g. the trio run ended
                         pass
+            with self._done:
+                self._done.notify_all()
 
     def _slot(self, txn: Any, op: _Send, stages: dict[str, _Stage]) -> _Stage:
         st = stages.get(op.mid)
@@ -463,7 +465,7 @@ class Fleet:
         self._cache[op.mid] = slot
         return slot
 
-    def _prepare_send(self, txn: Any, op: _Send, stages: dict[str, _Stage], now: int) -> tuple[_Stage, int]:
+    def _prepare_send(self, txn: Any, op: _Send, stages: dict[str, _Stage], now: int) -> list:
         """Stage one event; on any error the stage is left exactly as it was."""
         st = self._slot(txn, op, stages)
         chart = st.slot.kind.chart
@@ -490,7 +492,7 @@ class Fleet:
         st.snapshot, st.header = new, header
         index = st.slot.log.length + len(st.blocks) - 1
         op.result = new
-        return st, index
+        return [op.mid, st, index, snap, new, ev]
 
     def _commit(self, ops: list[_Op]) -> None:
         stages: dict[str, _Stage] = {}
@@ -498,13 +500,11 @@ class Fleet:
         meta_puts: list[tuple[bytes, bytes]] = []
         meta_deletes: list[bytes] = []
         now = self.clock()
-        env, dbs = self._env, self._dbs
-        with env.begin(write=True) as txn:
+        with self._env.begin(write=True) as txn:
             for op in ops:
                 if isinstance(op, _Send):
                     try:
-                        st, index = self._prepare_send(txn, op, stages, now)
-                        feed.append([op.mid, st, index])
+                        feed.append(self._prepare_send(txn, op, stages, now))
                     except CorelogError as exc:
                         op.error = exc
                         self._drop_unwritten(stages, op.mid)
@@ -533,8 +533,7 @@ class Fleet:
         try:
             results = []
             for send in op.sends:
-                st, index = self._prepare_send(txn, send, stages, now)
-                feed.append([send.mid, st, index])
+                feed.append(self._prepare_send(txn, send, stages, now))
                 results.append(send.result)
             op.result = results
             meta_puts.extend(op.meta_puts)
@@ -572,8 +571,10 @@ class Fleet:
                 seq = self._seq
                 for row in feed:
                     seq += 1
-                    mid, st, index = row
-                    txn.put(fs.feed_key(seq), fs.pack([mid, st.slot.kind.name, st.slot.log.lid, index]), db=meta)
+                    mid, st, index = row[0], row[1], row[2]
+                    txn.put(
+                        fs.feed_key(seq), fs.pack([mid, st.slot.kind.name, st.slot.log.lid, index]), db=meta
+                    )
                     row.append(seq)
                 txn.put(fs.SEQ_KEY, fs.U64.pack(seq), db=meta)
             for k, v in meta_puts:
@@ -609,9 +610,11 @@ class Fleet:
                 other._notify()
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
-        if feed and len(feed[-1]) > 3:
+        if feed and len(feed[-1]) > 6:
+            # hand the batch's changes to the listeners in memory (they read the feed only to catch up)
+            self._recent.append((feed[0][6], feed[-1][6], feed))
             with self._feed_cond:
-                self._seq = feed[-1][3]
+                self._seq = feed[-1][6]
                 self._feed_cond.notify_all()
 
 
@@ -619,12 +622,18 @@ def restore(txn: Any, dbs: Any, mid: str, kind: Kind, log: fs.LogState) -> _Slot
     """A machine's record from its log: the last entry (and its header, to check the definition)."""
     n = log.length
     last = decode(n - 1, bytes(fs.read_block(txn, dbs, log.lid, n - 1) or b""))
-    header = last if last.kind == "header" else decode(last.header, bytes(fs.read_block(txn, dbs, log.lid, last.header) or b""))
+    header = (
+        last
+        if last.kind == "header"
+        else decode(last.header, bytes(fs.read_block(txn, dbs, log.lid, last.header) or b""))
+    )
     chart = kind.chart
     try:
         snap = chart.snapshot_from(last.state, last.context, last.done)
     except MachineError as exc:
-        raise DefinitionMismatch(f"machine {mid!r}: its state does not exist in kind {kind.name!r} ({exc})") from None
+        raise DefinitionMismatch(
+            f"machine {mid!r}: its state does not exist in kind {kind.name!r} ({exc})"
+        ) from None
     slot = _Slot(mid, kind, log, snap, header.index)
     if header.definition_hash != chart.hash:
         if not kind.migrate:

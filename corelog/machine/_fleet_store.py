@@ -226,7 +226,7 @@ def dead_letters(txn: lmdb.Transaction, dbs: Any, listener: str | None = None) -
         for k, v in cur:
             if not k.startswith(prefix):
                 break
-            name, _, seq = bytes(k[len(D_PREFIX) :]).rpartition(b"\x00")
+            name, _, seq = bytes(k[len(D_PREFIX) :]).partition(b"\x00")
             row = unpack(v)
             row["listener"] = name.decode()
             row["seq"] = U64.unpack(seq)[0]

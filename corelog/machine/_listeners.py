@@ -52,7 +52,9 @@ class Change:
 
     __slots__ = ("seq", "id", "kind", "index", "prev", "snapshot", "event", "attempt", "_lid")
 
-    def __init__(self, seq: int, mid: str, kind: str, index: int, prev: Snapshot, snapshot: Snapshot, event: Event):
+    def __init__(
+        self, seq: int, mid: str, kind: str, index: int, prev: Snapshot, snapshot: Snapshot, event: Event
+    ):
         self.seq, self.id, self.kind, self.index = seq, mid, kind, index
         self.prev, self.snapshot, self.event = prev, snapshot, event
         self.attempt = 1
@@ -75,7 +77,12 @@ class _Runner:
         start: str,
     ):
         self.fleet, self.name, self.fn, self.kinds = fleet, name, fn, kinds
-        self.max_attempts, self.backoff, self.max_backoff, self.start_at = max_attempts, backoff, max_backoff, start
+        self.max_attempts, self.backoff, self.max_backoff, self.start_at = (
+            max_attempts,
+            backoff,
+            max_backoff,
+            start,
+        )
         self.ckey = fs.cursor_key(name)
         self.pos = 0  # delivered up to here (in memory)
         self.saved = 0  # durable cursor
@@ -118,13 +125,38 @@ class _Runner:
         dbs = self.fleet._dbs
         raw, praw = fs.read_block(txn, dbs, lid, index), fs.read_block(txn, dbs, lid, index - 1)
         if raw is None or praw is None:
-            _log.warning("listener %s: feed row %d names entry %d of %r, which is gone", self.name, seq, index, mid)
+            _log.warning(
+                "listener %s: feed row %d names entry %d of %r, which is gone", self.name, seq, index, mid
+            )
             return None
         entry, prev = decode(index, bytes(raw)), decode(index - 1, bytes(praw))
         assert entry.event is not None
         change = Change(seq, mid, kind, index, prev.snapshot, entry.snapshot, entry.event)
         change._lid = lid
         return change
+
+    def _skip(self, kind: str) -> bool:
+        return self.kinds is not None and kind not in self.kinds
+
+    def _from_memory(self) -> list | None:
+        """The next batch as the writer handed it over, if it is still in memory."""
+        want = self.pos + 1
+        for first, last, rows in reversed(self.fleet._recent):
+            if first <= want <= last:
+                out = []
+                for row in rows[want - first :]:
+                    mid, st, index, prev, new, ev, seq = row
+                    kind = st.slot.kind.name
+                    if self._skip(kind):
+                        out.append((seq, None))
+                        continue
+                    c = Change(seq, mid, kind, index, prev, new, ev)
+                    c._lid = st.slot.log.lid
+                    out.append((seq, c))
+                return out
+            if last < want:
+                return None
+        return None
 
     # --- delivering --------------------------------------------------------------------
 
@@ -135,8 +167,10 @@ class _Runner:
         for attempt in range(1, self.max_attempts + 1):
             staged: list = []
 
-            def send(mid: str, event: Any, data: Any = None, *, kind: str | None = None) -> None:
-                staged.append(fleet._make_send(mid, event, data, kind, None))
+            def send(
+                mid: str, event: Any, data: Any = None, *, kind: str | None = None, _staged: list = staged
+            ) -> None:
+                _staged.append(fleet._make_send(mid, event, data, kind, None))
 
             change.attempt = attempt
             try:
@@ -203,12 +237,14 @@ class _Runner:
             while not self.stop.is_set():
                 if self.replay_flag:
                     self._replay_parked()
-                with env.begin() as txn:
-                    rows = fs.read_feed(txn, dbs, self.pos, 512)
-                    changes = [
-                        (seq, None if (self.kinds is not None and row[1] not in self.kinds) else self._change(txn, seq, row))
-                        for seq, row in rows
-                    ]
+                changes = self._from_memory()
+                if changes is None:
+                    with env.begin() as txn:
+                        rows = fs.read_feed(txn, dbs, self.pos, 512)
+                        changes = [
+                            (seq, None if self._skip(row[1]) else self._change(txn, seq, row))
+                            for seq, row in rows
+                        ]
                 if not changes:
                     self._save_cursor()
                     with fleet._feed_cond:
@@ -265,7 +301,14 @@ class Listeners:
         if max_attempts < 1:
             raise MachineError("max_attempts is at least 1")
         self._runners[name] = _Runner(
-            self.fleet, name, fn, frozenset(kinds) if kinds else None, max_attempts, backoff, max_backoff, start
+            self.fleet,
+            name,
+            fn,
+            frozenset(kinds) if kinds else None,
+            max_attempts,
+            backoff,
+            max_backoff,
+            start,
         )
         return fn
 
