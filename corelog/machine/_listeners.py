@@ -263,6 +263,8 @@ class _Runner:
                     self.pos = seq
                     if self.stop.is_set():
                         break
+                    if seq & 127 == 0:
+                        self._save_cursor()  # bounds what a crash redelivers
                 self._save_cursor()
         except CorelogError as exc:
             if type(exc).__name__ != "FleetClosed":
