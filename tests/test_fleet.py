@@ -9,15 +9,17 @@ import pytest
 import trio
 
 from corelog import Store
-from corelog.errors import DefinitionMismatch, EventNotAccepted, UnserializableContext
 from corelog.machine import (
     ActionFailed,
+    DefinitionMismatch,
+    EventNotAccepted,
     Fleet,
     FleetClosed,
     InvalidMachineId,
     Machine,
     UnknownKind,
     UnknownMachine,
+    UnserializableContext,
 )
 
 CHAT = {

@@ -11,28 +11,24 @@ from corelog.errors import NotWritable, OutOfRange
 from ._definition import definition_hash
 from ._entries import HistoryEntry
 from ._entries import decode as decode_entry
-from ._fleet import (
-    ActionFailed,
-    Fleet,
-    FleetClosed,
-    InvalidMachineId,
-    Kind,
-    MachineInfo,
-    UnknownKind,
-    UnknownMachine,
-)
+from ._fleet import Fleet, Kind, MachineInfo
 from ._interpreter import Event, Snapshot, Statechart, initial, transition
 from ._listeners import Change, Listeners
 from ._runtime import History, Machine
 from ._stream import Coremachine
 from .errors import (
+    ActionFailed,
     DefinitionError,
     DefinitionMismatch,
     EndlessLoop,
     EventNotAccepted,
+    FleetClosed,
+    InvalidMachineId,
     MachineError,
     NotAMachineLog,
     NotAtHead,
+    UnknownKind,
+    UnknownMachine,
     UnserializableContext,
 )
 

@@ -32,32 +32,21 @@ from pathlib import Path
 from typing import Any
 
 from corelog import Store
-from corelog.errors import CorelogError, DefinitionMismatch, MachineError, StoreFull
+from corelog.errors import CorelogError, StoreFull
 
 from . import _fleet_store as fs
 from ._entries import HistoryEntry, check_json, decode, encode_header, encode_transition
 from ._interpreter import Event, Snapshot, Statechart
 from ._runtime import as_event, now_ms
-
-
-class UnknownKind(MachineError, LookupError):
-    """A send names a machine kind that was never registered (or a new machine without a kind)."""
-
-
-class UnknownMachine(MachineError, LookupError):
-    """No machine with this id exists in the fleet."""
-
-
-class ActionFailed(MachineError):
-    """An action or guard raised; the original exception is ``__cause__``. Nothing was recorded."""
-
-
-class FleetClosed(MachineError):
-    """The fleet is closed (or not started): start it with ``with fleet:`` or ``fleet.start()``."""
-
-
-class InvalidMachineId(MachineError, ValueError):
-    """A machine id must be a non-empty str of at most 200 UTF-8 bytes without NUL."""
+from .errors import (
+    ActionFailed,
+    DefinitionMismatch,
+    FleetClosed,
+    InvalidMachineId,
+    MachineError,
+    UnknownKind,
+    UnknownMachine,
+)
 
 
 @dataclass(frozen=True)

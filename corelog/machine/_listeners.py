@@ -35,11 +35,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from corelog.errors import CorelogError, MachineError
+from corelog.errors import CorelogError
 
 from . import _fleet_store as fs
 from ._entries import decode
 from ._interpreter import Event, Snapshot
+from .errors import MachineError
 
 if TYPE_CHECKING:
     from ._fleet import Fleet

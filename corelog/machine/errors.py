@@ -46,3 +46,26 @@ class NotAMachineLog(MachineError):
 
 class UnserializableContext(MachineError, TypeError):
     """The context (or event data) cannot be stored as msgpack; nothing was recorded."""
+
+
+# --- the fleet ---------------------------------------------------------------------------
+
+
+class UnknownKind(MachineError, LookupError):
+    """A send names a machine kind that was never registered (or a new machine without a kind)."""
+
+
+class UnknownMachine(MachineError, LookupError):
+    """No machine with this id exists in the fleet."""
+
+
+class ActionFailed(MachineError):
+    """An action or guard raised; the original exception is ``__cause__``. Nothing was recorded."""
+
+
+class FleetClosed(MachineError):
+    """The fleet is closed (or not started): start it with ``with fleet:`` or ``fleet.start()``."""
+
+
+class InvalidMachineId(MachineError, ValueError):
+    """A machine id must be a non-empty str of at most 200 UTF-8 bytes without NUL."""
