@@ -9,12 +9,12 @@ errors live in :mod:`corelog.replication.errors` and are re-exported here.
 from ._connection import CLOSED, NEED_DATA, ChannelState, Connection, LocalProtocolError, capability
 from ._messages import PROTOCOL_VERSION
 from ._noise import NoiseXX
-from ._replicator import Replicator, Stats
+from ._replicator import Limits, Replicator, Stats
 from ._secure import SecureStream, secure_stream
 from ._session import Session, connect_tcp, memory_pair, replicate, serve_tcp
 from ._signaling import MemorySignaling, Signaling, StreamSignaling, memory_signaling_pair
 from ._webrtc import WebRTCStream, candidate_addresses, connect_webrtc
-from .errors import FrameTooLarge, HandshakeError, ProtocolError, RemoteError
+from .errors import FrameTooLarge, HandshakeError, ProtocolError, RemoteError, SyncIncomplete, SyncTimeout
 
 __all__ = [
     "CLOSED",
@@ -24,6 +24,7 @@ __all__ = [
     "Connection",
     "FrameTooLarge",
     "HandshakeError",
+    "Limits",
     "LocalProtocolError",
     "MemorySignaling",
     "NoiseXX",
@@ -34,6 +35,8 @@ __all__ = [
     "Session",
     "Signaling",
     "StreamSignaling",
+    "SyncIncomplete",
+    "SyncTimeout",
     "WebRTCStream",
     "Stats",
     "candidate_addresses",

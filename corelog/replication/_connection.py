@@ -42,6 +42,7 @@ import hashlib
 import hmac
 
 from ._messages import (
+    DEFAULT_MAX_ARRAY,
     DEFAULT_MAX_FRAME,
     PROTOCOL_VERSION,
     Close,
@@ -113,6 +114,9 @@ class Connection:
         initiator: bool,
         max_frame: int = DEFAULT_MAX_FRAME,
         max_inflight: int = 16,
+        max_requests: int = 64,
+        max_channels: int = 16384,
+        max_array_len: int = DEFAULT_MAX_ARRAY,
     ):
         if len(handshake_hash) < 32:
             raise ValueError("the handshake hash must be at least 32 bytes")
@@ -120,6 +124,9 @@ class Connection:
         self.initiator = initiator
         self.max_frame = max_frame
         self.max_inflight = max_inflight
+        self.max_requests = max_requests
+        self.max_channels = max_channels
+        self.max_array_len = max_array_len
         self.remote_hello: Hello | None = None
         self._hello_sent = False
         self._decoder = FrameDecoder(max_frame)
@@ -169,9 +176,18 @@ class Connection:
         return len(self._outstanding)
 
     @property
+    def request_limit(self) -> int:
+        """Requests we may have in flight: the peer's announced limit, capped by ``max_requests``."""
+        return min(self.remote_hello.max_inflight, self.max_requests) if self.remote_hello else 0
+
+    @property
+    def send_limit(self) -> int:
+        """The largest frame body the peer accepts (its announced limit, capped by ours)."""
+        return min(self.remote_hello.max_frame, self.max_frame) if self.remote_hello else self.max_frame
+
+    @property
     def can_request(self) -> bool:
-        limit = self.remote_hello.max_inflight if self.remote_hello else 0
-        return not self.closed and len(self._outstanding) < limit
+        return not self.closed and len(self._outstanding) < self.request_limit
 
     # --- sending ----------------------------------------------------------------------
 
@@ -202,31 +218,36 @@ class Connection:
         if isinstance(msg, Hello):
             if self._hello_sent:
                 raise LocalProtocolError("Hello was already sent")
+            frame = encode(msg)
             self._hello_sent = True
-            return encode(msg)
+            return frame
         if not self._hello_sent:
             raise LocalProtocolError("send Hello first")
         if isinstance(msg, Error):
+            frame = encode(msg)
             self.closed = True
-            return encode(msg)
+            return frame
         if isinstance(msg, Ping | Pong | Done):
             return encode(msg)
         if isinstance(msg, Open):
             dkey = msg.discovery_key
             new = self._transition(dkey, ("send", Open), local=True)
+            frame = encode(msg)
             self._local_number[dkey] = msg.channel
             self._by_local_number[msg.channel] = dkey
             if msg.channel >= self._next_number:
                 self._next_number = msg.channel + 1
             self._state[dkey] = new
-            return encode(msg)
+            return frame
         dkey = self._by_local_number.get(msg.channel)  # type: ignore[attr-defined]
         if dkey is None:
             raise LocalProtocolError(f"channel {msg.channel} was never opened")  # type: ignore[attr-defined]
         if isinstance(msg, Close):
-            self._state[dkey] = self._transition(dkey, ("send", Close), local=True)
+            new = self._transition(dkey, ("send", Close), local=True)
+            frame = encode(msg)
+            self._state[dkey] = new
             self._drop_requests(dkey)
-            return encode(msg)
+            return frame
         if self._state.get(dkey) is not ChannelState.OPEN:
             raise LocalProtocolError(f"{type(msg).__name__} on a channel that is not open")
         if isinstance(msg, Request):
@@ -234,15 +255,18 @@ class Connection:
                 raise LocalProtocolError("too many requests in flight; wait for answers")
             if msg.id in self._outstanding:
                 raise LocalProtocolError(f"request id {msg.id} is already in flight")
-            self._outstanding[msg.id] = dkey
-            self._next_request = max(self._next_request, msg.id + 1)
         elif isinstance(msg, Data | NoData):
             if (dkey, msg.id) not in self._remote_outstanding:
                 raise LocalProtocolError(f"answering request {msg.id}, which the peer never made")
-            self._remote_outstanding.discard((dkey, msg.id))
         frame = encode(msg)
-        if self.remote_hello and len(frame) - 4 > self.remote_hello.max_frame:
+        if len(frame) - 4 > self.send_limit:
             raise LocalProtocolError(f"frame of {len(frame)} bytes exceeds the peer's limit")
+        # only now, with the frame certain to go out, record what it changes
+        if isinstance(msg, Request):
+            self._outstanding[msg.id] = dkey
+            self._next_request = max(self._next_request, msg.id + 1)
+        elif isinstance(msg, Data | NoData):
+            self._remote_outstanding.discard((dkey, msg.id))
         return frame
 
     def error_frame(self, exc: BaseException) -> bytes:
@@ -288,7 +312,7 @@ class Connection:
                     self.closed = True
                     return CLOSED
                 return NEED_DATA
-            msg = decode(body)
+            msg = decode(body, max_array_len=self.max_array_len)
             self._validate(msg)
             return msg
         except ProtocolError as exc:
@@ -306,7 +330,7 @@ class Connection:
                 raise ProtocolError(
                     f"the peer speaks protocol version {msg.version}, we speak {PROTOCOL_VERSION}"
                 )
-            if msg.max_inflight < 1 or msg.max_frame < 1024:
+            if msg.max_inflight < 1 or msg.max_frame < 1024:  # (huge values are capped, not trusted)
                 raise ProtocolError("the peer announced unusable limits")
             self.remote_hello = msg
             return
@@ -321,6 +345,8 @@ class Connection:
             if known is not None and known != msg.discovery_key:
                 raise ProtocolError(f"the peer reused channel number {msg.channel}")
             dkey = msg.discovery_key
+            if dkey not in self._state and len(self._state) >= self.max_channels:
+                raise ProtocolError(f"the peer opened more than {self.max_channels} channels")
             self._state[dkey] = self._transition(dkey, ("recv", Open), local=False)
             self._remote_number[dkey] = msg.channel
             self._by_remote_number[msg.channel] = dkey

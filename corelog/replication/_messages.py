@@ -18,7 +18,11 @@ from .errors import FrameTooLarge, ProtocolError
 
 PROTOCOL_VERSION = 1
 FRAME_HEADER = struct.Struct(">I")
-DEFAULT_MAX_FRAME = 8 * 1024 * 1024
+DEFAULT_MAX_FRAME = 4 * 1024 * 1024
+MAX_SAFE_INT = 2**53  # every integer a peer announces stays below this (exact in JS and floats)
+DEFAULT_MAX_ARRAY = 65536  # elements of any one msgpack array (e.g. blocks of a Data)
+DEFAULT_MAX_ARRAYS = 1024  # arrays in one frame (a Data's nodes are ~2 log2(length))
+MAX_STR = 4096  # reasons and error messages
 
 _bytes = bytes
 _REGISTRY: dict[int, type[Message]] = {}
@@ -186,10 +190,55 @@ def encode(msg: Message) -> bytes:
     return FRAME_HEADER.pack(len(body)) + body
 
 
-def decode(body: bytes | memoryview) -> Message:
-    """Decode one frame body (without its length prefix); ProtocolError on anything off."""
+class _Budget:
+    """Counts the arrays a frame creates while msgpack decodes it (bounds nesting and width)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, arrays: int):
+        self.left = arrays
+
+    def list_hook(self, value: list) -> list:
+        self.left -= 1
+        if self.left < 0:
+            raise ProtocolError("the frame nests too many arrays")
+        return value
+
+
+def _no_maps(_pairs: object) -> object:
+    raise ProtocolError("the protocol has no msgpack maps")
+
+
+def decode(
+    body: bytes | memoryview,
+    *,
+    max_array_len: int = DEFAULT_MAX_ARRAY,
+    max_arrays: int = DEFAULT_MAX_ARRAYS,
+) -> Message:
+    """Decode one frame body (without its length prefix); ProtocolError on anything off.
+
+    Decoding is bounded before objects are built: no maps, no ext types, strings
+    up to ``MAX_STR``, arrays up to ``max_array_len`` elements and at most
+    ``max_arrays`` of them per frame, so a hostile frame costs at most a small
+    multiple of its own size. Integers must lie in ``[0, 2**53)``.
+    """
+    budget = _Budget(max_arrays)
     try:
-        arr = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True)
+        arr = msgpack.unpackb(
+            body,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_str_len=MAX_STR,
+            max_bin_len=len(body),
+            max_array_len=max_array_len,
+            max_map_len=0,
+            max_ext_len=0,
+            list_hook=budget.list_hook,
+            object_pairs_hook=_no_maps,
+        )
+    except ProtocolError:
+        raise
     except Exception as exc:
         raise ProtocolError(f"undecodable frame ({type(exc).__name__}): the peer sent garbage") from None
     if not isinstance(arr, list) or not arr or type(arr[0]) is not int:
@@ -203,9 +252,31 @@ def decode(body: bytes | memoryview) -> Message:
     for v, allowed in zip(values, cls.TYPES, strict=True):
         if type(v) not in allowed:
             raise ProtocolError(f"{cls.__name__}: a field has type {type(v).__name__}, expected {allowed}")
-        if type(v) is int and not 0 <= v < 2**63:
-            raise ProtocolError(f"{cls.__name__}: integer field out of range")
+        if type(v) is int and not 0 <= v < MAX_SAFE_INT:
+            raise ProtocolError(f"{cls.__name__}: integer field {v} outside [0, 2**53)")
+    if cls is Data:
+        _check_data(values)
     return cls(*values)
+
+
+def _check_data(values: list) -> None:
+    """Blocks are bytes; nodes are [index, size, 32-byte hash] with safe integers."""
+    blocks, nodes = values[6], values[7]
+    for b in blocks:
+        if type(b) is not bytes:
+            raise ProtocolError("Data: a block is not bytes")
+    for n in nodes:
+        if (
+            type(n) is not list
+            or len(n) != 3
+            or type(n[0]) is not int
+            or type(n[1]) is not int
+            or type(n[2]) is not bytes
+            or len(n[2]) != 32
+            or not 0 <= n[0] < MAX_SAFE_INT
+            or not 0 <= n[1] < MAX_SAFE_INT
+        ):
+            raise ProtocolError("Data: a node is not [index, size, 32-byte hash]")
 
 
 class FrameDecoder:

@@ -1,47 +1,104 @@
 """The replicator: what to announce, request, serve and commit, per log. Sans-IO.
 
 A ``Replicator`` owns a :class:`Connection` and a set of logs (or a whole
-Store). It takes bytes from the transport and returns the bytes to send back;
-in between it verifies and commits data through the synchronous corelog API
-(``Log.check_head``, ``Log.apply``, ``Log.proof``). It never touches a socket,
-so the memory, TCP and WebRTC transports share it unchanged.
+Store). It never touches a socket, never blocks on storage and never sleeps:
+like h11 it is a state machine the driver (:mod:`._session`) feeds and drains.
+
+Driver interface (what ``_session.Session`` does)::
+
+    rep.start()                     queue Hello (+ the initiator's Opens, a barrier Ping)
+    rep.feed(data)                  bytes from the peer; validated frames update state
+    rep.data_to_send() -> bytes     control frames (Hello, Open, Head, Request, NoData, Pong, ...)
+    rep.next_commit() -> Commit     received Data to verify and commit:  work.run() off the loop,
+    rep.commit_done(work)                                                then hand it back
+    rep.next_read() -> Read         a peer's Request to answer:  work.run() (range read) off the loop,
+    rep.read_done(work) -> bytes                                 then the Data frame to send
+    rep.tick()                      after ``next_deadline``: retry backed-off channels
+
+``receive_data``/``local_changed``/``add_log`` are the same with storage work
+run inline (tests and simple synchronous drivers).
 
 Per log (channel):
 
-* On open, each side announces its signed head (``Head``).
+* Only the initiator opens channels, and only for the logs it was given. A
+  responder answers an Open only when its capability proves the peer knows the
+  log's key; unknown logs and unproven Opens get the very same silence. So a
+  peer learns nothing about a log whose key it does not already have.
+* On open, each side announces its signed head (``Head``), coalesced per
+  channel and never echoed back to the peer that told us the same head.
 * A reader behind the announced head requests ranges, pipelined up to the
-  peer's in-flight limit; every answer is a proof that ``Log.apply`` verifies
-  and commits in one transaction, or rejects, writing nothing.
-* A higher fork makes the server answer from the common prefix (its
-  truncation history), and ``apply`` reorganises the replica.
+  peer's in-flight limit (capped by ``max_requests``). Each answer becomes a
+  ``Commit`` (``Log.apply`` verifies and commits it in one transaction, or
+  rejects it, writing nothing).
+* Requests from the peer (at most our announced ``max_inflight``) wait as
+  small records; the driver asks for the next answer only when it can write
+  it, so answers are produced as fast as the peer drains them, never ahead.
+* A window of requests that brings nothing usable (NoData, stale or gapped
+  Data) backs off exponentially; after ``max_fruitless`` such rounds the
+  channel gives up with a reason in ``failures`` (a one-shot sync then ends
+  with an error rather than waiting forever).
+* A higher fork makes the server answer from the common prefix, and
+  ``Log.apply`` decides against its own stored nodes what it keeps.
 * Two valid heads at the same fork and length with different trees mark the
-  log conflicted and close that channel; other channels carry on.
-* Every local change (an append, or a commit from another peer) is announced
-  on every open channel of that log: that is how live updates and relaying
-  (A -> B -> C) work, without polling.
+  log conflicted and close that channel (``stats.conflicts``); others go on.
 
-Anything invalid from the peer (bad proof, forged signature, garbage, a frame
-too large, unsolicited data) is fatal for the connection: like h11, the
-methods never raise for the peer's faults; they return the bytes to send (an
-``Error`` frame telling the peer why) and set ``error``, which the transport
-raises after sending them.
+Anything the peer sends that fails (bad proof, forged signature, garbage, a
+frame too large, unsolicited data, a flood, or any unexpected exception while
+handling its input) is fatal for this connection only: ``error`` is set, an
+``Error`` frame telling the peer why is queued, and nothing else happens.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from corelog import Head as LogHead
 from corelog import Log, Proof, Store
-from corelog.errors import Conflict, CorelogError, InvalidProof, NotWritable, OutOfRange
+from corelog.errors import Conflict, InvalidProof, NotWritable, OutOfRange
 
 from ._connection import CLOSED, NEED_DATA, ChannelState, Connection
-from ._messages import Close, Data, Done, Head, Hello, Message, NoData, Open, Ping, Pong, Request
+from ._messages import (
+    DEFAULT_MAX_ARRAY,
+    DEFAULT_MAX_FRAME,
+    Close,
+    Data,
+    Done,
+    Head,
+    Hello,
+    Message,
+    NoData,
+    Open,
+    Ping,
+    Pong,
+    Request,
+)
 from .errors import ProtocolError
 
 DEFAULT_BATCH_BYTES = 512 * 1024
 DEFAULT_BATCH_BLOCKS = 4096
+_FRAME_SLACK = 4096  # room for a Data frame's fields besides blocks and nodes
+
+
+@dataclass
+class Limits:
+    """Every bound of one connection; the defaults are safe for an internet-facing server."""
+
+    max_frame: int = DEFAULT_MAX_FRAME  # largest frame we accept (announced in Hello)
+    max_inflight: int = 16  # requests the peer may have outstanding with us (announced)
+    max_requests: int = 64  # cap on the peer's announced max_inflight: requests we send at once
+    max_channels: int = 16384  # channels the peer may open on one connection
+    max_rejected: int = 1024  # unproven Opens remembered (for logs added later), oldest dropped
+    max_pings: int = 16  # Pongs owed and not yet written before the peer counts as flooding
+    max_array_len: int = DEFAULT_MAX_ARRAY  # elements of one msgpack array in a frame
+    max_fruitless: int = 6  # request windows in a row with nothing usable before giving up
+    backoff: float = 0.05  # first retry delay after a fruitless window (doubles each time)
+    batch_bytes: int = DEFAULT_BATCH_BYTES  # bytes asked for per request
+    batch_blocks: int = DEFAULT_BATCH_BLOCKS  # blocks asked for / served per request
+    max_backlog: int = 8 * 1024 * 1024  # received Data bytes awaiting commit before reading pauses
 
 
 @dataclass
@@ -51,6 +108,11 @@ class _Channel:
     inflight: dict[int, tuple[int, int]] = field(default_factory=dict)  # request id -> (start, end)
     next_start: int = 0
     closed_reason: str | None = None
+    committing: int = 0  # Data handed to the driver and not committed yet
+    window_mark: tuple[int, int] = (0, 0)  # (fork, contiguous) when the request window opened
+    fruitless: int = 0
+    retry_at: float = 0.0
+    announced: tuple | None = None  # the last head we sent on this channel
 
 
 @dataclass
@@ -62,10 +124,90 @@ class Stats:
     requests_sent: int = 0
     conflicts: list[bytes] = field(default_factory=list)
     rejected_opens: int = 0
+    failures: dict[bytes, str] = field(default_factory=dict)  # log key -> why the channel gave up
+
+
+@dataclass(eq=False)
+class Commit:
+    """Storage work: verify and commit one received proof. ``run()`` may block (call it off the loop)."""
+
+    log: Log
+    proof: Proof
+    channel: _Channel
+    result: bool | None = None  # Log.apply's answer; None when skipped
+    gap: bool = False  # the proof starts past what we hold (an earlier answer was clipped)
+    error: BaseException | None = None
+    size: int = 0  # bytes it holds (counted against Limits.max_backlog)
+
+    def run(self) -> None:
+        log, proof = self.log, self.proof
+        try:
+            if proof.start > log.contiguous_length and proof.fork == log.fork:
+                self.gap = True
+                return
+            self.result = log.apply(proof)
+        except BaseException as exc:  # handed back to the replicator in the loop thread
+            self.error = exc
+
+
+@dataclass(eq=False)
+class Read:
+    """Storage work: the range read answering one peer Request. ``run()`` may block."""
+
+    log: Log
+    request: Request
+    channel: _Channel
+    number: int
+    frame_limit: int
+    batch_blocks: int
+    proof: Proof | None = None
+    reason: str | None = None  # NoData reason
+    error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:
+            self.error = exc
+
+    def _run(self) -> None:
+        log, msg = self.log, self.request
+        fork, contig = log.fork, log.contiguous_length
+        if log.conflict:
+            self.reason = "conflicted"
+            return
+        if msg.fork > fork:
+            self.reason = "our fork is older"
+            return
+        if msg.fork == fork:
+            have = start = msg.start
+        else:
+            have = start = log.common_prefix(msg.fork, msg.contiguous)
+        end = min(contig, start + max(1, msg.end - msg.start), start + self.batch_blocks)
+        if start > contig or (start == end and msg.fork == fork):
+            self.reason = "nothing to send from there"
+            return
+        try:
+            proof = log.proof(start, end, have=have)
+            limit = self.frame_limit - _FRAME_SLACK
+            while _proof_size(proof) > limit and end > start + 1:  # clip to the peer's frame limit
+                end = start + max(1, (end - start) // 2)
+                proof = log.proof(start, end, have=have)
+        except OutOfRange:
+            self.reason = "range not held"
+            return
+        if _proof_size(proof) > limit:
+            self.reason = "a block is larger than your frame limit"
+            return
+        self.proof = proof
+
+
+def _proof_size(proof: Proof) -> int:
+    return sum(len(b) + 5 for b in proof.blocks) + 48 * len(proof.nodes)
 
 
 class Replicator:
-    """Replicates ``logs`` (or every log of ``store``) over one connection, sans-IO."""
+    """Replicates ``logs`` (or the logs of ``store`` a peer proves it knows) over one connection."""
 
     def __init__(
         self,
@@ -73,34 +215,57 @@ class Replicator:
         *,
         handshake_hash: bytes,
         initiator: bool,
-        max_frame: int | None = None,
-        max_inflight: int = 16,
-        batch_bytes: int = DEFAULT_BATCH_BYTES,
-        batch_blocks: int = DEFAULT_BATCH_BLOCKS,
+        limits: Limits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        **overrides: int | float,
     ):
-        kw = {} if max_frame is None else {"max_frame": max_frame}
-        self.conn = Connection(handshake_hash, initiator=initiator, max_inflight=max_inflight, **kw)
+        limits = limits or Limits()
+        for name, value in overrides.items():  # max_frame=..., max_inflight=..., batch_blocks=...
+            if not hasattr(limits, name):
+                raise TypeError(f"unknown replication limit {name!r}")
+            if value is not None:
+                setattr(limits, name, value)
+        self.limits = limits
+        self.conn = Connection(
+            handshake_hash,
+            initiator=initiator,
+            max_frame=limits.max_frame,
+            max_inflight=limits.max_inflight,
+            max_requests=limits.max_requests,
+            max_channels=limits.max_channels,
+            max_array_len=limits.max_array_len,
+        )
+        self.initiator = initiator
+        self.clock = clock
         self.store: Store | None = source if isinstance(source, Store) else None
         if isinstance(source, Store):
-            logs = list(source)
+            # an initiator offers every log of its store; a responder waits to be asked by key
+            logs = list(source) if initiator else []
         elif isinstance(source, Log):
             logs = [source]
         else:
             logs = list(source)
         self._logs: dict[bytes, Log] = {log.discovery_key: log for log in logs}
         self._channels: dict[bytes, _Channel] = {}
-        self._rejected: dict[bytes, bytes] = {}  # discovery key -> capability of an Open we could not check
-        self.batch_bytes = batch_bytes
-        self.batch_blocks = batch_blocks
+        self._rejected: OrderedDict[bytes, bytes] = OrderedDict()  # dkey -> capability, unproven
         self.stats = Stats()
         self.error: BaseException | None = None
         self._barrier_sent = False
+        self._responder_barrier = False
         self._barrier_done = False
         self._done_sent = False
         self.remote_done = False
         self._out: list[bytes] = []
+        self._pongs = 0  # Pongs queued since the driver last drained the outbox
+        self._heads: OrderedDict[bytes, None] = OrderedDict()  # channels with a Head to announce
+        self._commits: deque[Commit] = deque()
+        self._reads: deque[tuple[_Channel, Request]] = deque()
+        self._dummy_key = os.urandom(32)
+        self._next_ping = 1
+        self.progress_at = clock()  # last useful event from the peer (not Pings)
+        self.backlog = 0  # bytes of received Data queued as Commits
 
-    # --- public, sans-IO ------------------------------------------------------------
+    # --- state ------------------------------------------------------------------------
 
     @property
     def closed(self) -> bool:
@@ -110,54 +275,6 @@ class Replicator:
     def logs(self) -> list[Log]:
         return list(self._logs.values())
 
-    def start(self) -> bytes:
-        """Bytes to send first: Hello, an Open per log, and a barrier Ping."""
-        self._out.append(self.conn.hello())
-        for dkey, log in self._logs.items():
-            self._out.append(self.conn.open(dkey, log.key))
-        self._out.append(self.conn.send(Ping(0)))
-        self._barrier_sent = True
-        return self._flush()
-
-    def add_log(self, log: Log) -> bytes:
-        """Start replicating one more log on this connection."""
-        if log.discovery_key in self._logs and self.conn.channel_state(log.discovery_key) is not None:
-            return b""
-        dkey = log.discovery_key
-        self._logs[dkey] = log
-        if self.conn.closed or not self._barrier_sent:
-            return b""  # start() will open it
-
-        def open_channel() -> None:
-            earlier = self._rejected.pop(dkey, None)
-            if earlier is not None and not self.conn.check_capability(log.key, earlier):
-                return  # the peer opened this channel without knowing the key: stay silent
-            self._out.append(self.conn.open(dkey, log.key))
-            if self.conn.channel_state(dkey) is ChannelState.OPEN:
-                ch = self._channels.setdefault(dkey, _Channel(log, next_start=log.contiguous_length))
-                self._announce(ch)
-
-        self._guard(open_channel)
-        return self._flush()
-
-    def receive_data(self, data: bytes) -> bytes:
-        """Feed bytes from the peer (``b""`` at EOF); returns the bytes to send back.
-
-        On a fatal error the returned bytes end with an Error frame and ``error`` is set.
-        """
-        self.conn.receive_data(data)
-        self._guard(self._process)
-        return self._flush()
-
-    def local_changed(self, log: Log) -> bytes:
-        """A log changed locally (append, truncate, or data from another peer): announce it."""
-        dkey = log.discovery_key
-        ch = self._channels.get(dkey)
-        if ch is None or self.conn.closed or self.conn.channel_state(dkey) is not ChannelState.OPEN:
-            return b""
-        self._guard(lambda: self._announce(ch))
-        return self._flush()
-
     @property
     def synced(self) -> bool:
         """True once the barrier passed and every open channel holds what the peer announced."""
@@ -166,29 +283,179 @@ class Replicator:
         for dkey, ch in self._channels.items():
             if self.conn.channel_state(dkey) is not ChannelState.OPEN or ch.closed_reason:
                 continue
-            if ch.inflight or self._wants(ch):
+            if ch.inflight or ch.committing or self._wants(ch):
                 return False
         return True
+
+    @property
+    def busy(self) -> bool:
+        """Work queued for the driver (frames, commits or answers)."""
+        return bool(self._out or self._heads or self._commits or self._reads)
+
+    @property
+    def next_deadline(self) -> float | None:
+        """When ``tick()`` should run next (a backed-off channel may retry), if ever."""
+        times = [ch.retry_at for ch in self._channels.values() if ch.retry_at and self._wants(ch)]
+        return min(times) if times else None
 
     def channel_open(self, log: Log) -> bool:
         return self.conn.channel_state(log.discovery_key) is ChannelState.OPEN
 
-    # --- internals --------------------------------------------------------------------
+    @property
+    def unanswered(self) -> list[Log]:
+        """Logs we opened that the peer did not open back (it lacks them, or will not share them)."""
+        if not self._barrier_done:
+            return []
+        return [
+            log
+            for dkey, log in self._logs.items()
+            if self.conn.channel_state(dkey) is ChannelState.LOCAL_OPEN
+        ]
 
-    def _flush(self) -> bytes:
+    @property
+    def finished(self) -> bool:
+        """One-shot end: both sides hold what the other announced and nothing is left to write."""
+        return self.synced and self.remote_done and not self.busy
+
+    def ping(self) -> None:
+        """Queue a keep-alive Ping (the peer answers Pong)."""
+        if not self.conn.closed and self.error is None:
+            self._out.append(self.conn.send(Ping(self._next_ping)))
+            self._next_ping += 1
+
+    # --- driver interface -------------------------------------------------------------
+
+    def start(self) -> bytes:
+        """Queue Hello, the initiator's Opens and a barrier Ping; returns the queued bytes."""
+        self._out.append(self.conn.hello())
+        if self.initiator:
+            for dkey, log in self._logs.items():
+                self._out.append(self.conn.open(dkey, log.key))
+            self._out.append(self.conn.send(Ping(0)))
+        # a responder sends its barrier Ping(0) right after its Pong(0): only then has it seen
+        # (and answered) every Open of the initiator's first flight
+        self._barrier_sent = True
+        return self.data_to_send()
+
+    def feed(self, data: bytes) -> None:
+        """Bytes from the peer (``b""`` at EOF). Never raises for the peer's faults: see ``error``."""
+        self.conn.receive_data(data)
+        self._guard(self._process)
+
+    def data_to_send(self) -> bytes:
+        """Control frames queued so far (Heads coalesced per channel)."""
+        self._flush_heads()
         out = b"".join(self._out)
         self._out.clear()
+        self._pongs = 0
         return out
 
-    def _guard(self, fn) -> None:
+    def next_commit(self) -> Commit | None:
+        return self._commits.popleft() if self._commits else None
+
+    def commit_done(self, work: Commit) -> None:
+        """Take back a finished Commit: account it, handle its errors, request more."""
+        self._guard(lambda: self._commit_done(work))
+
+    def next_read(self) -> Read | None:
+        """The next peer Request to answer (run it, then ``read_done``); None when none waits."""
+        while self._reads and self.error is None:
+            ch, msg = self._reads.popleft()
+            dkey = ch.log.discovery_key
+            if self.conn.channel_state(dkey) is not ChannelState.OPEN:
+                continue  # closed meanwhile: the request was dropped with it
+            if ch.closed_reason:
+                self._guard(lambda ch=ch, msg=msg: self._no_data(ch, msg.id, "conflicted"))
+                continue
+            return Read(
+                ch.log,
+                msg,
+                ch,
+                self.conn.channel_number(dkey),
+                self.conn.send_limit,
+                self.limits.batch_blocks,
+            )
+        return None
+
+    def read_done(self, work: Read) -> bytes:
+        """The frame answering a finished Read (plus any control frames queued)."""
+        self._guard(lambda: self._read_done(work))
+        return self.data_to_send()
+
+    def tick(self) -> None:
+        """Retry channels whose back-off expired."""
+        self._guard(self._pump_all)
+
+    def open_log(self, log: Log) -> None:
+        """Start replicating one more log on this connection (see the privacy rule above)."""
+        dkey = log.discovery_key
+        if dkey in self._logs and self.conn.channel_state(dkey) is not None:
+            return
+        self._logs[dkey] = log
+        if self.conn.closed or not self._barrier_sent:
+            return  # start() will open it
+        self._guard(lambda: self._add_log(log))
+
+    def add_log(self, log: Log) -> bytes:
+        """``open_log``, returning the bytes to send."""
+        self.open_log(log)
+        return self._run_inline()
+
+    def local_changed(self, log: Log) -> bytes:
+        """A log changed locally (append, truncate, or data from another peer): announce it."""
+        self.announce(log)
+        return self.data_to_send()
+
+    def announce(self, log: Log) -> None:
+        """Queue a Head for ``log`` (coalesced: one per channel however often it changes)."""
+        dkey = log.discovery_key
+        if dkey in self._channels and not self.conn.closed:
+            self._heads[dkey] = None
+
+    def receive_data(self, data: bytes) -> bytes:
+        """``feed`` with the storage work run inline; returns every byte to send back."""
+        self.feed(data)
+        return self._run_inline()
+
+    # --- internals --------------------------------------------------------------------
+
+    def _run_inline(self) -> bytes:
+        out: list[bytes] = []
+        while self.error is None:
+            commit = self.next_commit()
+            if commit is not None:
+                commit.run()
+                self.commit_done(commit)
+                continue
+            read = self.next_read()
+            if read is None:
+                break
+            out.append(self.data_to_send())
+            read.run()
+            out.append(self.read_done(read))
+        out.append(self.data_to_send())
+        return b"".join(out)
+
+    def _guard(self, fn: Callable[[], None]) -> None:
         if self.error is not None:
             return
         try:
             fn()
-        except (ProtocolError, CorelogError) as exc:
+        except Exception as exc:  # h11 rule: whatever the peer made happen ends this connection only
             self.error = exc
+            self._commits.clear()
+            self.backlog = 0
+            self._reads.clear()
+            self._heads.clear()
             if not self.conn.closed:
                 self._out.append(self.conn.error_frame(exc))
+
+    def _flush_heads(self) -> None:
+        while self._heads and not self.conn.closed:
+            dkey, _ = self._heads.popitem(last=False)
+            ch = self._channels.get(dkey)
+            if ch is not None:
+                self._guard(lambda ch=ch: self._announce(ch))
 
     def _process(self) -> None:
         while True:
@@ -197,18 +464,33 @@ class Replicator:
                 break
             self._handle(ev)  # type: ignore[arg-type]
         self._pump_all()
-        if not self._done_sent and self.synced:
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        if not self._done_sent and self.synced and not self.conn.closed:
             self._done_sent = True
+            self._flush_heads()
             self._out.append(self.conn.send(Done()))
 
     def _handle(self, msg: Message) -> None:
         if isinstance(msg, Hello):
             return
         if isinstance(msg, Ping):
+            self._pongs += 1
+            if self._pongs > self.limits.max_pings:
+                raise ProtocolError(f"the peer sent more than {self.limits.max_pings} Pings without reading")
+            self._flush_heads()  # the barrier: everything we owe before it goes first
             self._out.append(self.conn.send(Pong(msg.id)))
+            if msg.id == 0 and not self.initiator and not self._responder_barrier:
+                self._responder_barrier = True
+                self._out.append(self.conn.send(Ping(0)))
             return
+        if not isinstance(msg, Data | Pong):
+            self.progress_at = self.clock()  # Data counts once committed, Pings never
         if isinstance(msg, Pong):
-            self._barrier_done = True
+            if msg.id == 0:
+                self._barrier_done = True
+                self.progress_at = self.clock()
             return
         if isinstance(msg, Done):
             self.remote_done = True
@@ -228,105 +510,136 @@ class Replicator:
         if isinstance(msg, Head):
             self._on_head(ch, msg)
         elif isinstance(msg, Request):
-            self._on_request(ch, msg)
+            self._reads.append((ch, msg))  # small; bounded by our max_inflight (Connection checks)
         elif isinstance(msg, Data):
             self._on_data(ch, msg)
         elif isinstance(msg, NoData):
             ch.inflight.pop(msg.id, None)
-            if not ch.inflight:
-                ch.next_start = ch.log.contiguous_length
+            self._window_end(ch)
 
-    def _on_open(self, msg: Open) -> None:
-        dkey = msg.discovery_key
+    # --- channels -----------------------------------------------------------------
+
+    def _find(self, dkey: bytes) -> Log | None:
         log = self._logs.get(dkey)
         if log is None and self.store is not None:
             log = self.store.find(dkey)
             if log is not None:
                 self._logs[dkey] = log
-        if log is None or not self.conn.check_capability(log.key, msg.capability):
-            # Unknown log or a peer that does not know the key: say nothing at all.
+        return log
+
+    def _on_open(self, msg: Open) -> None:
+        dkey = msg.discovery_key
+        log = self._find(dkey)
+        # Unknown log or unproven key: the same silence, after the same work.
+        proven = self.conn.check_capability(log.key if log is not None else self._dummy_key, msg.capability)
+        if log is None or not proven:
             self.stats.rejected_opens += 1
-            if log is None:
-                self._rejected[dkey] = msg.capability  # checked if we add the log later
+            if log is None:  # remembered (bounded) in case the log is added to this connection later
+                self._rejected[dkey] = msg.capability
+                self._rejected.move_to_end(dkey)
+                while len(self._rejected) > self.limits.max_rejected:
+                    self._rejected.popitem(last=False)
             return
         if self.conn.channel_state(dkey) is ChannelState.REMOTE_OPEN:
             self._out.append(self.conn.open(dkey, log.key))
-        ch = self._channels.setdefault(dkey, _Channel(log, next_start=log.contiguous_length))
+        self._accept(dkey, log)
+
+    def _accept(self, dkey: bytes, log: Log) -> None:
+        if self.conn.channel_state(dkey) is not ChannelState.OPEN:
+            return
+        ch = self._channels.get(dkey)
+        if ch is None:
+            ch = self._channels[dkey] = _Channel(log, next_start=log.contiguous_length)
         self._announce(ch)
+
+    def _add_log(self, log: Log) -> None:
+        dkey = log.discovery_key
+        earlier = self._rejected.pop(dkey, None)
+        if not self.initiator:
+            if earlier is None or not self.conn.check_capability(log.key, earlier):
+                return  # a responder opens only what the peer proved it knows
+        self._out.append(self.conn.open(dkey, log.key))
+        self._accept(dkey, log)
 
     def _announce(self, ch: _Channel) -> None:
         log = ch.log
+        dkey = log.discovery_key
+        if self.conn.channel_state(dkey) is not ChannelState.OPEN or ch.closed_reason:
+            return
         h = log.head()
         if not h.signature:
             return  # a fresh replica has nothing signed to announce
-        self._out.append(
-            self.conn.send(
-                Head(
-                    self.conn.channel_number(log.discovery_key),
-                    h.fork,
-                    h.length,
-                    h.tree_hash,
-                    h.signature,
-                    h.byte_length,
-                    log.contiguous_length,
-                )
-            )
+        contig = log.contiguous_length
+        current = (h.fork, h.length, h.tree_hash, contig)
+        if current == ch.announced:
+            return
+        rh = ch.remote_head
+        if (
+            rh is not None
+            and (rh.fork, rh.length, rh.tree_hash) == (h.fork, h.length, h.tree_hash)
+            and rh.contiguous >= contig
+        ):
+            return  # the peer told us this very head and holds at least as much: no echo
+        ch.announced = current
+        frame = Head(
+            self.conn.channel_number(dkey), h.fork, h.length, h.tree_hash, h.signature, h.byte_length, contig
         )
+        self._out.append(self.conn.send(frame))
 
     def _on_head(self, ch: _Channel, msg: Head) -> None:
         if ch.closed_reason:
             return
+        if msg.contiguous > msg.length:
+            raise ProtocolError("Head claims more blocks than its signed length")
         head = LogHead(msg.fork, msg.length, msg.tree_hash, msg.signature, msg.byte_length)
         try:
             ch.log.check_head(head)  # InvalidSignature is fatal for the connection
         except Conflict as exc:
             self._close_conflict(ch, exc)
             return
-        if msg.contiguous > msg.length:
-            raise ProtocolError("Head claims more blocks than its signed length")
+        old = ch.remote_head
+        if ch.log.manifest is not None and (old is None or (old.fork, old.length) != (msg.fork, msg.length)):
+            ch.fruitless, ch.retry_at = 0, 0.0  # a verified new head: worth trying again
         ch.remote_head = msg
 
     def _close_conflict(self, ch: _Channel, exc: Conflict) -> None:
         dkey = ch.log.discovery_key
         ch.closed_reason = str(exc)
         ch.inflight.clear()
-        self.stats.conflicts.append(ch.log.key)
+        if ch.log.key not in self.stats.conflicts:
+            self.stats.conflicts.append(ch.log.key)
         if self.conn.channel_state(dkey) not in (None, ChannelState.CLOSED):
             self._out.append(self.conn.send(Close(self.conn.channel_number(dkey), "conflict")))
 
-    def _on_request(self, ch: _Channel, msg: Request) -> None:
-        log = ch.log
-        number = self.conn.channel_number(log.discovery_key)
-        fork, contig = log.fork, log.contiguous_length
-        if ch.closed_reason or log.conflict:
-            self._out.append(self.conn.send(NoData(number, msg.id, "conflicted")))
+    def _give_up(self, ch: _Channel, reason: str) -> None:
+        dkey = ch.log.discovery_key
+        ch.closed_reason = reason
+        ch.inflight.clear()
+        self.stats.failures[ch.log.key] = reason
+        if self.conn.channel_state(dkey) not in (None, ChannelState.CLOSED):
+            self._out.append(self.conn.send(Close(self.conn.channel_number(dkey), "giving up")))
+
+    # --- serving ------------------------------------------------------------------
+
+    def _no_data(self, ch: _Channel, rid: int, reason: str) -> None:
+        dkey = ch.log.discovery_key
+        if self.conn.channel_state(dkey) is ChannelState.OPEN:
+            self._out.append(self.conn.send(NoData(self.conn.channel_number(dkey), rid, reason)))
+
+    def _read_done(self, work: Read) -> None:
+        if work.error is not None:
+            raise work.error
+        ch, msg = work.channel, work.request
+        if self.conn.channel_state(ch.log.discovery_key) is not ChannelState.OPEN:
             return
-        if msg.fork > fork:
-            self._out.append(self.conn.send(NoData(number, msg.id, "our fork is older")))
+        if work.proof is None:
+            self._no_data(ch, msg.id, work.reason or "cannot answer")
             return
-        if msg.fork == fork:
-            have = start = msg.start
-        else:
-            have = start = log.common_prefix(msg.fork, msg.contiguous)
-        end = min(contig, start + max(1, msg.end - msg.start), start + self.batch_blocks)
-        if start > contig or (start == end and msg.fork == fork):
-            self._out.append(self.conn.send(NoData(number, msg.id, "nothing to send from there")))
-            return
-        try:
-            proof = log.proof(start, end, have=have)
-        except OutOfRange:
-            self._out.append(self.conn.send(NoData(number, msg.id, "range not held")))
-            return
-        limit = (self.conn.remote_hello.max_frame if self.conn.remote_hello else self.conn.max_frame) - 4096
-        size = sum(len(b) for b in proof.blocks) + 40 * len(proof.nodes)
-        while size > limit and end > start + 1:  # clip to the peer's frame limit
-            end = start + max(1, (end - start) // 2)
-            proof = log.proof(start, end, have=have)
-            size = sum(len(b) for b in proof.blocks) + 40 * len(proof.nodes)
+        proof = work.proof
         self._out.append(
             self.conn.send(
                 Data(
-                    number,
+                    work.number,
                     msg.id,
                     proof.fork,
                     proof.length,
@@ -340,7 +653,9 @@ class Replicator:
             )
         )
         self.stats.blocks_sent += len(proof.blocks)
-        self.stats.bytes_sent += size
+        self.stats.bytes_sent += sum(len(b) for b in proof.blocks)
+
+    # --- receiving ----------------------------------------------------------------
 
     def _on_data(self, ch: _Channel, msg: Data) -> None:
         ch.inflight.pop(msg.id, None)
@@ -349,25 +664,54 @@ class Replicator:
         proof = Proof.build(
             msg.fork, msg.length, msg.signature, msg.start, msg.blocks, msg.nodes, msg.have, msg.manifest
         )
-        log = ch.log
-        if proof.start > log.contiguous_length and proof.fork == log.fork:
-            # an earlier answer was clipped: drop this one, re-request from where we are
-            if not ch.inflight:
-                ch.next_start = log.contiguous_length
-            return
-        try:
-            log.apply(proof)
-        except Conflict as exc:
-            self._close_conflict(ch, exc)
-            return
-        except NotWritable:
-            raise ProtocolError("the peer sent data for a log we write") from None
-        self.stats.blocks_received += len(proof.blocks)
-        self.stats.bytes_received += sum(len(b) for b in proof.blocks)
-        if not ch.inflight:
-            ch.next_start = log.contiguous_length
+        ch.committing += 1
+        work = Commit(ch.log, proof, ch)
+        work.size = sum(len(b) for b in msg.blocks) + 48 * len(msg.nodes)
+        self.backlog += work.size
+        self._commits.append(work)
 
-    # --- requesting -----------------------------------------------------------------------
+    def _commit_done(self, work: Commit) -> None:
+        self.backlog -= work.size
+        ch = work.channel
+        ch.committing -= 1
+        exc = work.error
+        if isinstance(exc, Conflict):
+            self._close_conflict(ch, exc)
+        elif isinstance(exc, NotWritable):
+            raise ProtocolError("the peer sent data for a log we write") from None
+        elif exc is not None:
+            raise exc
+        elif work.result:
+            self.progress_at = self.clock()
+            self.stats.blocks_received += len(work.proof.blocks)
+            self.stats.bytes_received += sum(len(b) for b in work.proof.blocks)
+        self._window_end(ch)
+        self._pump_all()
+        self._maybe_done()
+
+    # --- requesting ---------------------------------------------------------------
+
+    def _window_end(self, ch: _Channel) -> None:
+        """After an answer: when the window drained, judge whether it brought anything."""
+        if ch.inflight or ch.committing or ch.closed_reason:
+            return
+        log = ch.log
+        now_mark = (log.fork, log.contiguous_length)
+        ch.next_start = log.contiguous_length
+        if now_mark > ch.window_mark:
+            ch.fruitless, ch.retry_at = 0, 0.0
+            return
+        if not self._wants(ch):
+            return
+        ch.fruitless += 1
+        if ch.fruitless > self.limits.max_fruitless:
+            self._give_up(
+                ch,
+                f"the peer announced data it did not deliver ({ch.fruitless - 1} retries of "
+                f"[{log.contiguous_length}, ...) answered with nothing usable)",
+            )
+            return
+        ch.retry_at = self.clock() + self.limits.backoff * 2 ** (ch.fruitless - 1)
 
     def _wants(self, ch: _Channel) -> bool:
         rh = ch.remote_head
@@ -379,29 +723,38 @@ class Replicator:
         return rh.fork == log.fork and rh.contiguous > log.contiguous_length
 
     def _pump_all(self) -> None:
-        for ch in list(self._channels.values()):
+        now = None
+        for ch in self._channels.values():
             if not self.conn.can_request:
                 return
+            if ch.retry_at:
+                now = self.clock() if now is None else now
+                if now < ch.retry_at:
+                    continue
             self._pump(ch)
 
     def _pump(self, ch: _Channel) -> None:
         if not self._wants(ch) or self.conn.channel_state(ch.log.discovery_key) is not ChannelState.OPEN:
             return
+        if ch.committing and not ch.inflight:
+            return  # let the queued commits land first: a new window starts from what we hold
         log = ch.log
         rh = ch.remote_head
         assert rh is not None
         dkey = log.discovery_key
         fork, contig = log.fork, log.contiguous_length
+        if not ch.inflight:
+            ch.next_start = contig
+            ch.window_mark = (fork, contig)
+            ch.retry_at = 0.0
         step = self._batch_for(rh)
         if rh.fork != fork:  # reorg: one request at a time until we are on the new fork
-            if not ch.inflight and self.conn.can_request:
+            if not ch.inflight and not ch.committing and self.conn.can_request:
                 rid = self.conn.next_request_id
                 self._out.append(self.conn.request(dkey, fork, contig, contig, contig + step))
                 ch.inflight[rid] = (contig, contig + step)
                 self.stats.requests_sent += 1
             return
-        if not ch.inflight:
-            ch.next_start = contig
         while ch.next_start < rh.contiguous and self.conn.can_request:
             start = ch.next_start
             end = min(rh.contiguous, start + step)
@@ -413,7 +766,7 @@ class Replicator:
 
     def _batch_for(self, rh: Head) -> int:
         avg = rh.byte_length / rh.length if rh.length else 1
-        return max(1, min(self.batch_blocks, int(self.batch_bytes / max(avg, 1))))
+        return max(1, min(self.limits.batch_blocks, int(self.limits.batch_bytes / max(avg, 1))))
 
 
-__all__ = ["Replicator", "Stats", "InvalidProof"]
+__all__ = ["Commit", "Limits", "Read", "Replicator", "Stats", "InvalidProof"]

@@ -2,14 +2,56 @@
 
 ``replicate(stream, store_or_logs, initiator=...)`` is the one call: it runs the
 Noise XX handshake over the stream (unless the stream is already secure), then
-shuttles bytes between the stream and a sans-IO :class:`Replicator`, and wakes
-up on local appends (``Log.watch``) so new entries reach readers without
-polling. Structured concurrency throughout: one nursery, two tasks (receive,
-announce), one send lock; cancelling the call closes the connection.
+drives a sans-IO :class:`Replicator`.
+
+Theory of operation
+-------------------
+One connection is four trio tasks in one nursery, sharing the Replicator (all
+its methods run in the trio thread, so it needs no lock)::
+
+                 +-----------+  feed()   +-------------+  next_commit()  +-----------+
+    socket ----> |  reader   | --------> |  Replicator | --------------> |  storage  | --> worker thread:
+                 +-----------+           |  (sans-IO)  | <-------------- +-----------+     Log.apply
+                                         |             |  commit_done()
+                 +-----------+  data_to_send(),        |
+    socket <---- |  writer   | <-------- next_read() --+ |  (a Read runs in a worker thread:
+                 +-----------+           read_done()     |   Log.proof, then one Data frame)
+                                         +-------------+
+                 supervisor: handshake / idle / progress timeouts, one-shot end, errors
+
+Where each byte waits:
+
+* in the kernel and the secure stream's record buffer until the **reader**
+  takes it. The reader never awaits the writer: it only feeds the Replicator,
+  which validates every frame at once. The only thing that pauses reading is
+  received Data not yet committed over ``Limits.max_backlog`` (storage always
+  progresses without the network, so this cannot deadlock);
+* as a partial frame in the Connection's decoder (at most ``max_frame``);
+* as Commits (received Data, at most the requests we have in flight, which the
+  peer cannot exceed) until the **storage** task verifies and commits them in a
+  worker thread, in order, a batch per thread hop;
+* as small Request records (at most our announced ``max_inflight``) until the
+  **writer** is free: only then is the range read and the Data frame built, so
+  answers are produced exactly as fast as the peer drains them, one frame at a
+  time;
+* as control frames (Open, Head coalesced per channel, Request, NoData, Pong:
+  each bounded by channels, credit or ``max_pings``) until the writer sends them.
+
+Two peers that both read and write at once therefore never wait on each other:
+each side's reader keeps draining while its writer is blocked on a full socket.
+
+Anything a peer sends that fails ends only this connection: the Replicator sets
+``error`` and queues an Error frame, the writer sends it (for at most
+``error_grace`` seconds), and ``run`` raises that typed error. ``live=False``
+always ends: success, or ``SyncTimeout`` (silence, no Hello, no progress),
+``SyncIncomplete`` (the peer withheld data or cut the connection), or the
+peer's protocol error.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 from collections.abc import Iterable
 
@@ -18,10 +60,26 @@ import trio
 from corelog import Log, Store
 from corelog.errors import CorelogError
 
-from ._replicator import Replicator
-from .errors import ProtocolError
+from ._replicator import Commit, Limits, Replicator
+from .errors import ProtocolError, SyncIncomplete, SyncTimeout
 
 RECEIVE_SIZE = 256 * 1024
+_log = logging.getLogger("corelog.replication")
+
+
+class _Signal:
+    """A level-triggered wake-up for one waiting task."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, deadline: float = math.inf) -> None:
+        with trio.move_on_at(deadline):
+            await self._event.wait()
+        self._event = trio.Event()
 
 
 class Session:
@@ -29,7 +87,9 @@ class Session:
 
     ``live=True`` keeps the connection open, forwarding new entries as they are
     appended, until cancelled or closed by the peer. ``live=False`` ends once
-    both sides hold everything the other announced.
+    both sides hold everything the other announced, or with a typed error.
+    Limits (``max_frame``, ``max_inflight``, ``batch_blocks``, ...) are the
+    fields of :class:`Limits`, given as keywords or as ``limits=``.
     """
 
     def __init__(
@@ -40,9 +100,12 @@ class Session:
         initiator: bool,
         live: bool = True,
         static_private: bytes | None = None,
-        max_inflight: int = 16,
-        batch_bytes: int | None = None,
-        max_frame: int | None = None,
+        limits: Limits | None = None,
+        handshake_timeout: float = 10.0,
+        idle_timeout: float = 30.0,
+        progress_timeout: float = 60.0,
+        error_grace: float = 2.0,
+        **overrides: int | float | None,
     ):
         self._raw = stream
         self.stream: trio.abc.Stream | None = None
@@ -50,23 +113,32 @@ class Session:
         self.initiator = initiator
         self.live = live
         self.static_private = static_private
-        self._kw: dict = {"max_inflight": max_inflight}
-        if batch_bytes is not None:
-            self._kw["batch_bytes"] = batch_bytes
-        if max_frame is not None:
-            self._kw["max_frame"] = max_frame
+        self.limits = limits
+        self._overrides = {k: v for k, v in overrides.items() if v is not None}
+        self.handshake_timeout = handshake_timeout
+        self.idle_timeout = idle_timeout
+        self.progress_timeout = progress_timeout
+        self.error_grace = error_grace
         self.replicator: Replicator | None = None
         self.remote_public_key: bytes | None = None
-        self._send_lock = trio.Lock()
         self._synced = trio.Event()
         self._ready = trio.Event()
-        self._wake = trio.Event()
+        self._writer_wake = _Signal()
+        self._storage_wake = _Signal()
+        self._reader_wake = _Signal()
+        self._super_wake = _Signal()
+        self._flushed = trio.Event()
+        self._eof = False
+        self._committing = False
         self._dirty: set[bytes] = set()
         self._watched: dict[bytes, object] = {}
         self._token: trio.lowlevel.TrioToken | None = None
         self._trio_thread: int | None = None
         self._closed = False
-        self._pending = bytearray()  # bytes queued by add_log() for the announcer to send
+        self._last_rx = 0.0
+        self._last_tx = 0.0
+        self._first = b""
+        self._sending = False
 
     # --- public ----------------------------------------------------------------------
 
@@ -86,43 +158,193 @@ class Session:
     def stats(self):
         return self.replicator.stats if self.replicator else None
 
+    @property
+    def conflicts(self) -> list[bytes]:
+        """Keys of logs found conflicted (equivocating writer) on this connection."""
+        return list(self.replicator.stats.conflicts) if self.replicator else []
+
+    @property
+    def unanswered(self) -> list[Log]:
+        """Logs we offered that the peer did not open (it does not hold or share them)."""
+        return self.replicator.unanswered if self.replicator else []
+
     def add_log(self, log: Log) -> None:
         """Replicate one more log on this live connection."""
         if self.replicator is None:
             raise RuntimeError("the session has not started yet; await wait_ready() first")
-        self._queue(self.replicator.add_log(log))
+        self.replicator.open_log(log)
         self._watch_new_logs()
+        self._kick()
 
     async def run(self) -> None:
         """Handshake, then replicate until done, cancelled, or the peer closes."""
         self._token = trio.lowlevel.current_trio_token()
         self._trio_thread = threading.get_ident()
+        started = trio.current_time()
         try:
-            self.stream = await self._secure()
+            with trio.move_on_after(self.handshake_timeout) as hs:
+                self.stream = await self._secure()
+            if hs.cancelled_caught:
+                raise SyncTimeout(f"the peer did not complete the handshake in {self.handshake_timeout} s")
             hh = getattr(self.stream, "handshake_hash", None)
             if hh is None:
                 raise ProtocolError("the stream has no handshake hash to bind capabilities to")
             self.remote_public_key = getattr(self.stream, "remote_public_key", None)
-            self.replicator = Replicator(self.source, handshake_hash=hh, initiator=self.initiator, **self._kw)
+            rep = self.replicator = Replicator(
+                self.source,
+                handshake_hash=hh,
+                initiator=self.initiator,
+                limits=self.limits,
+                clock=trio.current_time,
+                **self._overrides,
+            )
             self._watch_new_logs()
-            await self._send(self.replicator.start())
+            self._first = rep.start()
+            self._last_rx = self._last_tx = trio.current_time()
             self._ready.set()
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._announcer)
-                    await self._receiver()
+                    nursery.start_soon(self._writer)
+                    nursery.start_soon(self._storage)
+                    nursery.start_soon(self._reader)
+                    await self._supervise(started)
                     nursery.cancel_scope.cancel()
             except BaseExceptionGroup as group:
                 raise _single(group) from None
         finally:
             self._closed = True
             self._unwatch()
-            if self.stream is not None:
-                with trio.CancelScope(shield=True):
-                    await trio.aclose_forcefully(self.stream)
-            else:
-                with trio.CancelScope(shield=True):
-                    await trio.aclose_forcefully(self._raw)
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.stream if self.stream is not None else self._raw)
+
+    # --- tasks ---------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        self._writer_wake.set()
+        self._storage_wake.set()
+        self._super_wake.set()
+
+    async def _reader(self) -> None:
+        rep = self.replicator
+        assert rep is not None and self.stream is not None
+        while rep.error is None:
+            while rep.backlog > rep.limits.max_backlog and rep.error is None:
+                await self._reader_wake.wait()  # storage is behind: let it catch up (never the writer)
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+            self._last_rx = trio.current_time()
+            rep.feed(data)
+            self._watch_new_logs()
+            if rep.synced and not self._synced.is_set():
+                self._synced.set()
+            self._kick()
+            if not data:
+                self._eof = True
+                return
+
+    async def _storage(self) -> None:
+        rep = self.replicator
+        assert rep is not None
+        while True:
+            batch: list[Commit] = []
+            while (work := rep.next_commit()) is not None:
+                batch.append(work)
+            if not batch:
+                await self._storage_wake.wait()
+                continue
+            self._committing = True
+            try:
+                await trio.to_thread.run_sync(_run_all, batch)  # not cancellable: a commit finishes
+            finally:
+                self._committing = False
+            for work in batch:
+                rep.commit_done(work)
+            if rep.synced and not self._synced.is_set():
+                self._synced.set()
+            self._reader_wake.set()
+            self._kick()
+
+    async def _writer(self) -> None:
+        rep = self.replicator
+        assert rep is not None
+        keepalive = self.idle_timeout / 3
+        await self._send(self._first)
+        while True:
+            for dkey in self._take_dirty():
+                log = rep._logs.get(dkey)
+                if log is not None:
+                    rep.announce(log)
+            out = rep.data_to_send()
+            if out:
+                await self._send(out)
+                continue
+            if rep.error is not None:
+                self._flushed.set()
+                return
+            read = rep.next_read()
+            if read is not None:
+                await trio.to_thread.run_sync(read.run)
+                out = rep.read_done(read)
+                if out:
+                    await self._send(out)
+                self._super_wake.set()
+                continue
+            now = trio.current_time()
+            if now - self._last_tx >= keepalive:
+                rep.ping()
+                continue
+            deadline = self._last_tx + keepalive
+            retry = rep.next_deadline
+            if retry is not None and retry <= now:
+                rep.tick()
+                continue
+            await self._writer_wake.wait(min(deadline, retry if retry is not None else math.inf))
+            if retry is not None and trio.current_time() >= retry:
+                rep.tick()
+
+    async def _supervise(self, started: float) -> None:
+        rep = self.replicator
+        assert rep is not None
+        while True:
+            now = trio.current_time()
+            if rep.error is not None:
+                with trio.move_on_after(self.error_grace):
+                    await self._flushed.wait()  # the Error frame, if the peer still reads
+                _log.info("replication connection closed: %s: %s", type(rep.error).__name__, rep.error)
+                raise rep.error
+            idle = not rep.busy and not self._committing and not self._sending
+            if not self.live and rep.finished and idle:
+                self._check_complete()
+                return
+            if self._eof and idle:
+                if self.live:
+                    return
+                if rep.finished:
+                    self._check_complete()
+                    return
+                raise SyncIncomplete("the peer closed the connection before the sync finished")
+            deadlines = [now + 1.0]
+            if rep.conn.remote_hello is None:
+                if now - started > self.handshake_timeout:
+                    raise SyncTimeout(f"the peer sent no Hello within {self.handshake_timeout} s")
+                deadlines.append(started + self.handshake_timeout)
+            if now - self._last_rx > self.idle_timeout:
+                raise SyncTimeout(f"the peer sent nothing for {self.idle_timeout} s")
+            deadlines.append(self._last_rx + self.idle_timeout)
+            wanting = not rep.synced or (not self.live and not rep.remote_done)
+            if wanting:
+                if now - rep.progress_at > self.progress_timeout:
+                    raise SyncTimeout(
+                        f"no progress for {self.progress_timeout} s: the peer talks but sends nothing useful"
+                    )
+                deadlines.append(rep.progress_at + self.progress_timeout)
+            await self._super_wake.wait(min(deadlines) + 0.001)
+
+    def _check_complete(self) -> None:
+        rep = self.replicator
+        assert rep is not None
+        if rep.stats.failures:
+            reasons = "; ".join(f"{k.hex()[:16]}…: {r}" for k, r in rep.stats.failures.items())
+            raise SyncIncomplete(f"the sync ended without everything the peer announced: {reasons}")
 
     # --- internals -------------------------------------------------------------------
 
@@ -133,60 +355,19 @@ class Session:
 
         return await secure_stream(self._raw, initiator=self.initiator, static_private=self.static_private)
 
-    async def _receiver(self) -> None:
-        rep = self.replicator
-        assert rep is not None and self.stream is not None
-        while True:
-            data = await self.stream.receive_some(RECEIVE_SIZE)
-            out = rep.receive_data(data)
-            if out:
-                await self._send(out)
-            self._watch_new_logs()
-            if rep.error is not None:
-                raise rep.error
-            if rep.synced and not self._synced.is_set():
-                self._synced.set()
-            if not data:  # the peer closed the connection
-                if not self.live and not (rep.synced and rep.remote_done):
-                    raise ProtocolError("the peer closed the connection before the sync finished")
-                return
-            if not self.live and rep.synced and rep.remote_done:
-                return
-
-    async def _announcer(self) -> None:
-        rep = self.replicator
-        assert rep is not None
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            dirty, self._dirty = self._dirty, set()
-            for dkey in dirty:
-                log = self._log_by_dkey(dkey)
-                if log is not None:
-                    out = rep.local_changed(log)
-                    if out:
-                        await self._send(out)
-            if self._pending:
-                out, self._pending = bytes(self._pending), bytearray()
-                await self._send(out)
-            if rep.error is not None:
-                raise rep.error
-
-    def _log_by_dkey(self, dkey: bytes) -> Log | None:
-        assert self.replicator is not None
-        return self.replicator._logs.get(dkey)
-
     async def _send(self, data: bytes) -> None:
-        if not data:
-            return
         assert self.stream is not None
-        async with self._send_lock:
+        self._sending = True
+        try:
             await self.stream.send_all(data)
+        finally:
+            self._sending = False
+        self._last_tx = trio.current_time()
+        self._super_wake.set()
 
-    def _queue(self, data: bytes) -> None:
-        if data:
-            self._pending += data
-            self._wake.set()
+    def _take_dirty(self) -> set[bytes]:
+        dirty, self._dirty = self._dirty, set()
+        return dirty
 
     def _watch_new_logs(self) -> None:
         rep = self.replicator
@@ -202,7 +383,7 @@ class Session:
         self._watched.clear()
 
     def _on_log_change(self, log: Log) -> None:
-        """Log.watch callback: may run in any thread; wakes the announcer."""
+        """Log.watch callback: may run in any thread; wakes the writer."""
         if self._closed:
             return
         if threading.get_ident() == self._trio_thread:
@@ -215,7 +396,12 @@ class Session:
 
     def _mark(self, dkey: bytes) -> None:
         self._dirty.add(dkey)
-        self._wake.set()
+        self._writer_wake.set()
+
+
+def _run_all(batch: list[Commit]) -> None:
+    for work in batch:
+        work.run()
 
 
 def _single(group: BaseExceptionGroup) -> BaseException:
@@ -243,7 +429,7 @@ async def replicate(
 
     Runs the Noise XX handshake first unless the stream is already secure.
     Raises the typed error (InvalidProof, InvalidSignature, ProtocolError,
-    RemoteError, ...) that ended the connection, if any.
+    RemoteError, SyncTimeout, SyncIncomplete, ...) that ended the connection, if any.
     """
     session = Session(stream, source, initiator=initiator, live=live, **kw)
     await session.run()
@@ -257,23 +443,51 @@ async def serve_tcp(
     *,
     live: bool = True,
     handler_errors: list[BaseException] | None = None,
+    max_connections: int = 1024,
+    max_per_peer: int | None = 256,
     task_status=trio.TASK_STATUS_IGNORED,
     **kw,
 ) -> None:
     """Accept replication connections on TCP; ``task_status.started(port)``.
 
-    Each connection runs as a responder in its own task; a bad peer only ends
-    its own connection (its error is appended to ``handler_errors`` if given).
+    Each connection runs as a responder in its own task. Anything a peer does
+    (garbage, floods, silence, a crash of its handler) ends only its own
+    connection, with a logged reason (appended to ``handler_errors`` if given).
+    Connections over ``max_connections``, or over ``max_per_peer`` from one
+    address, are closed at once.
     """
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
+    active = 0
+    per_peer: dict[str, int] = {}
 
     async def handler(stream: trio.SocketStream) -> None:
+        nonlocal active
+        try:
+            peer = str(stream.socket.getpeername()[0])
+        except OSError:
+            peer = "?"
+        if active >= max_connections or (max_per_peer is not None and per_peer.get(peer, 0) >= max_per_peer):
+            _log.warning("refusing a connection from %s: connection limit reached", peer)
+            await trio.aclose_forcefully(stream)
+            return
+        active += 1
+        per_peer[peer] = per_peer.get(peer, 0) + 1
         try:
             await replicate(stream, source, initiator=False, live=live, **kw)
-        except (CorelogError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             if handler_errors is not None:
                 handler_errors.append(exc)
+        except Exception as exc:  # the h11 rule: one peer's connection, never the server
+            level = logging.INFO if isinstance(exc, CorelogError) else logging.ERROR
+            _log.log(level, "closed a connection from %s: %s: %s", peer, type(exc).__name__, exc)
+            if handler_errors is not None:
+                handler_errors.append(exc)
+        finally:
+            active -= 1
+            per_peer[peer] -= 1
+            if not per_peer[peer]:
+                del per_peer[peer]
 
     async with trio.open_nursery() as nursery:
         task_status.started(bound)

@@ -22,3 +22,11 @@ class FrameTooLarge(ProtocolError):
 
 class RemoteError(ProtocolError):
     """The remote peer closed the connection and told us why."""
+
+
+class SyncTimeout(ProtocolError):
+    """The peer went silent, or talked without making progress, for longer than the timeout."""
+
+
+class SyncIncomplete(ProtocolError):
+    """A one-shot sync ended without everything: the peer withheld data or the connection was cut."""
