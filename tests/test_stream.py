@@ -102,7 +102,7 @@ async def test_slow_consumer_does_not_make_the_writer_buffer(store):
             for _ in range(2000):
                 await cm.send("INCREMENT")
             # the writer is done long before the reader: what is pending lives in the log only
-            assert len(cm._core._listeners) == 1 and len(got) < 2000
+            assert len(cm._face.core._wakers) == 1 and len(got) < 2000
             assert largest_container(cm) < 10  # no queue, list or buffer grew with the events
     assert got == list(range(1, 2001))
 
@@ -110,11 +110,13 @@ async def test_slow_consumer_does_not_make_the_writer_buffer(store):
 def largest_container(cm) -> int:
     """The longest list/dict/set/deque the runtime holds (outside the stored definition)."""
     sizes = [0]
-    for obj in (cm.__dict__, cm._core.__dict__):
-        for name, v in obj.items():
-            if name != "stored_definition" and isinstance(v, list | dict | set | tuple | deque):
+    core = cm._face.core
+    objs = [cm.__dict__, cm._face.__dict__, {n: getattr(core, n) for n in core.__slots__ if n != "__weakref__"}]
+    for obj in objs:
+        for v in obj.values():
+            if isinstance(v, list | dict | set | tuple | deque):
                 sizes.append(len(v))
-    sizes.append(len(cm._changed._tasks))  # tasks parked on the wake-up: one per waiting subscriber
+    sizes.append(len(cm._waker.event._tasks))  # tasks parked on the wake-up: one per waiting subscriber
     return max(sizes)
 
 
@@ -144,26 +146,27 @@ async def test_pipes_and_close(store):
 class Gate:
     """Holds every append of ``cm`` in its worker thread until ``release`` is set."""
 
-    def __init__(self, cm):
+    def __init__(self, cm, monkeypatch):
         self.started, self.release = threading.Event(), threading.Event()
-        orig = cm._core.append
+        core = cm._face.core
+        orig = core.append_locked
 
-        def gated(entry):
+        def gated(entry, expected):
             self.started.set()
             assert self.release.wait(10)
-            return orig(entry)
+            return orig(entry, expected)
 
-        cm._core.append = gated
+        monkeypatch.setattr(type(core), "append_locked", lambda _core, e, n: gated(e, n))
 
     async def appending(self):
         while not self.started.is_set():
             await trio.sleep(0.001)
 
 
-async def test_cancel_while_waiting_records_nothing_cancel_while_appending_completes(store):
+async def test_cancel_while_waiting_records_nothing_cancel_while_appending_completes(store, monkeypatch):
     cm = Coremachine(store.get("m"), COUNTER, **COUNTER_IMPL, offload=True)
     await cm.send("START", 0)
-    gate = Gate(cm)
+    gate = Gate(cm, monkeypatch)
     results = []
     scopes = [trio.CancelScope(), trio.CancelScope()]
     with trio.fail_after(10):
@@ -187,10 +190,10 @@ async def test_cancel_while_waiting_records_nothing_cancel_while_appending_compl
     assert (await cm.send("INCREMENT")).context["counter"] == 2
 
 
-async def test_aclose_fails_waiting_sends_clearly_and_ends_subscribers(store):
+async def test_aclose_fails_waiting_sends_clearly_and_ends_subscribers(store, monkeypatch):
     cm = Coremachine(store.get("m"), COUNTER, **COUNTER_IMPL, offload=True)
     await cm.send("START", 0)
-    gate = Gate(cm)
+    gate = Gate(cm, monkeypatch)
     outcomes = []
     ended = []
     with trio.fail_after(10):

@@ -2,7 +2,9 @@
 
 A pure interpreter (:class:`Statechart`, :func:`initial`, :func:`transition`)
 and a runtime binding a machine to a log: a synchronous :class:`Machine` and a
-trio duplex stream :class:`Coremachine`, with history time travel. The errors
+trio duplex stream :class:`Coremachine` (two faces over one shared core per
+log), with history time travel. Contexts and snapshots handed out are
+read-only (:class:`FrozenDict`; ``thaw`` gives a mutable copy). The errors
 they raise live in :mod:`corelog.machine.errors` and are re-exported here.
 """
 
@@ -12,6 +14,7 @@ from ._definition import definition_hash
 from ._entries import HistoryEntry
 from ._entries import decode as decode_entry
 from ._fleet import Fleet, Kind, MachineInfo
+from ._frozen import FrozenDict, FrozenList, thaw
 from ._interpreter import Event, Snapshot, Statechart, initial, transition
 from ._listeners import Change, Listeners
 from ._runtime import History, Machine
@@ -23,6 +26,7 @@ from .errors import (
     EndlessLoop,
     EventNotAccepted,
     FleetClosed,
+    HeadMoved,
     InvalidMachineId,
     MachineError,
     NotAMachineLog,
@@ -49,6 +53,9 @@ __all__ = [
     "EndlessLoop",
     "Event",
     "EventNotAccepted",
+    "FrozenDict",
+    "FrozenList",
+    "HeadMoved",
     "History",
     "HistoryEntry",
     "Machine",
@@ -63,5 +70,6 @@ __all__ = [
     "decode_entry",
     "definition_hash",
     "initial",
+    "thaw",
     "transition",
 ]

@@ -15,14 +15,14 @@ migration), so the current definition is found in O(1).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
+from ._frozen import freeze
 from ._interpreter import Event, Snapshot
-from .errors import NotAMachineLog, UnserializableContext
+from .errors import NotAMachineLog
 
 HEADER_TYPE = "corelog/machine"
 VERSION = 1
@@ -30,31 +30,12 @@ VERSION = 1
 
 def check_json(value: Any, path: str = "context") -> None:
     """Raise UnserializableContext naming the first non-JSON value (sets, objects, NaN, tuples...)."""
-    t = type(value)
-    if value is None or t is str or t is bool or t is int:
-        return
-    if t is float:
-        if not math.isfinite(value):
-            raise UnserializableContext(f"{path} is {value!r}; NaN and infinities cannot be recorded")
-        return
-    if t is dict:
-        for k, v in value.items():
-            if type(k) is not str:
-                raise UnserializableContext(f"{path} has a non-string key {k!r}; use string keys")
-            check_json(v, f"{path}.{k}")
-        return
-    if t is list:
-        for i, v in enumerate(value):
-            check_json(v, f"{path}[{i}]")
-        return
-    raise UnserializableContext(
-        f"{path} is a {t.__name__} ({value!r:.60}); only JSON values (dict, list, str, int, float, bool, None) "
-        "can be recorded. Nothing was appended"
-    )
+    freeze(value, path)
 
 
 def encode_header(definition: dict, definition_hash: str, snapshot: Snapshot, time: int) -> bytes:
-    check_json(snapshot.context)
+    """The header entry; UnserializableContext if the context is not JSON (a frozen one is)."""
+    freeze(snapshot.context)
     return msgpack.packb(
         {
             "type": HEADER_TYPE,
@@ -70,7 +51,8 @@ def encode_header(definition: dict, definition_hash: str, snapshot: Snapshot, ti
 
 
 def encode_transition(event: Event, snapshot: Snapshot, header: int) -> bytes:
-    check_json(snapshot.context)
+    """A transition entry; UnserializableContext if the context is not JSON (a frozen one is)."""
+    freeze(snapshot.context)
     entry: dict[str, Any] = {
         "event": event.to_dict(),
         "state": snapshot.value,

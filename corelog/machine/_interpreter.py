@@ -142,11 +142,10 @@ def _value_paths(value: Any, prefix: str = "", prefixes: bool = False) -> list[s
 
 def copy_json(value: Any) -> Any:
     """A fast deep copy for JSON-shaped data (dicts, lists, scalars)."""
-    t = type(value)
-    if t is dict:
-        return {k: copy_json(v) if type(v) in (dict, list) else v for k, v in value.items()}
-    if t is list:
-        return [copy_json(v) if type(v) in (dict, list) else v for v in value]
+    if isinstance(value, dict):  # read-only FrozenDict/FrozenList (the runtime's) copy to plain ones
+        return {k: copy_json(v) if isinstance(v, dict | list) else v for k, v in value.items()}
+    if isinstance(value, list):
+        return [copy_json(v) if isinstance(v, dict | list) else v for v in value]
     if isinstance(value, Mapping):
         return {k: copy_json(v) for k, v in value.items()}
     return value

@@ -1,26 +1,36 @@
 """The runtime: a machine bound to a corelog log, with history time travel.
 
-``_Core`` holds what the synchronous :class:`Machine` and the trio
-``Coremachine`` share: the compiled chart, the head snapshot (restored in O(1)
-from the last entry), the history cursor, and the two halves of a send:
-``_prepare`` (pure: run the transition, encode the entry; raises and changes
-nothing on any error) and ``_commit`` (after the one-transaction append).
+Every machine object on a log is a *face* over the log's one shared
+:class:`~._core.LogCore` (see ``_core``): the synchronous :class:`Machine` here
+and the trio ``Coremachine`` in ``_stream``. What is per object lives in
+:class:`_Face`: the implementations (actions, guards) and the chart compiled
+with them, the clock, and the history cursor. The two halves of a send, both
+run with the core's lock held, are ``prepare_locked`` (catch up, run the
+transition on the recorded head, encode the entry; raises and changes nothing
+on any error) and ``commit_locked`` (after the compare-and-append).
+
+Values handed out are never the log's own state: contexts, state values and
+event data are frozen (read-only deep copies, ``_frozen``) before any reader
+or action sees them, and a definition given as a dict is copied on load.
 """
 
 from __future__ import annotations
 
 import threading
 import time as _time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, overload
 
 from corelog import Log
 from corelog.errors import NotWritable, OutOfRange
 
+from ._core import RETRIES, LogCore, Recorded, _Moved, core_for, frozen_entry
 from ._definition import definition_hash
-from ._entries import HistoryEntry, check_json, decode, encode_header, encode_transition
-from ._interpreter import Event, Snapshot, Statechart
-from .errors import DefinitionError, DefinitionMismatch, MachineError, NotAtHead
+from ._entries import HistoryEntry, decode, encode_header, encode_transition
+from ._frozen import FrozenDict, freeze
+from ._interpreter import Event, Snapshot, Statechart, copy_json
+from .errors import DefinitionError, DefinitionMismatch, HeadMoved, MachineError, NotAtHead
 
 
 def now_ms() -> int:
@@ -77,8 +87,8 @@ def missing_implementations(problems: list[tuple[str, str]]) -> dict[str, list[s
 class History(Sequence):
     """The recorded entries of a machine log, read lazily from the log."""
 
-    def __init__(self, core: _Core):
-        self._core = core
+    def __init__(self, face: _Face):
+        self._core = face
 
     def __len__(self) -> int:
         return self._core.log.contiguous_length
@@ -151,7 +161,45 @@ class History(Sequence):
         return f"<History {len(self)} entries>"
 
 
-class _Core:
+# Compiled charts, shared by machines given the same definition and implementations: compiling is
+# most of a Machine's creation cost. Keyed by the definition's hash and the implementations'
+# identities (the cached chart holds those functions, so their ids stay theirs).
+_CHARTS: OrderedDict[tuple, Statechart] = OrderedDict()
+_CHARTS_LOCK = threading.Lock()
+_CHARTS_MAX = 256
+
+
+def _impl_key(impl: Mapping[str, Callable] | None) -> tuple:
+    return tuple(sorted((k, id(v)) for k, v in impl.items())) if impl else ()
+
+
+def compile_chart(
+    definition: Mapping, actions: Mapping[str, Callable] | None, guards: Mapping[str, Callable] | None
+) -> Statechart:
+    """A chart for a copy of ``definition`` (later changes to the caller's dict change nothing)."""
+    if not isinstance(definition, Mapping):
+        return Statechart(definition, actions, guards)  # raises DefinitionError
+    copied = copy_json(definition)
+    try:
+        key = (definition_hash(copied), _impl_key(actions), _impl_key(guards))
+    except Exception:  # not JSON: let the compiler report every problem
+        return Statechart(copied, actions, guards)
+    with _CHARTS_LOCK:
+        chart = _CHARTS.get(key)
+        if chart is not None:
+            _CHARTS.move_to_end(key)
+            return chart
+    chart = Statechart(copied, actions, guards)
+    with _CHARTS_LOCK:
+        _CHARTS[key] = chart
+        if len(_CHARTS) > _CHARTS_MAX:
+            _CHARTS.popitem(last=False)
+    return chart
+
+
+class _Face:
+    """What one machine object holds over the shared core: implementations, chart, clock, cursor."""
+
     def __init__(
         self,
         log: Log,
@@ -163,148 +211,202 @@ class _Core:
     ):
         self.log = log
         self.clock = clock or now_ms
-        self.chart: Statechart | None = None
-        self.view_only_reason: str | None = None
         self._actions, self._guards = actions, guards
-        self.header_index = 0
-        self._fork = log.fork
-        self.header_hash: str | None = None
-        self.stored_definition: dict | None = None
-        self._head: Snapshot | None = None
-        self._head_index = -1
-        self._cursor: int | None = None  # None: live (at the head)
-        self._cursor_snapshot: Snapshot | None = None
-        self._appending = False
-        self._listeners: list[Callable[[], None]] = []
-        self._lock = threading.RLock()
         given = definition if isinstance(definition, Statechart) else None
         if definition is not None and given is None:
-            given = Statechart(definition, actions, guards)
+            given = compile_chart(definition, actions, guards)
         self._given = given
-        if log.contiguous_length == 0:
-            if given is None:
-                if log.writable:
-                    raise MachineError("this log is empty: pass a definition to create a machine in it")
-            elif log.writable:
-                self.chart = given
-                t = self.clock()
-                log.append(encode_header(dict(given.definition), given.hash, given.initial(t), t))
-                self._restore()
-            else:
-                self.chart = given  # a replica still waiting for its first entries
-        else:
-            self._restore()
-            if given is not None and self.header_hash != given.hash:
+        self._chart: Statechart | None = given
+        self._chart_hash: str | None = None  # the header hash ``_chart`` was resolved for
+        self.view_only_reason: str | None = None
+        self._snap: tuple[Recorded, Snapshot] | None = None  # head snapshot built with our chart
+        self._cursor: int | None = None  # None: live (at the head)
+        self._cursor_snapshot: Snapshot | None = None
+        self.core: LogCore = core_for(log)
+        core = self.core
+        with core.lock:
+            h = core.refresh_locked()
+            if h.index < 0:
+                if given is None:
+                    if log.writable:
+                        raise MachineError("this log is empty: pass a definition to create a machine in it")
+                elif log.writable:
+                    self._create_locked(given)
+            elif given is not None and h.header_hash != given.hash:
                 if not migrate:
-                    diff = definition_diff(self.stored_definition, dict(given.definition))
+                    diff = definition_diff(h.definition, dict(given.definition))
                     raise DefinitionMismatch(
-                        f"the log was recorded with definition {str(self.header_hash)[:12]}… (entry "
-                        f"{self.header_index}) but this one is {given.hash[:12]}…; it differs in: "
+                        f"the log was recorded with definition {str(h.header_hash)[:12]}… (entry "
+                        f"{h.header_index}) but this one is {given.hash[:12]}…; it differs in: "
                         f"{'; '.join(diff) or 'its encoding only'}. Pass migrate=True to record the new "
                         "definition and continue (or definition=None to use the stored one)"
                     )
-                self._migrate(given)
-        self._unwatch = log.watch(self._on_log_change)
-        self._readonly = log.store.readonly
+                self._migrate_locked(given, h)
+        self._fork = core.head.fork
 
-    def poll(self) -> None:
-        """On a read-only store (another process writes, no watch callbacks): catch up with the log."""
-        if self._readonly:
-            self._on_log_change(self.log)
+    # --- headers ---------------------------------------------------------------------------
 
-    # --- restore -------------------------------------------------------------------
-
-    def _restore(self) -> None:
-        """O(1): read the last entry and (unless already known) its governing header."""
-        n = self.log.contiguous_length
-        if n == 0:
-            self._head, self._head_index = None, -1
-            return
-        last = decode(n - 1, self.log.get(n - 1))
-        known = (
-            last.kind == "transition"
-            and last.header == self.header_index
-            and self.header_hash is not None
-            and self.chart is not None
+    def _create_locked(self, chart: Statechart) -> None:
+        t = self.clock()
+        snap = chart.initial(t)
+        snap = Snapshot(freeze(snap.value, "state"), freeze(snap.context), snap.done, snap._config)
+        entry = encode_header(dict(chart.definition), chart.hash, snap, t)
+        index = self.core.append_locked(entry, 0)
+        self.core.set_locked(
+            Recorded(
+                index,
+                self.log.fork,
+                snap.value,
+                snap.context,
+                snap.done,
+                index,
+                chart.hash,
+                freeze(copy_json(chart.definition)),
+                snap,
+                chart,
+            )  # fmt: skip
         )
-        if not known:
-            header = last if last.kind == "header" else decode(last.header, self.log.get(last.header))
-            if header.kind != "header":
-                raise MachineError(f"entry {last.header} should be a header but is not; the log is damaged")
-            if header.definition_hash != self.header_hash or self.chart is None:
-                self.stored_definition = header.definition
-                given = self._given
-                if given is not None and given.hash == header.definition_hash:
-                    self.chart, self.view_only_reason = given, None
-                else:
-                    self.chart = self._chart_for(header.definition)  # type: ignore[arg-type]
-            self.header_index = header.index
-            self.header_hash = header.definition_hash
-        self._head = self._snapshot_of(last)
-        self._head_index = n - 1
 
-    def _chart_for(self, definition: dict) -> Statechart | None:
-        """The stored definition compiled; view only (``send`` refused) if implementations are missing."""
-        self.view_only_reason = None
+    def _migrate_locked(self, chart: Statechart, h: Recorded) -> None:
         try:
-            return Statechart(definition, self._actions, self._guards)
-        except DefinitionError as exc:
-            missing = missing_implementations(exc.problems)
-            try:
-                chart = Statechart(definition, self._actions, self._guards, implementations=False)
-            except DefinitionError as exc2:
-                self.view_only_reason = f"the stored definition does not compile: {exc2}"
-                return None
-            names = ", ".join(f"{kind}={{{', '.join(map(repr, ns))}: ...}}" for kind, ns in missing.items())
-            self.view_only_reason = (
-                f"this machine is view only: its definition names implementations that were not given; "
-                f"pass {names or 'the actions/guards it names'} to Machine(...) to send events"
-            )
-            return chart
-
-    def _snapshot_of(self, entry: HistoryEntry) -> Snapshot:
-        if self.chart is not None:
-            try:
-                return self.chart.snapshot_from(entry.state, entry.context, entry.done)
-            except MachineError:
-                pass
-        return Snapshot(entry.state, entry.context, entry.done)
-
-    def _migrate(self, chart: Statechart) -> None:
-        head = self._head
-        assert head is not None
-        try:
-            snap = chart.snapshot_from(head.value, head.context)
+            snap = chart.snapshot_from(h.value, h.context)
         except MachineError as exc:
             raise DefinitionMismatch(
                 f"cannot migrate: the current state does not exist in the new definition ({exc})"
             ) from None
-        self.log.append(encode_header(dict(chart.definition), chart.hash, snap, self.clock()))
-        self.chart = None
-        self._restore()
+        entry = encode_header(dict(chart.definition), chart.hash, snap, self.clock())
+        try:
+            index = self.core.append_locked(entry, h.length)
+        except _Moved:
+            raise HeadMoved(
+                "the log grew while migrating; nothing was recorded: open the machine again"
+            ) from None
+        self.core.set_locked(
+            Recorded(
+                index,
+                h.fork,
+                snap.value,
+                snap.context,
+                snap.done,
+                index,
+                chart.hash,
+                freeze(copy_json(chart.definition)),
+                snap,
+                chart,
+            )  # fmt: skip
+        )
 
-    def _on_log_change(self, log: Log) -> None:
-        if self._appending:
-            return
-        with self._lock:
-            n, fork = log.contiguous_length, log.fork
-            if fork == self._fork and n - 1 == self._head_index and self._head is not None:
-                return
-            if fork != self._fork:
-                # reorganised (a truncation, or a replica following a higher fork): entries from
-                # ``keep`` on may differ now; a cursor on one of them clamps to the last one kept
-                keep = log.common_prefix(self._fork, self._head_index + 1)
-                self._fork = fork
-                if self.header_index >= keep:
-                    self.header_hash = None
-                if self._cursor is not None and self._cursor >= keep:
+    # --- the chart and snapshots -------------------------------------------------------------
+
+    def chart_for(self, h: Recorded) -> Statechart | None:
+        """The chart (with this object's implementations) for the header governing ``h``."""
+        if h.header_hash == self._chart_hash or h.header_hash is None:
+            return self._chart
+        given = self._given
+        if given is not None and given.hash == h.header_hash:
+            chart, reason = given, None
+        elif h.chart is not None and h.chart.hash == h.header_hash and self._same_impl(h.chart):
+            chart, reason = h.chart, None
+        else:
+            chart, reason = self._compile_stored(h.definition)  # type: ignore[arg-type]
+        self._chart, self._chart_hash, self.view_only_reason = chart, h.header_hash, reason
+        return chart
+
+    def _same_impl(self, chart: Statechart) -> bool:
+        return _impl_key(chart.actions) == _impl_key(self._actions) and _impl_key(chart.guards) == _impl_key(
+            self._guards
+        )
+
+    def _compile_stored(self, definition: FrozenDict) -> tuple[Statechart | None, str | None]:
+        """The stored definition compiled; view only (``send`` refused) if implementations are missing."""
+        try:
+            return compile_chart(definition, self._actions, self._guards), None
+        except DefinitionError as exc:
+            missing = missing_implementations(exc.problems)
+            try:
+                chart = Statechart(copy_json(definition), self._actions, self._guards, implementations=False)
+            except DefinitionError as exc2:
+                return None, f"the stored definition does not compile: {exc2}"
+            names = ", ".join(f"{kind}={{{', '.join(map(repr, ns))}: ...}}" for kind, ns in missing.items())
+            return chart, (
+                f"this machine is view only: its definition names implementations that were not given; "
+                f"pass {names or 'the actions/guards it names'} to Machine(...) to send events"
+            )
+
+    def snapshot_from(self, value: Any, context: Any, done: bool, chart: Statechart | None) -> Snapshot:
+        if chart is not None:
+            try:
+                return chart.snapshot_from(value, context, done)
+            except MachineError:
+                pass
+        return Snapshot(value, context, done)
+
+    def head_snapshot(self, h: Recorded) -> Snapshot | None:
+        if h.index < 0:
+            return None
+        chart = self.chart_for(h)
+        if h.snapshot is not None and h.chart is chart:
+            return h.snapshot
+        cached = self._snap
+        if cached is not None and cached[0] is h:
+            return cached[1]
+        snap = self.snapshot_from(h.value, h.context, h.done, chart)
+        self._snap = (h, snap)
+        return snap
+
+    def entry_snapshot(self, entry: HistoryEntry) -> Snapshot:
+        value, context = frozen_entry(entry)
+        return self.snapshot_from(value, context, entry.done, self.chart_for(self.core.current()))
+
+    # --- the cursor ------------------------------------------------------------------------------
+
+    def _follow(self) -> Recorded:
+        """The recorded head, with the cursor clamped if the log was reorganised or cut since."""
+        h = self.core.current()
+        if h.fork != self._fork:
+            if self._cursor is not None:
+                keep = self.log.common_prefix(self._fork, self._cursor + 1)
+                if self._cursor >= keep:
                     self._cursor = max(0, keep - 1)
-            self._restore()
-            if self._cursor is not None and self._cursor >= self._head_index:
-                self._cursor = None  # clamped onto the head (or beyond it): live again
-            self._cursor_snapshot = None
-        for cb in list(self._listeners):
-            cb()
+                    self._cursor_snapshot = None
+            self._fork = h.fork
+        if self._cursor is not None and self._cursor >= h.index:
+            self._cursor, self._cursor_snapshot = None, None  # on the head (or beyond it): live again
+        return h
+
+    @property
+    def head_index(self) -> int:
+        return self.core.current().index
+
+    @property
+    def at_head(self) -> bool:
+        self._follow()
+        return self._cursor is None
+
+    @property
+    def position(self) -> int:
+        h = self._follow()
+        return h.index if self._cursor is None else self._cursor
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        h = self._follow()
+        if self._cursor is None:
+            return self.head_snapshot(h)
+        if self._cursor_snapshot is None:
+            self._cursor_snapshot = self.entry_snapshot(decode(self._cursor, self.log.get(self._cursor)))
+        return self._cursor_snapshot
+
+    def seek(self, index: int) -> Snapshot:
+        h = self._follow()
+        n = h.index + 1
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise OutOfRange(f"cannot seek to {index}: the history has entries 0..{n - 1}")
+        self._cursor = None if index == h.index else index
+        self._cursor_snapshot = None
+        return self.snapshot  # type: ignore[return-value]
 
     # --- sending ------------------------------------------------------------------------
 
@@ -315,94 +417,184 @@ class _Core:
                 "events; nothing was done"
             )
 
-    def prepare(self, event: Any, data: Any) -> tuple[Snapshot, bytes]:
+    def check_sendable(self) -> None:
+        """Refusals that need no lock: a replica, a cursor in the past."""
         self.check_writable()
+        self._follow()
         if self._cursor is not None:
             raise NotAtHead(
-                f"the history cursor is at entry {self._cursor}, not the head ({self._head_index}); "
+                f"the history cursor is at entry {self._cursor}, not the head ({self.head_index}); "
                 "call live() to return, or truncate() to branch from here"
             )
+
+    def prepare_locked(self, etype: str, edata: Any) -> tuple[Recorded, Snapshot, bytes]:
+        """Catch up and run the transition on the recorded head (lock held); changes nothing on error."""
+        h = self.core.refresh_locked()
+        chart = self.chart_for(h)
         if self.view_only_reason:
             raise MachineError(self.view_only_reason)
-        if self.chart is None or self._head is None:
+        snap = self.head_snapshot(h)
+        if chart is None or snap is None:
             raise MachineError("no machine definition is known for this log yet")
-        etype, edata = as_event(event, data)
-        check_json(edata, "event data")  # before any action runs
         ev = Event(etype, edata, self.clock())
-        new = self.chart.transition(self._head, ev)
-        return new, encode_transition(ev, new, self.header_index)
+        new = chart.transition(snap, ev)
+        value = new.value if type(new.value) is str else freeze(new.value, "state")
+        new = Snapshot(value, freeze(new.context), new.done, new._config)
+        return h, new, encode_transition(ev, new, h.header_index)
 
-    def append(self, entry: bytes) -> int:
-        self._appending = True
-        try:
-            return self.log.append(entry) - 1
-        finally:
-            self._appending = False
+    def commit_locked(self, h: Recorded, new: Snapshot, index: int) -> None:
+        self.core.set_locked(
+            Recorded(
+                index,
+                h.fork,
+                new.value,
+                new.context,
+                new.done,
+                h.header_index,
+                h.header_hash,
+                h.definition,
+                new,
+                self._chart,
+            )  # fmt: skip
+        )
 
-    def commit(self, snapshot: Snapshot, index: int) -> None:
-        self._head, self._head_index = snapshot, index
-        for cb in list(self._listeners):
-            cb()
+    def send_locked(self, etype: str, edata: Any) -> Snapshot:
+        """prepare, compare-and-append, commit (lock held); on a moved log catch up and run again."""
+        core = self.core
+        for _ in range(RETRIES):
+            h, new, entry = self.prepare_locked(etype, edata)
+            try:
+                index = core.append_locked(entry, h.length)
+            except _Moved:
+                continue
+            self.commit_locked(h, new, index)
+            return new
+        raise HeadMoved(
+            f"the log grew under the machine {RETRIES} times in a row (something appends to it without "
+            "the runtime); nothing was recorded for this event"
+        )
 
-    # --- the cursor ----------------------------------------------------------------------
-
-    @property
-    def head(self) -> Snapshot | None:
-        return self._head
-
-    @property
-    def head_index(self) -> int:
-        return self._head_index
-
-    @property
-    def position(self) -> int:
-        self.poll()
-        return self._head_index if self._cursor is None else self._cursor
-
-    @property
-    def snapshot(self) -> Snapshot | None:
-        self.poll()
-        if self._cursor is None:
-            return self._head
-        if self._cursor_snapshot is None:
-            self._cursor_snapshot = self._snapshot_of(decode(self._cursor, self.log.get(self._cursor)))
-        return self._cursor_snapshot
-
-    def seek(self, index: int) -> Snapshot:
-        self.poll()
-        n = self._head_index + 1
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise OutOfRange(f"cannot seek to {index}: the history has entries 0..{n - 1}")
-        self._cursor = None if index == self._head_index else index
-        self._cursor_snapshot = None
-        return self.snapshot  # type: ignore[return-value]
-
-    def truncate(self, n: int) -> Snapshot:
+    def truncate_locked(self, n: int) -> Snapshot:
+        h = self.core.refresh_locked()
         if n < 1:
             raise OutOfRange("the header entry (index 0) cannot be cut: truncate(n) needs n >= 1")
-        if n > self._head_index + 1:
-            raise OutOfRange(f"cannot truncate to {n}: the history has {self._head_index + 1} entries")
-        self._appending = True
+        if n > h.index + 1:
+            raise OutOfRange(f"cannot truncate to {n}: the history has {h.index + 1} entries")
+        core = self.core
+        core._writing = True
         try:
             self.log.truncate(n)
         finally:
-            self._appending = False
-        self._fork = self.log.fork
-        self.header_hash = None  # the governing header may have been cut
-        self._restore()
-        self._cursor = None
-        self._cursor_snapshot = None
-        for cb in list(self._listeners):
-            cb()
-        return self._head  # type: ignore[return-value]
-
-    def close(self) -> None:
-        self._unwatch()
+            core._writing = False
+        h = core.refresh_locked()
+        self._fork = h.fork
+        self._cursor, self._cursor_snapshot = None, None
+        return self.head_snapshot(h)  # type: ignore[return-value]
 
 
-class Machine:
+def prepare_event(event: Any, data: Any) -> tuple[str, Any]:
+    """The event's type and a frozen copy of its data (actions see it read-only; the caller keeps theirs)."""
+    etype, edata = as_event(event, data)
+    return etype, freeze(edata, "event data")
+
+
+class _Reads:
+    """The read side every face shares: state at the cursor, the chart, history navigation."""
+
+    _face: _Face
+
+    @property
+    def log(self) -> Log:
+        return self._face.log
+
+    @property
+    def history(self) -> History:
+        """The recorded entries, read lazily from the log."""
+        return History(self._face)
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The snapshot at the cursor (read-only: its context cannot be changed)."""
+        snap = self._face.snapshot
+        if snap is None:
+            raise MachineError("the log has no entries yet (a replica waiting for data)")
+        return snap
+
+    @property
+    def state(self) -> Any:
+        return self.snapshot.value
+
+    @property
+    def context(self) -> Mapping[str, Any]:
+        """The context at the cursor: a read-only dict (``copy.deepcopy`` it to get a mutable one)."""
+        return self.snapshot.context
+
+    @property
+    def done(self) -> bool:
+        return self.snapshot.done
+
+    @property
+    def chart(self) -> Statechart | None:
+        face = self._face
+        return face.chart_for(face.core.current())
+
+    @property
+    def definition(self) -> dict | None:
+        """The stored definition governing the head (read-only)."""
+        return self._face.core.current().definition
+
+    @property
+    def definition_hash(self) -> str | None:
+        return self._face.core.current().header_hash
+
+    def matches(self, state: str | Mapping) -> bool:
+        return self.snapshot.matches(state)
+
+    def can(self, event: str | Event) -> bool:
+        chart = self.chart
+        return chart is not None and not self._face.view_only_reason and chart.can(self.snapshot, event)
+
+    def available_events(self) -> list[str]:
+        chart = self.chart
+        return chart.available_events(self.snapshot) if chart else []
+
+    # history navigation
+    @property
+    def position(self) -> int:
+        """Index of the entry whose snapshot is shown."""
+        return self._face.position
+
+    @property
+    def at_head(self) -> bool:
+        return self._face.at_head
+
+    def seek(self, index: int) -> Snapshot:
+        """Show entry ``index`` (negative counts from the end); OutOfRange outside the history."""
+        return self._face.seek(index)
+
+    def backward(self, n: int = 1) -> Snapshot:
+        """Move the cursor ``n`` entries back (stops at entry 0)."""
+        return self._face.seek(max(0, self.position - n))
+
+    def forward(self, n: int = 1) -> Snapshot:
+        """Move the cursor ``n`` entries forward (stops at the head)."""
+        return self._face.seek(min(self._face.head_index, self.position + n))
+
+    def live(self) -> Snapshot:
+        """Back to the head."""
+        return self._face.seek(self._face.head_index)
+
+    def _repr_html_(self) -> str:
+        return self.snapshot._repr_html_()
+
+    def __repr__(self) -> str:
+        snap = self._face.snapshot
+        where = "head" if self.at_head else f"entry {self.position}"
+        name = type(self).__name__
+        return f"<{name} {snap.value if snap else None!r} at {where} of {self._face.head_index + 1}>"
+
+
+class Machine(_Reads):
     """A synchronous machine over a log: ``send`` records one entry per event.
 
     ``Machine(log, definition, actions=..., guards=...)`` creates the machine in
@@ -411,6 +603,11 @@ class Machine:
     ``migrate=True``. Without a definition the stored one is used (view only
     unless implementations are given). On a replica, the machine follows the
     log as it grows and ``send`` raises NotWritable.
+
+    Every Machine and Coremachine on the same log in a process shares one core:
+    sends are serialised per log whatever the objects or threads, and each is a
+    compare-and-append at the recorded head (see ``send``). Dropping a Machine
+    without ``close()`` leaves nothing behind.
     """
 
     def __init__(
@@ -423,108 +620,40 @@ class Machine:
         migrate: bool = False,
         clock: Callable[[], int] | None = None,
     ):
-        self._core = _Core(log, definition, actions, guards, migrate, clock)
-        self.history = History(self._core)
+        self._face = _Face(log, definition, actions, guards, migrate, clock)
 
-    # sending
     def send(self, event: str | Event | Mapping | tuple, data: Any = None) -> Snapshot:
         """Run ``event`` to completion and record it as one entry; returns the new snapshot.
 
         ``event`` is a type string (``send("START", 1)``: ``data`` is the event data), an
         :class:`Event` (its ``time`` is replaced by the clock's; ``data`` overrides its data
-        when given), a ``(type, data)`` tuple, or a dict ``{"type": ..., "data": ...}``.
+        when given), a ``(type, data)`` tuple, or a dict ``{"type": ..., "data": ...}``. The data
+        is copied first (actions see a read-only copy; changing yours later changes nothing).
         Raises NotWritable on a replica and NotAtHead when the cursor is in the past (before
         any work); EventNotAccepted, a guard's or action's own exception, or
         UnserializableContext, and then records nothing and changes nothing.
+
+        The send holds the log's lock (shared by every machine object on the log), catches up
+        with the log, and appends only if the log is still the length it ran the event on; if
+        something else appended meanwhile it runs the event again on the new head (at most 8
+        times, then HeadMoved, recording nothing).
         """
-        core = self._core
-        with core._lock:
-            snapshot, entry = core.prepare(event, data)
-            core.commit(snapshot, core.append(entry))
-            return snapshot
+        face = self._face
+        face.check_sendable()
+        etype, edata = prepare_event(event, data)
+        with face.core.lock:
+            return face.send_locked(etype, edata)
 
     action = send
 
-    # state at the cursor
-    @property
-    def log(self) -> Log:
-        return self._core.log
-
-    @property
-    def snapshot(self) -> Snapshot:
-        snap = self._core.snapshot
-        if snap is None:
-            raise MachineError("the log has no entries yet (a replica waiting for data)")
-        return snap
-
-    @property
-    def state(self) -> Any:
-        return self.snapshot.value
-
-    @property
-    def context(self) -> Mapping[str, Any]:
-        return self.snapshot.context
-
-    @property
-    def done(self) -> bool:
-        return self.snapshot.done
-
-    @property
-    def chart(self) -> Statechart | None:
-        return self._core.chart
-
-    @property
-    def definition(self) -> dict | None:
-        return self._core.stored_definition
-
-    @property
-    def definition_hash(self) -> str | None:
-        return self._core.header_hash
-
-    def matches(self, state: str | Mapping) -> bool:
-        return self.snapshot.matches(state)
-
-    def can(self, event: str | Event) -> bool:
-        chart = self._core.chart
-        return chart is not None and not self._core.view_only_reason and chart.can(self.snapshot, event)
-
-    def available_events(self) -> list[str]:
-        chart = self._core.chart
-        return chart.available_events(self.snapshot) if chart else []
-
-    # history navigation
-    @property
-    def position(self) -> int:
-        """Index of the entry whose snapshot is shown."""
-        return self._core.position
-
-    @property
-    def at_head(self) -> bool:
-        return self._core._cursor is None
-
-    def seek(self, index: int) -> Snapshot:
-        """Show entry ``index`` (negative counts from the end); OutOfRange outside the history."""
-        return self._core.seek(index)
-
-    def backward(self, n: int = 1) -> Snapshot:
-        """Move the cursor ``n`` entries back (stops at entry 0)."""
-        return self._core.seek(max(0, self.position - n))
-
-    def forward(self, n: int = 1) -> Snapshot:
-        """Move the cursor ``n`` entries forward (stops at the head)."""
-        return self._core.seek(min(self._core.head_index, self.position + n))
-
-    def live(self) -> Snapshot:
-        """Back to the head."""
-        return self._core.seek(self._core.head_index)
-
     def truncate(self, n: int) -> Snapshot:
         """Keep entries ``[0, n)`` (fork + 1); the snapshot becomes entry n-1's, the cursor live."""
-        with self._core._lock:
-            return self._core.truncate(n)
+        face = self._face
+        with face.core.lock:
+            return face.truncate_locked(n)
 
     def close(self) -> None:
-        self._core.close()
+        """Nothing to release (kept for ``with`` blocks and symmetry): a dropped Machine leaves nothing."""
 
     def __enter__(self) -> Machine:
         return self
@@ -532,13 +661,5 @@ class Machine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _repr_html_(self) -> str:
-        return self.snapshot._repr_html_()
 
-    def __repr__(self) -> str:
-        snap = self._core.snapshot
-        where = "head" if self.at_head else f"entry {self.position}"
-        return f"<Machine {snap.value if snap else None!r} at {where} of {self._core.head_index + 1}>"
-
-
-__all__ = ["History", "Machine", "as_event", "definition_hash", "now_ms"]
+__all__ = ["History", "Machine", "as_event", "compile_chart", "definition_hash", "now_ms"]

@@ -1,16 +1,23 @@
 """The trio duplex stream: events in (``send``), snapshots out (``async for``).
 
-Sends are serialised in arrival order by a FIFO-fair ``trio.Lock``; each one is
-prepared (pure), appended in one transaction (in a worker thread when the
-store fsyncs, so the event loop keeps running) and committed. Readers never
-get a per-subscriber queue: a subscription is a cursor over the *log*, which
-is the buffer, woken by a ``trio.Event`` replaced on every change. A slow
-consumer therefore costs nothing but its position.
+A :class:`Coremachine` is the trio face over the log's shared core (``_core``),
+as :class:`~._runtime.Machine` is the synchronous one. Sends of one trio run on
+one log are serialised in arrival order by a FIFO-fair ``trio.Lock`` per (run,
+log); the log's own lock (shared with every thread and object on the log) is
+then taken without blocking the event loop: at once if free, otherwise in a
+worker thread. The event runs in the trio thread; the commit runs inline when
+the store does not fsync and in a worker thread (bounded by a per-run
+``CapacityLimiter``) when it does, so concurrent sends of many machines reach
+the store's writer together and the event loop never waits for a disk.
+Readers never get a per-subscriber queue: a subscription is a cursor over the
+*log*, which is the buffer, woken by the core's ``TrioWaker``. A slow consumer
+therefore costs nothing but its position.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -18,21 +25,56 @@ import trio
 
 from corelog import Log
 
+from ._core import RETRIES, LogCore, TrioWaker, _Moved
 from ._entries import HistoryEntry, decode
 from ._interpreter import Event, Snapshot, Statechart
-from ._runtime import Machine
-from .errors import MachineError
+from ._runtime import _Face, _Reads, prepare_event
+from .errors import HeadMoved, MachineError
 
 _CHUNK = 256
 _POLL = 0.05  # seconds between looks at the log of a read-only store
+COMMIT_THREADS = 64  # commits (appends + fsync) in flight at once per trio run
+
+_LIMITERS: trio.lowlevel.RunVar = trio.lowlevel.RunVar("corelog_machine_limiters")
+_RUN_LOCKS: trio.lowlevel.RunVar = trio.lowlevel.RunVar("corelog_machine_locks")
 
 
-class Coremachine(Machine):
-    """A machine as a trio duplex stream, sharing the synchronous API for reads and history.
+def _limiters() -> tuple[trio.CapacityLimiter, trio.CapacityLimiter]:
+    """This run's (commit, lock-wait) limiters: separate, so lock waiters never starve a lock holder."""
+    try:
+        return _LIMITERS.get()
+    except LookupError:
+        pair = (trio.CapacityLimiter(COMMIT_THREADS), trio.CapacityLimiter(256))
+        _LIMITERS.set(pair)
+        return pair
+
+
+def _run_lock(core: LogCore) -> trio.Lock:
+    """The FIFO lock ordering this run's sends on ``core``'s log (shared by its Coremachines)."""
+    try:
+        locks = _RUN_LOCKS.get()
+    except LookupError:
+        locks = weakref.WeakKeyDictionary()
+        _RUN_LOCKS.set(locks)
+    lock = locks.get(core)
+    if lock is None:
+        lock = locks[core] = trio.Lock()
+    return lock
+
+
+async def _acquire(lock: threading.Lock, limiter: trio.CapacityLimiter) -> None:
+    """Take a thread lock without blocking the event loop; cancellable only before the wait starts."""
+    if not lock.acquire(blocking=False):
+        await trio.to_thread.run_sync(lock.acquire, abandon_on_cancel=False, limiter=limiter)
+
+
+class Coremachine(_Reads):
+    """A machine as a trio duplex stream, with the synchronous Machine's reads and history.
 
     ``await cm.send(...)``; ``async for snapshot in cm`` (every new snapshot);
     ``cm.subscribe(from_index=0)`` (replay, then live); ``pipe_from``/``pipe_to``.
     Create it inside trio (it captures the trio token for thread-safe wake-ups).
+    ``offload`` (default: the store's ``sync``) commits in a worker thread.
     """
 
     def __init__(
@@ -47,86 +89,79 @@ class Coremachine(Machine):
         offload: bool | None = None,
     ):
         try:
-            self._token = trio.lowlevel.current_trio_token()
+            self._waker = TrioWaker()
         except RuntimeError:
             raise RuntimeError(
                 "create a Coremachine inside trio (e.g. in an async function run by trio.run); "
                 "outside trio use the synchronous Machine"
             ) from None
-        super().__init__(log, definition, actions=actions, guards=guards, migrate=migrate, clock=clock)
-        self._send_lock = trio.Lock()
-        self._changed = trio.Event()
+        self._face = face = _Face(log, definition, actions, guards, migrate, clock)
+        self._send_lock = _run_lock(face.core)
         self._closed = False
-        self._trio_thread = threading.get_ident()
-        # durable stores fsync on commit: do that in a thread so the event loop keeps running
         self._offload = log.store.sync if offload is None else offload
-        self._core._listeners.append(self._wake_threadsafe)
-        # the machine's state changes only in the trio thread: a commit in another thread (a replica
-        # fed by replication running in a worker thread) is handed over with run_sync_soon
-        core = self._core
-        core._unwatch()
-        core._unwatch = log.watch(self._on_log_change)
+        face.core.add_waker(self._waker)
 
-    def _on_log_change(self, log: Log) -> None:
-        core = self._core
-        if core._appending:
-            return  # our own send: committed by send() itself
-        if threading.get_ident() == self._trio_thread:
-            core._on_log_change(log)
-        else:
-            try:
-                self._token.run_sync_soon(core._on_log_change, log)
-            except trio.RunFinishedError:
-                pass
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    def _wake_threadsafe(self) -> None:
-        if threading.get_ident() == self._trio_thread:
-            self._wake()
-        else:
-            try:
-                self._token.run_sync_soon(self._wake)
-            except trio.RunFinishedError:
-                pass
-
-    async def send(self, event: str | Event | Mapping | tuple, data: Any = None) -> Snapshot:  # type: ignore[override]
+    async def send(self, event: str | Event | Mapping | tuple, data: Any = None) -> Snapshot:
         """Run ``event`` to completion and record it (serialised with other sends, in arrival order).
 
-        Accepts what :meth:`Machine.send` accepts. Cancelled while waiting for its turn, it records
-        nothing. Once its entry is being appended it is no longer cancellable: the append runs to
-        its end and the snapshot is committed, then the send returns it (the cancellation is
-        delivered at the caller's next checkpoint), so the log and the snapshot always agree.
-        After :meth:`aclose` (even one that happened while this send waited) it raises
-        ``trio.ClosedResourceError`` and records nothing.
+        Accepts what :meth:`Machine.send` accepts, with the same compare-and-append. Cancelled
+        while waiting for its turn, it records nothing. Once its entry is being appended it is no
+        longer cancellable: the append runs to its end and the snapshot is committed, then the
+        send returns it (the cancellation is delivered at the caller's next checkpoint), so the log
+        and the snapshot always agree. After :meth:`aclose` (even one that happened while this
+        send waited) it raises ``trio.ClosedResourceError`` and records nothing.
         """
         if self._closed:
             raise trio.ClosedResourceError("the machine is closed; nothing was recorded")
-        self._core.check_writable()  # before waiting for a turn
+        face = self._face
+        face.check_sendable()  # before waiting for a turn
+        etype, edata = prepare_event(event, data)
         async with self._send_lock:
             if self._closed:
                 raise trio.ClosedResourceError(
                     "the machine was closed while this send waited for its turn; nothing was recorded"
                 )
-            core = self._core
-            snapshot, entry = core.prepare(event, data)  # pure: raises and changes nothing on any error
-            if self._offload:
-                # a checkpoint before the thread starts (cancel: nothing done); after that, uncancellable
-                index = await trio.to_thread.run_sync(core.append, entry, abandon_on_cancel=False)
-            else:
-                index = core.append(entry)
-            core.commit(snapshot, index)  # synchronous: no checkpoint between the append and this
-            return snapshot
+            core = face.core
+            if not self._offload and core.lock.acquire(blocking=False):
+                try:
+                    return face.send_locked(etype, edata)
+                finally:
+                    core.lock.release()
+            commits, waits = _limiters()
+            await _acquire(core.lock, waits)
+            try:
+                for _ in range(RETRIES):
+                    h, new, entry = face.prepare_locked(etype, edata)  # pure: raises, changes nothing
+                    try:
+                        if self._offload:
+                            # a checkpoint before the thread starts (cancel: nothing done); then uncancellable
+                            index = await trio.to_thread.run_sync(
+                                core.append_locked, entry, h.length, abandon_on_cancel=False, limiter=commits
+                            )
+                        else:
+                            index = core.append_locked(entry, h.length)
+                    except _Moved:
+                        continue
+                    face.commit_locked(h, new, index)  # synchronous: no checkpoint since the append
+                    return new
+                raise HeadMoved(
+                    f"the log grew under the machine {RETRIES} times in a row (something appends to it "
+                    "without the runtime); nothing was recorded for this event"
+                )
+            finally:
+                core.lock.release()
 
-    action = send  # type: ignore[assignment]
+    action = send
 
     def truncate(self, n: int) -> Snapshot:
         """As :meth:`Machine.truncate`; refused while a send is being recorded (call it between sends)."""
-        if self._send_lock.locked():
+        core = self._face.core
+        if self._send_lock.locked() or not core.lock.acquire(blocking=False):
             raise MachineError("a send is being recorded: truncate between sends (e.g. before the next send)")
-        return super().truncate(n)
+        try:
+            return self._face.truncate_locked(n)
+        finally:
+            core.lock.release()
 
     async def subscribe(self, from_index: int = 0, *, entries: bool = True) -> AsyncIterator[HistoryEntry]:
         """Entries from ``from_index`` on (replayed from the log), then each new one as it is recorded.
@@ -141,7 +176,7 @@ class Coremachine(Machine):
         log = self.log
         fork = log.fork
         while not self._closed:
-            changed = self._changed
+            changed = self._waker.event
             n, f = log.contiguous_length, log.fork
             if f != fork:
                 i = min(i, log.common_prefix(fork, i))
@@ -158,7 +193,7 @@ class Coremachine(Machine):
                     if log.fork != fork:
                         break  # reorganised while we yielded: the rest of the batch may be stale
                 continue
-            if self._core._readonly:
+            if self._face.core.readonly:
                 # a read-only store gets no callbacks from the writing process: poll the log
                 with trio.move_on_after(_POLL):
                     await changed.wait()
@@ -169,7 +204,7 @@ class Coremachine(Machine):
         """Snapshots of entries from ``from_index`` (default: only new ones) on."""
         start = self.log.contiguous_length if from_index is None else from_index
         async for entry in self.subscribe(start):
-            yield self._core._snapshot_of(entry)
+            yield self._face.entry_snapshot(entry)
 
     def __aiter__(self) -> AsyncIterator[Snapshot]:
         return self.snapshots().__aiter__()
@@ -194,12 +229,18 @@ class Coremachine(Machine):
         if self._closed:
             return
         self._closed = True
-        self._wake()
+        self._waker.notify()
         with trio.CancelScope(shield=True):
             async with self._send_lock:  # the send in progress (if any) finishes first
                 pass
-        self.close()
-        self._wake()
+        self._face.core._wakers.discard(self._waker)
+        self._waker.notify()
+
+    def close(self) -> None:
+        """Refuse further sends and end subscriptions without waiting (``aclose`` waits for a send)."""
+        self._closed = True
+        self._face.core._wakers.discard(self._waker)
+        self._waker.notify()
 
     async def __aenter__(self) -> Coremachine:
         return self
@@ -208,4 +249,4 @@ class Coremachine(Machine):
         await self.aclose()
 
 
-__all__ = ["Coremachine", "MachineError"]
+__all__ = ["COMMIT_THREADS", "Coremachine"]

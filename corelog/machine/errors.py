@@ -44,6 +44,10 @@ class NotAMachineLog(MachineError):
     """The log's first entry is not a corelog machine header."""
 
 
+class HeadMoved(MachineError):
+    """The log kept growing under a send (something appends to it without the runtime); nothing was recorded."""
+
+
 class UnserializableContext(MachineError, TypeError):
     """The context (or event data) cannot be stored as msgpack; nothing was recorded."""
 

@@ -1,0 +1,261 @@
+"""One runtime core per log: what every Machine and Coremachine on a log shares.
+
+Theory of operation
+-------------------
+A machine log has exactly one :class:`LogCore` per process: ``core_for(log)``
+looks it up in a per-store registry that holds cores by *weak* reference, so
+every ``Machine``/``Coremachine`` opened on the same log (same store, same key)
+gets the same core, and a core disappears with the last object using it.
+
+The core owns the per-log lock (a plain ``threading.Lock``, so a trio task may
+take it through a worker thread and release it in the trio thread) and the
+*recorded head*: an immutable :class:`Recorded` swapped atomically on every
+change, holding the last entry's state, its read-only context and the
+governing header. A send is ``lock -> catch up with the log -> transition ->
+compare-and-append (expected length = the head's) -> swap the head -> unlock``,
+so sends are serialised per log whatever the objects or threads, and a writer
+that bypasses the core (a raw ``log.append`` on the same log) is detected by
+the compare-and-append: the sender catches up with the log and runs its event
+again on the new head, up to ``RETRIES`` times, then raises :class:`HeadMoved`.
+
+Readers never wait for a writer: ``current()`` returns the recorded head,
+catching up first (when the lock is free) if the log moved without the core
+(a replica being fed, another process writing a read-only store).
+
+Change notification is written once here: ``TrioWaker`` wakes the tasks of
+one trio run from any thread. A core holds its wakers weakly and registers a
+single, weakly bound watcher on the log only once a trio face exists; nothing
+the core registers outlives it. (When the log layer's change versions land,
+``_watch`` becomes a wait on them; the seams are ``append_at`` and ``_watch``.)
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from corelog import Log
+
+from ._entries import HistoryEntry, decode
+from ._frozen import FrozenDict, freeze
+from ._interpreter import Snapshot, Statechart
+from .errors import MachineError, NotAMachineLog, UnserializableContext
+
+if TYPE_CHECKING:
+    from corelog import Store
+
+RETRIES = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """The head as recorded in the log: index ``-1`` for an empty log."""
+
+    index: int
+    fork: int
+    value: Any = None
+    context: FrozenDict | None = None
+    done: bool = False
+    header_index: int = 0
+    header_hash: str | None = None
+    definition: FrozenDict | None = None
+    # the snapshot as built by ``chart`` (its configuration belongs to that chart), if any
+    snapshot: Snapshot | None = None
+    chart: Statechart | None = None
+
+    @property
+    def length(self) -> int:
+        return self.index + 1
+
+
+class _Moved(Exception):
+    """Internal: the log's length was not the expected one (compare-and-append failed)."""
+
+
+def append_at(log: Log, entry: bytes, expected: int) -> int:
+    """Append ``entry`` as block ``expected`` or raise ``_Moved``; returns its index.
+
+    Compare-and-append. Until the log layer offers ``expected_length``, the log's own lock makes
+    the check and the append one step for every writer in this process (one process writes a store).
+    """
+    with log._lock:
+        if log._length != expected:
+            raise _Moved
+        return log.append(entry) - 1
+
+
+def frozen_entry(entry: HistoryEntry) -> tuple[Any, FrozenDict]:
+    try:
+        return freeze(entry.state, "state"), freeze(entry.context)
+    except UnserializableContext as exc:
+        raise NotAMachineLog(f"entry {entry.index} holds a non-JSON value ({exc})") from None
+
+
+class TrioWaker:
+    """Wakes the tasks of one trio run from any thread: ``event`` is replaced on every ``notify()``."""
+
+    __slots__ = ("__weakref__", "_thread", "_token", "event")
+
+    def __init__(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread = threading.get_ident()
+        self.event = trio.Event()
+
+    def _fire(self) -> None:
+        ev, self.event = self.event, trio.Event()
+        ev.set()
+
+    def notify(self) -> None:
+        if threading.get_ident() == self._thread:
+            self._fire()
+        else:
+            try:
+                self._token.run_sync_soon(self._fire)
+            except trio.RunFinishedError:
+                pass
+
+
+class LogCore:
+    """The per-log runtime shared by every machine object on the log (see the module docstring)."""
+
+    __slots__ = (
+        "__weakref__",
+        "_unwatch",
+        "_wakers",
+        "_writing",
+        "head",
+        "lock",
+        "log",
+        "readonly",
+        "version",
+    )
+
+    def __init__(self, log: Log):
+        self.log = log
+        self.lock = threading.Lock()
+        self.readonly = log.store.readonly
+        self.version = 0  # + 1 on every change of the recorded head
+        self._wakers: weakref.WeakSet[TrioWaker] = weakref.WeakSet()
+        self._unwatch: Any = None
+        self._writing = False
+        self.head = Recorded(-1, log.fork)
+        with self.lock:
+            self.refresh_locked()
+
+    # --- the recorded head ---------------------------------------------------------------
+
+    def current(self) -> Recorded:
+        """The recorded head, caught up with the log first unless a send is being recorded."""
+        h = self.head
+        log = self.log
+        if (log.contiguous_length != h.index + 1 or log.fork != h.fork) and self.lock.acquire(blocking=False):
+            try:
+                self.refresh_locked()
+            finally:
+                self.lock.release()
+        return self.head
+
+    def refresh_locked(self) -> Recorded:
+        """Catch up with the log (lock held): O(1), reads the last entry and, if new, its header."""
+        log = self.log
+        h = self.head
+        n, fork = log.contiguous_length, log.fork
+        if n == h.index + 1 and fork == h.fork:
+            return h
+        header_kept = h.header_hash is not None and n > h.header_index
+        if fork != h.fork and header_kept:
+            header_kept = h.header_index < log.common_prefix(h.fork, h.index + 1)
+        if n == 0:
+            self.set_locked(Recorded(-1, fork))
+            return self.head
+        last = decode(n - 1, log.get(n - 1))
+        if last.kind == "header":
+            header = last
+        elif header_kept and last.header == h.header_index:
+            header = None
+        else:
+            header = decode(last.header, log.get(last.header))
+            if header.kind != "header":
+                raise MachineError(f"entry {last.header} should be a header but is not; the log is damaged")
+        value, context = frozen_entry(last)
+        if header is None:
+            hi, hh, hd = h.header_index, h.header_hash, h.definition
+        else:
+            hi, hh = header.index, header.definition_hash
+            hd = (
+                h.definition
+                if hh == h.header_hash and h.definition is not None
+                else freeze(header.definition)
+            )
+        self.set_locked(Recorded(n - 1, fork, value, context, last.done, hi, hh, hd))
+        return self.head
+
+    def set_locked(self, head: Recorded) -> None:
+        """Swap in a new recorded head (lock held) and wake every trio face."""
+        self.head = head
+        self.version += 1
+        self.notify()
+
+    def append_locked(self, entry: bytes, expected: int) -> int:
+        """Compare-and-append (lock held); ``_Moved`` if the log is not ``expected`` long."""
+        self._writing = True
+        try:
+            return append_at(self.log, entry, expected)
+        finally:
+            self._writing = False
+
+    # --- wake-ups --------------------------------------------------------------------------
+
+    def notify(self) -> None:
+        for w in list(self._wakers):
+            w.notify()
+
+    def add_waker(self, waker: TrioWaker) -> None:
+        """Wake ``waker`` on every change (held weakly); watches the log for changes made elsewhere."""
+        self._wakers.add(waker)
+        if self._unwatch is None and not self.readonly:
+            ref = weakref.ref(self)
+
+            def on_change(log: Log) -> None:
+                core = ref()
+                if core is not None and not core._writing:
+                    core.notify()
+
+            self._unwatch = self.log.watch(on_change)
+            weakref.finalize(self, self._unwatch)
+
+
+# One core per log per store, held weakly: gone with the last machine object on the log.
+_CORES: weakref.WeakKeyDictionary[Store, weakref.WeakValueDictionary[bytes, LogCore]] = (
+    weakref.WeakKeyDictionary()
+)
+_CORES_LOCK = threading.Lock()
+
+
+def core_for(log: Log) -> LogCore:
+    """The log's core, shared by every machine object on it in this process."""
+    with _CORES_LOCK:
+        cores = _CORES.get(log.store)
+        if cores is None:
+            cores = _CORES[log.store] = weakref.WeakValueDictionary()
+        core = cores.get(log.key)
+        if core is not None and core.log is log:
+            return core
+        # created outside the registry lock would race; a core's creation reads the log only
+        core = LogCore(log)
+        cores[log.key] = core
+        return core
+
+
+def live_cores(store: Store) -> int:
+    """How many cores (logs with live machine objects) the store has in this process."""
+    with _CORES_LOCK:
+        cores = _CORES.get(store)
+        return 0 if cores is None else len(cores)
+
+
+__all__ = ["RETRIES", "LogCore", "Recorded", "TrioWaker", "append_at", "core_for", "live_cores"]
