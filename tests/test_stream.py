@@ -111,7 +111,11 @@ def largest_container(cm) -> int:
     """The longest list/dict/set/deque the runtime holds (outside the stored definition)."""
     sizes = [0]
     core = cm._face.core
-    objs = [cm.__dict__, cm._face.__dict__, {n: getattr(core, n) for n in core.__slots__ if n != "__weakref__"}]
+    objs = [
+        cm.__dict__,
+        cm._face.__dict__,
+        {n: getattr(core, n) for n in core.__slots__ if n != "__weakref__"},
+    ]
     for obj in objs:
         for v in obj.values():
             if isinstance(v, list | dict | set | tuple | deque):

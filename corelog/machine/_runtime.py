@@ -264,7 +264,7 @@ class _Face:
                 freeze(copy_json(chart.definition)),
                 snap,
                 chart,
-            )  # fmt: skip
+            )
         )
 
     def _migrate_locked(self, chart: Statechart, h: Recorded) -> None:
@@ -293,7 +293,7 @@ class _Face:
                 freeze(copy_json(chart.definition)),
                 snap,
                 chart,
-            )  # fmt: skip
+            )
         )
 
     # --- the chart and snapshots -------------------------------------------------------------
@@ -455,7 +455,7 @@ class _Face:
                 h.definition,
                 new,
                 self._chart,
-            )  # fmt: skip
+            )
         )
 
     def send_locked(self, etype: str, edata: Any) -> Snapshot:
