@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from corelog import Store
-from corelog.cli import _replay
+from corelog.cli._inspect import _replay
 from corelog.machine import Coremachine, Event, FrozenDict, HeadMoved, Machine, Snapshot, Statechart, thaw
 from corelog.machine._core import live_cores
 from corelog.machine._entries import encode_transition
