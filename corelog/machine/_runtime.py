@@ -16,6 +16,7 @@ or action sees them, and a definition given as a dict is copied on load.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time as _time
 from collections import OrderedDict
@@ -249,7 +250,7 @@ class _Face:
     def _create_locked(self, chart: Statechart) -> None:
         t = self.clock()
         snap = chart.initial(t)
-        snap = Snapshot(freeze(snap.value, "state"), freeze(snap.context), snap.done, snap._config)
+        snap = frozen_snapshot(snap)
         entry = encode_header(dict(chart.definition), chart.hash, snap, t)
         index = self.core.append_locked(entry, 0)
         self.core.set_locked(
@@ -438,8 +439,7 @@ class _Face:
             raise MachineError("no machine definition is known for this log yet")
         ev = Event(etype, edata, self.clock())
         new = chart.transition(snap, ev)
-        value = new.value if type(new.value) is str else freeze(new.value, "state")
-        new = Snapshot(value, freeze(new.context), new.done, new._config)
+        new = frozen_snapshot(new)
         return h, new, encode_transition(ev, new, h.header_index)
 
     def commit_locked(self, h: Recorded, new: Snapshot, index: int) -> None:
@@ -490,6 +490,13 @@ class _Face:
         self._fork = h.fork
         self._cursor, self._cursor_snapshot = None, None
         return self.head_snapshot(h)  # type: ignore[return-value]
+
+
+def frozen_snapshot(snap: Snapshot) -> Snapshot:
+    """``snap`` with its value, context and output frozen (read-only copies: shared, never changed)."""
+    value = snap.value if type(snap.value) is str else freeze(snap.value, "state")
+    output = None if snap.output is None else freeze(snap.output, "output")
+    return dataclasses.replace(snap, value=value, context=freeze(snap.context), output=output)
 
 
 def prepare_event(event: Any, data: Any) -> tuple[str, Any]:
