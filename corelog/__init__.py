@@ -5,12 +5,14 @@ Synchronous and dependency-light: no asyncio or trio inside. ``machine`` and
 """
 
 from . import errors
+from ._audit import AuditReport
 from ._crypto import discovery_key, log_key, manifest_for
-from ._log import AuditReport, Head, Log
+from ._log import Head, Log
 from ._store import LogInfo, Store
-from ._tree import Node, Proof, Verified, needed_nodes, verify
+from ._tree import MAX_BLOCK_SIZE, Node, Proof, Verified, needed_nodes, verify
 
 __all__ = [
+    "MAX_BLOCK_SIZE",
     "AuditReport",
     "Head",
     "Log",

@@ -1,76 +1,66 @@
-"""One signed Merkle log inside a Store: append, read, truncate, prove, verify, audit.
+"""One signed Merkle log inside a Store: append, read, truncate, prove, verify, wait.
 
-A ``Log`` is cheap: a handful of cached integers, the current roots (at most 64
-nodes) and references to the Store's LMDB databases. Every change (append,
-truncate, a verified download) is one LMDB write transaction holding the new
-blocks, the new nodes and the new signed head, so a crash leaves either the old
-head or the new one.
+A ``Log`` is cheap: its committed state (``LogState``: head, roots of at most 64
+nodes, the log's record) and references to the Store's LMDB databases. Every
+change (append, truncate, a verified download, a record update) is a part of a
+group commit by the store's writer (``_writer``): one LMDB transaction holding
+the new blocks, nodes and signed head, so a crash leaves either the old head or
+the new one. The writer publishes the new state and bumps ``version``, which
+``wait_changed`` / ``wait_changed_async`` wait on.
 
-Writers keep their head in memory (they are the only writer: the Store holds an
+Writers keep their state in memory (they are the only writer: the Store holds an
 exclusive lock). Logs of a read-only Store re-read the head on each access, so a
-reader in another process always sees a consistent, committed head.
+reader in another process always sees a consistent, committed head (and its
+``version`` moves when it does).
 """
 
 from __future__ import annotations
 
 import logging
-import struct
-import threading
+import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import lmdb
 
-from . import _crypto, _flat
-from ._tree import Node, Proof, Verified, append_nodes, needed_nodes, parent_node, verify
+from . import _apply, _audit, _crypto, _flat
+from ._keys import (
+    BLOCK,
+    FORK_VALUE,
+    HEAD,
+    KEY,
+    NODE,
+    NODE_VALUE,
+    block_key,
+    decode_node,
+    fork_key,
+    head_key,
+    node_key,
+)
+from ._tree import MAX_BLOCK_SIZE, MAX_LENGTH, Node, Proof, Verified, append_nodes, needed_nodes, parent_node
+from ._wakers import thread_waker, trio_waker
+from ._writer import LogState
 from .errors import (
     BlockNotAvailable,
-    Conflict,
+    BlockTooLarge,
     Corrupt,
+    IncompleteLog,
     InvalidKey,
-    InvalidProof,
-    InvalidSignature,
+    LengthMismatch,
     NotWritable,
     OutOfRange,
-    StoreFull,
+    StoreClosed,
 )
 
 if TYPE_CHECKING:
+    from ._audit import AuditReport
     from ._store import Store
 
+__all__ = ["HEAD", "Head", "Log", "block_key", "check_key", "head_key", "node_key"]
+
 _log = logging.getLogger("corelog")
-
-# heads value: fork, length (signed), contiguous length, byte length, tree hash, signature
-HEAD = struct.Struct(">QQQQ32s64s")
-# Every record of a log lives in ONE named database ("data"), keyed
-# u32 log id || kind || u64 index, kinds sorting head < forks < nodes < blocks.
-# One B-tree per commit keeps durable (fsync) commits close to raw LMDB, and the
-# blocks, the bulk of the data, sort last so appends fill pages at the right edge.
-KEY = struct.Struct(">IBQ")
-HEAD_KIND, FORK, NODE, BLOCK = 0, 1, 2, 3
-_HEAD_KEY = struct.Struct(">IB")
-NODE_VALUE = struct.Struct("<Q")  # size, then the 32-byte hash
-FORK_VALUE = struct.Struct(">QQ")  # previous fork, length kept by the truncation
-
-
-def block_key(log_id: int, index: int) -> bytes:
-    return KEY.pack(log_id, BLOCK, index)
-
-
-def node_key(log_id: int, index: int) -> bytes:
-    return KEY.pack(log_id, NODE, index)
-
-
-def fork_key(log_id: int, fork: int) -> bytes:
-    return KEY.pack(log_id, FORK, fork)
-
-
-def head_key(log_id: int) -> bytes:
-    return _HEAD_KEY.pack(log_id, HEAD_KIND)
-
-
-_AUDIT_CHUNK = 1 << 15
+_POLL = 0.02  # seconds between head re-reads when waiting on a read-only store
 
 
 class Head(NamedTuple):
@@ -90,87 +80,116 @@ class Head(NamedTuple):
         return _crypto.signable(key, self.tree_hash, self.length, self.fork)
 
 
-@dataclass(frozen=True, slots=True)
-class AuditReport:
-    """The result of :meth:`Log.audit`. ``ok`` is true when nothing is wrong."""
-
-    key: bytes
-    length: int
-    checked: int
-    first_bad: int | None
-    problems: tuple[str, ...]
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-
-class _ConflictFound(Exception):
-    def __init__(self, head: Head):
-        self.head = head
-
-
-def _node_value(n: Node) -> bytes:
-    return NODE_VALUE.pack(n.size) + n.hash
-
-
-def _decode_node(index: int, value: bytes) -> Node:
-    return Node(index, NODE_VALUE.unpack_from(value)[0], value[8:40])
+def _blocks_arg(data: bytes | bytearray | memoryview | Iterable[bytes]) -> list[bytes]:
+    if isinstance(data, bytes | bytearray | memoryview):
+        blocks = [bytes(data)]
+    elif isinstance(data, str):
+        raise TypeError("append() takes bytes or a list of bytes, not str; encode it first")
+    else:
+        blocks = []
+        for b in data:
+            if not isinstance(b, bytes | bytearray | memoryview):
+                raise TypeError(f"append() takes bytes blocks, got {type(b).__name__}")
+            blocks.append(bytes(b))
+    for b in blocks:
+        if len(b) > MAX_BLOCK_SIZE:
+            raise BlockTooLarge(
+                f"a {len(b)}-byte block is over corelog.MAX_BLOCK_SIZE ({MAX_BLOCK_SIZE} bytes), the "
+                "largest block replication can carry; split it into several blocks"
+            )
+    return blocks
 
 
 class Log:
     """A signed, append-only Merkle log (Hypercore 11 format) stored in a :class:`Store`.
 
     Get one with ``store.get(name)`` (writable) or ``store.get(key=...)`` (replica).
+    A Store hands out one Log object per log; it is safe to share between threads.
     """
 
-    def __init__(self, store: Store, log_id: int, key: bytes, record: dict):
+    def __init__(self, store: Store, log_id: int, key: bytes, record: dict, state: LogState | None = None):
         self._store = store
         self._env: lmdb.Environment = store._env
-        self._dbs = store._dbs
+        self._db = store._dbs.data
         self.id = log_id
         self.key = key
         self.discovery_key = _crypto.discovery_key(key)
         self.name: str | None = record.get("name")
-        self._manifest: bytes | None = record.get("manifest")
-        self._record = record
         self._secret: bytes | None = None
         self._hkey = head_key(log_id)
-        self._blocks_db = self._data = store._dbs.data
-        self._lock = threading.RLock()
-        self._watchers: list[Callable[[Log], None]] = []
-        self._roots: list[Node] = []
-        self._closed = False
+        self._raw: bytes | None = None  # the head as last read (read-only stores)
+        self._version = 0
+        self._waiters: list[Callable[[], None]] | None = None
+        self._watchers: dict[int, Any] | None = None
         if record.get("writable") and not store.readonly:
             seed = record.get("key_seed") or _crypto.derive_seed(store._seed, self.name or "")
             _, self._secret = _crypto.keypair_from_seed(seed)
-        self._load()
+        if state is None:
+            with self._read() as txn:
+                state = self._load(txn, record)
+        self._st: LogState = state
+        self._manifest: bytes | None = record.get("manifest")
 
     # --- state ---------------------------------------------------------------
 
-    def _load(self, txn: lmdb.Transaction | None = None) -> None:
-        if txn is None:
-            with self._env.begin(buffers=False) as t:
-                return self._load(t)
-        raw = txn.get(self._hkey, db=self._data)
+    def _load(self, txn: lmdb.Transaction, record: dict) -> LogState:
+        raw = txn.get(self._hkey, db=self._db)
+        self._raw = None if raw is None else bytes(raw)
         if raw is None:
-            self._fork = self._length = self._contig = self._byte_length = 0
-            self._tree_hash = _crypto.tree_hash([])
-            self._signature = b""
-        else:
-            (self._fork, self._length, self._contig, self._byte_length, self._tree_hash, self._signature) = (
-                HEAD.unpack(raw)
-            )
-        if self._secret is not None:
-            self._roots = [self._node(txn, r) for r in _flat.full_roots(self._length)]
+            return LogState(0, 0, 0, 0, _crypto.tree_hash([]), b"", (), record)
+        fork, length, contig, byte_length, th, sig = HEAD.unpack(raw)
+        roots: tuple[Node, ...] = ()
+        if self._secret is not None and contig >= length:
+            roots = tuple(self._node(txn, r) for r in _flat.full_roots(length))
+        return LogState(fork, length, contig, byte_length, th, sig, roots, record)
 
-    def _fresh(self) -> None:
-        """Reload the head when another process may be writing (read-only stores)."""
-        if self._store.readonly:
-            self._load()
+    def _fresh(self) -> LogState:
+        """The committed state; re-read when another process may be writing (read-only stores)."""
+        if not self._store.readonly:
+            return self._st
+        with self._read() as txn:
+            raw = txn.get(self._hkey, db=self._db)
+            if raw is not None and raw != self._raw:
+                rec = txn.get(self.key, db=self._store._dbs.logs)
+                record = self._st.record if rec is None else self._store._unpack_record(rec)
+                self._st = self._load(txn, record)
+                self._manifest = record.get("manifest")
+                self._version += 1
+        return self._st
+
+    def _read(self) -> lmdb.Transaction:
+        """A read transaction (use with ``with``); StoreClosed once the store is closed."""
+        if self._store._closed:
+            raise StoreClosed(f"the store at {self._store.path} is closed; reopen it to read")
+        try:
+            return self._env.begin(buffers=False)
+        except lmdb.Error:
+            if self._store._closed:
+                raise StoreClosed(f"the store at {self._store.path} is closed; reopen it to read") from None
+            raise
+
+    def _closed_guard(self, exc: lmdb.Error) -> BaseException:
+        if self._store._closed:
+            return StoreClosed(f"the store at {self._store.path} is closed; reopen it to read")
+        return exc
+
+    def _publish(self, st: LogState) -> None:
+        """Install a committed state (the writer calls this after the commit) and wake waiters."""
+        self._st = st
+        self._manifest = st.record.get("manifest")
+        with self._store._watch_mu:
+            self._version += 1
+            waiters, self._waiters = self._waiters, None
+        if waiters:
+            for wake in waiters:
+                wake()
+
+    def _put_head(self, txn: lmdb.Transaction, st: LogState) -> None:
+        txn.put(
+            self._hkey,
+            HEAD.pack(st.fork, st.length, st.contig, st.byte_length, st.tree_hash, st.signature or b""),
+            db=self._db,
+        )
 
     @property
     def writable(self) -> bool:
@@ -185,7 +204,7 @@ class Log:
     @property
     def owned(self) -> bool:
         """True when this store holds the writer's key pair (even if opened read-only)."""
-        return bool(self._record.get("writable"))
+        return bool(self._st.record.get("writable"))
 
     @property
     def manifest(self) -> bytes | None:
@@ -199,40 +218,58 @@ class Log:
     @property
     def length(self) -> int:
         """The signed length (a replica may not hold every block yet; see ``contiguous_length``)."""
-        self._fresh()
-        return self._length
+        return self._fresh().length
 
     @property
     def contiguous_length(self) -> int:
         """How many blocks from index 0 are held locally (== length for a writer)."""
-        self._fresh()
-        return self._contig
+        return self._fresh().contig
 
     @property
     def byte_length(self) -> int:
-        self._fresh()
-        return self._byte_length
+        return self._fresh().byte_length
 
     @property
     def fork(self) -> int:
         """Incremented by every truncation."""
+        return self._fresh().fork
+
+    @property
+    def version(self) -> int:
+        """A counter bumped by every committed change (append, truncate, download, reorg, conflict).
+
+        Per process and per Store: it starts at 0 when the log is opened. On a
+        read-only store it moves when a re-read finds a new head (any property
+        access or ``wait_changed`` re-reads).
+        """
         self._fresh()
-        return self._fork
+        return self._version
 
     @property
     def conflict(self) -> dict | None:
-        """Details if two valid heads with the same fork and length but different trees were seen."""
-        return self._record.get("conflict")
+        """Details if the writer was caught signing two different trees in one fork (equivocation).
+
+        A dict with ``fork``, ``length`` and ``tree_hash``/``signature`` of both
+        heads (``ours_*`` and ``theirs_*``) and where they disagree (``node``).
+        A conflicted replica refuses further data from peers.
+        """
+        if self._store.readonly:
+            with self._read() as txn:
+                rec = txn.get(self.key, db=self._store._dbs.logs)
+            if rec is not None:
+                return self._store._unpack_record(rec).get("conflict")
+        return self._st.record.get("conflict")
 
     def head(self) -> Head:
         """The current signed head."""
-        self._fresh()
-        return Head(self._fork, self._length, self._tree_hash, self._signature, self._byte_length)
+        st = self._fresh()
+        return Head(st.fork, st.length, st.tree_hash, st.signature or b"", st.byte_length)
 
     def roots(self) -> list[Node]:
         """The roots of the current signed tree."""
-        with self._env.begin(buffers=False) as txn:
-            return [self._node(txn, r) for r in _flat.full_roots(self._length)]
+        st = self._fresh()
+        with self._read() as txn:
+            return [self._node(txn, r) for r in _flat.full_roots(st.length)]
 
     def __len__(self) -> int:
         return self.contiguous_length
@@ -240,22 +277,28 @@ class Log:
     def __repr__(self) -> str:
         kind = "writable" if self.writable else "replica"
         label = f" {self.name!r}" if self.name else ""
-        return f"<Log{label} {self.key.hex()[:16]}… {kind} length={self._length} fork={self._fork}>"
+        st = self._st
+        return f"<Log{label} {self.key.hex()[:16]}… {kind} length={st.length} fork={st.fork}>"
 
     # --- reading -------------------------------------------------------------
 
     def get(self, index: int) -> bytes:
         """Block ``index`` (negative counts from the end); raises OutOfRange / BlockNotAvailable."""
-        contig = self.contiguous_length
+        st = self._fresh()
+        if type(index) is not int:
+            index = _index(index)
         if index < 0:
-            index += contig
-        if not 0 <= index < self._length:
-            raise OutOfRange(f"block {index} is outside the log (length {self._length})")
-        with self._env.begin(buffers=False) as txn:
-            data = txn.get(block_key(self.id, index), db=self._blocks_db)
+            index += st.contig
+        if not 0 <= index < st.length:
+            raise OutOfRange(f"block {index} is outside the log (length {st.length})")
+        try:
+            with self._read() as txn:
+                data = txn.get(block_key(self.id, index), db=self._db)
+        except lmdb.Error as exc:
+            raise self._closed_guard(exc) from None
         if data is None:
-            if index >= contig:
-                raise BlockNotAvailable(f"block {index} is not downloaded yet (have {contig}); sync first")
+            if index >= st.contig:
+                raise BlockNotAvailable(f"block {index} is not downloaded yet (have {st.contig}); sync first")
             raise Corrupt(f"block {index} of log {self.key.hex()} is missing from the store; run audit()")
         return data
 
@@ -271,37 +314,30 @@ class Log:
         return self.iter()
 
     def iter(self, start: int = 0, stop: int | None = None) -> Iterator[bytes]:
-        """Blocks ``[start, stop)`` in order, read with a cursor in chunks."""
-        stop = self.contiguous_length if stop is None else min(stop, self.contiguous_length)
+        """Blocks ``[start, stop)`` in order (``stop`` clamps to what is held), read in chunks."""
+        start = _index(start)
+        if start < 0 or (stop is not None and _index(stop) < 0):
+            raise OutOfRange(f"iter({start}, {stop}): indexes are >= 0 (use log[-n:] to count from the end)")
+        contig = self.contiguous_length
+        stop = contig if stop is None else min(stop, contig)
         i = start
         while i < stop:
             chunk_end = min(stop, i + 4096)
-            with self._env.begin(buffers=False) as txn:
-                cur = txn.cursor(db=self._blocks_db)
-                if not cur.set_key(block_key(self.id, i)):
-                    raise Corrupt(f"block {i} of log {self.key.hex()} is missing; run audit()")
-                out = []
-                for k, v in cur:
-                    if len(k) != KEY.size:  # the next log's head key
-                        break
-                    lid, kind, idx = KEY.unpack(k)
-                    if lid != self.id or kind != BLOCK or idx >= chunk_end:
-                        break
-                    if idx != i + len(out):
-                        raise Corrupt(f"block {i + len(out)} of log {self.key.hex()} is missing; run audit()")
-                    out.append(v)
-            if len(out) != chunk_end - i:
-                raise Corrupt(f"block {i + len(out)} of log {self.key.hex()} is missing; run audit()")
+            try:
+                with self._read() as txn:
+                    out = self._blocks(txn, i, chunk_end)
+            except lmdb.Error as exc:
+                raise self._closed_guard(exc) from None
             yield from out
             i = chunk_end
 
     def _node(self, txn: lmdb.Transaction, index: int) -> Node:
         """A tree node: stored, or computed from its children (replicas serving a newer head)."""
-        raw = txn.get(node_key(self.id, index), db=self._data)
+        raw = txn.get(node_key(self.id, index), db=self._db)
         if raw is not None:
-            return _decode_node(index, raw)
+            return decode_node(index, raw)
         if _flat.depth(index) == 0:
-            data = txn.get(block_key(self.id, index >> 1), db=self._blocks_db)
+            data = txn.get(block_key(self.id, index >> 1), db=self._db)
             if data is None:
                 raise BlockNotAvailable(f"node {index} (block {index >> 1}) is not held by this store")
             return Node(index, len(data), _crypto.leaf_hash(data))
@@ -309,12 +345,33 @@ class Log:
         return parent_node(self._node(txn, left), self._node(txn, right))
 
     def get_node(self, index: int) -> Node:
-        with self._env.begin(buffers=False) as txn:
+        with self._read() as txn:
             return self._node(txn, index)
+
+    def _blocks(self, txn: lmdb.Transaction, start: int, end: int) -> list[bytes]:
+        out: list[bytes] = []
+        if start == end:
+            return out
+        cur = txn.cursor(db=self._db)
+        if cur.set_key(block_key(self.id, start)):
+            for k, v in cur:
+                if len(k) != KEY.size:
+                    break
+                lid, kind, idx = KEY.unpack(k)
+                if lid != self.id or kind != BLOCK or idx >= end:
+                    break
+                if idx != start + len(out):
+                    break
+                out.append(v)
+        if len(out) != end - start:
+            raise Corrupt(f"block {start + len(out)} of log {self.key.hex()} is missing; run audit()")
+        return out
 
     # --- writing -------------------------------------------------------------
 
     def _check_writable(self) -> None:
+        if self._store._closed:
+            raise StoreClosed(f"the store at {self._store.path} is closed; reopen it to write")
         if self._secret is None:
             if self._store.readonly:
                 raise NotWritable("the store is open read-only; open it without readonly=True to write")
@@ -322,126 +379,234 @@ class Log:
                 f"log {self.key.hex()[:16]}… is a replica (this store does not hold its secret key); "
                 "only the writer's store can append or truncate"
             )
-        if self._closed:
-            raise NotWritable("the store is closed")
 
     def _sign(self, root_hash: bytes, length: int, fork: int) -> bytes:
         return _crypto.sign(_crypto.signable(self.key, root_hash, length, fork), self._secret)  # type: ignore[arg-type]
 
-    def append(self, data: bytes | Iterable[bytes]) -> int:
+    def _check_complete(self, st: LogState) -> None:
+        if st.contig < st.length:
+            raise IncompleteLog(
+                f"this store writes log {self.key.hex()[:16]}… but holds only {st.contig} of its "
+                f"{st.length} blocks (restored from its seed?); replicate the rest from a peer before "
+                "writing, or the new head would sign blocks it does not have"
+            )
+
+    def append(self, data: bytes | Iterable[bytes], *, expected_length: int | None = None) -> int:
         """Append one block or a list of blocks; returns the new length.
 
-        One signature and one write transaction per call, however many blocks.
+        Atomic: all blocks or none. With ``expected_length`` it appends only if
+        the log has exactly that length, else raises :class:`LengthMismatch`
+        (compare-and-append). Returns once durable (``sync=True`` stores);
+        concurrent appends, from any threads and to any logs of the store, share
+        one transaction and one fsync (see ``Store.batch``).
         """
-        if isinstance(data, bytes | bytearray | memoryview):
-            blocks = [bytes(data)]
-        elif isinstance(data, str):
-            raise TypeError("append() takes bytes or a list of bytes, not str; encode it first")
+        blocks = _blocks_arg(data)
+        self._check_writable()
+        return self._store._writer.run(
+            self, lambda txn, st: self._append_part(txn, st, blocks, expected_length)
+        )
+
+    async def append_async(self, data: bytes | Iterable[bytes], *, expected_length: int | None = None) -> int:
+        """``append`` for trio: waits for the group commit without blocking the event loop.
+
+        A waiting task holds no thread; only the task that leads a commit runs
+        it in a worker thread (``trio.to_thread``, default limiter). Cancelled
+        before its commit started, nothing is written; once started, the append
+        completes and its result is returned (the cancellation surfaces at the
+        next checkpoint).
+        """
+        blocks = _blocks_arg(data)
+        self._check_writable()
+        return await self._store._writer.run_async(
+            self, lambda txn, st: self._append_part(txn, st, blocks, expected_length)
+        )
+
+    def _append_part(
+        self, txn: lmdb.Transaction, st: LogState, blocks: list[bytes], expected: int | None
+    ) -> tuple[int, LogState]:
+        if expected is not None and st.length != expected:
+            raise LengthMismatch(
+                f"expected log {self.key.hex()[:16]}… at length {expected} but it is at {st.length}; "
+                "another writer appended first: re-read and retry",
+                expected=expected,
+                actual=st.length,
+            )
+        self._check_complete(st)
+        if not blocks:
+            return st.length, st
+        start = st.length
+        length = start + len(blocks)
+        if length >= MAX_LENGTH:
+            raise OutOfRange(f"a log holds fewer than {MAX_LENGTH} blocks")
+        new_nodes, roots = append_nodes(list(st.roots), start, blocks)
+        lid, pack, db = self.id, KEY.pack, self._db
+        if len(blocks) == 1:
+            txn.put(pack(lid, BLOCK, start), blocks[0], db=db)
+            for n in new_nodes:
+                txn.put(pack(lid, NODE, n.index), NODE_VALUE.pack(n.size) + n.hash, db=db)
         else:
-            blocks = []
-            for b in data:
-                if not isinstance(b, bytes | bytearray | memoryview):
-                    raise TypeError(f"append() takes bytes blocks, got {type(b).__name__}")
-                blocks.append(bytes(b))
-        with self._lock:
-            self._check_writable()
-            if not blocks:
-                return self._length
-            start = self._length
-            new_nodes, roots = append_nodes(self._roots, start, blocks)
-            length = start + len(blocks)
-            byte_length = self._byte_length + sum(map(len, blocks))
-            th = _crypto.tree_hash(roots)
-            sig = self._sign(th, length, self._fork)
-            lid = self.id
-            pack = KEY.pack
-            data_db = self._data
-            blocks_db = self._blocks_db
-            try:
-                with self._env.begin(write=True) as txn:
-                    if len(blocks) == 1:
-                        txn.put(pack(lid, BLOCK, start), blocks[0], db=blocks_db)
-                        for n in new_nodes:
-                            txn.put(pack(lid, NODE, n.index), NODE_VALUE.pack(n.size) + n.hash, db=data_db)
-                    else:
-                        txn.cursor(db=blocks_db).putmulti(
-                            [(pack(lid, BLOCK, i), b) for i, b in enumerate(blocks, start)]
-                        )
-                        txn.cursor(db=data_db).putmulti(
-                            [(pack(lid, NODE, n.index), NODE_VALUE.pack(n.size) + n.hash) for n in new_nodes]
-                        )
-                    txn.put(
-                        self._hkey,
-                        HEAD.pack(self._fork, length, length, byte_length, th, sig),
-                        db=self._data,
-                    )
-            except lmdb.MapFullError:
-                raise StoreFull(
-                    f"the store at {self._store.path} is full (map_size {self._store.map_size} bytes); "
-                    "reopen it with a larger map_size"
-                ) from None
-            self._roots = roots
-            self._length = self._contig = length
-            self._byte_length = byte_length
-            self._tree_hash = th
-            self._signature = sig
-        self._notify()
-        return length
+            cur = txn.cursor(db=db)
+            cur.putmulti([(pack(lid, BLOCK, i), b) for i, b in enumerate(blocks, start)])
+            cur.putmulti([(pack(lid, NODE, n.index), NODE_VALUE.pack(n.size) + n.hash) for n in new_nodes])
+        byte_length = st.byte_length + sum(map(len, blocks))
+        new = LogState(
+            st.fork, length, length, byte_length, _crypto.tree_hash(roots), None, tuple(roots), st.record
+        )
+        return length, new
 
     def truncate(self, length: int) -> None:
         """Cut the log to ``length`` blocks: fork + 1, re-signed, one transaction."""
-        with self._lock:
-            self._check_writable()
-            if not 0 <= length <= self._length:
-                raise OutOfRange(f"cannot truncate to {length}: the log has {self._length} blocks")
-            with self._env.begin(write=True) as txn:
-                roots = [self._node(txn, r) for r in _flat.full_roots(length)]
-                fork = self._fork + 1
-                th = _crypto.tree_hash(roots)
-                sig = self._sign(th, length, fork)
-                byte_length = sum(r.size for r in roots)
-                self._delete_from(txn, length, self._length)
-                txn.put(fork_key(self.id, fork), FORK_VALUE.pack(self._fork, length), db=self._data)
-                txn.put(self._hkey, HEAD.pack(fork, length, length, byte_length, th, sig), db=self._data)
-            self._roots = roots
-            self._fork, self._length, self._contig = fork, length, length
-            self._byte_length, self._tree_hash, self._signature = byte_length, th, sig
-        self._notify()
+        length = _index(length)
+        self._check_writable()
+        self._store._writer.run(self, lambda txn, st: self._truncate_part(txn, st, length))
+
+    async def truncate_async(self, length: int) -> None:
+        """``truncate`` for trio (see ``append_async``)."""
+        length = _index(length)
+        self._check_writable()
+        await self._store._writer.run_async(self, lambda txn, st: self._truncate_part(txn, st, length))
+
+    def _truncate_part(self, txn: lmdb.Transaction, st: LogState, length: int) -> tuple[None, LogState]:
+        if not 0 <= length <= st.length:
+            raise OutOfRange(f"cannot truncate to {length}: the log has {st.length} blocks")
+        self._check_complete(st)
+        roots = tuple(self._node(txn, r) for r in _flat.full_roots(length))
+        fork = st.fork + 1
+        self._delete_from(txn, length, st.length)
+        txn.put(fork_key(self.id, fork), FORK_VALUE.pack(st.fork, length), db=self._db)
+        th = _crypto.tree_hash(roots)
+        return None, LogState(fork, length, length, sum(r.size for r in roots), th, None, roots, st.record)
 
     def _delete_from(self, txn: lmdb.Transaction, length: int, old_length: int) -> None:
         """Delete every block >= length and every node not wholly inside [0, length)."""
-        for db, start, prefix in (
-            (self._blocks_db, block_key(self.id, length), block_key(self.id, 0)[:5]),
-            (self._data, node_key(self.id, 2 * length), node_key(self.id, 0)[:5]),
+        for start, prefix in (
+            (block_key(self.id, length), block_key(self.id, 0)[:5]),
+            (node_key(self.id, 2 * length), node_key(self.id, 0)[:5]),
         ):
-            cur = txn.cursor(db=db)
+            cur = txn.cursor(db=self._db)
             if cur.set_range(start):
                 while cur.key()[: len(prefix)] == prefix:
                     if not cur.delete():
                         break
         for x in _flat.crossing_ancestors(length, max(old_length, length)):
-            txn.delete(node_key(self.id, x), db=self._data)
+            txn.delete(node_key(self.id, x), db=self._db)
 
-    # --- watching -------------------------------------------------------------
+    def _set_record(self, **changes: object) -> None:
+        """Update this log's record (e.g. a conflict mark) through the writer."""
+        if self._store.readonly:
+            raise NotWritable("the store is open read-only")
+        self._store._writer.run(self, lambda txn, st: (None, self._record_part(txn, st, changes)))
+
+    def _record_part(self, txn: lmdb.Transaction, st: LogState, changes: dict) -> LogState:
+        record = {**st.record, **changes}
+        txn.put(self.key, self._store._pack_record(record), db=self._store._dbs.logs)
+        return st._replace(record=record)
+
+    # --- change versions ----------------------------------------------------------
+
+    def wait_changed(self, since: int, timeout: float | None = None) -> int:
+        """Block until ``version > since`` (or ``timeout`` seconds pass); returns ``version``.
+
+        Usage: ``v = log.version`` ... ``v = log.wait_changed(v)``. Raises
+        StoreClosed if the store closes meanwhile. On a read-only store it
+        re-reads the head every 20 ms (another process writes it).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._store.readonly:
+            while self.version <= since:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                time.sleep(_POLL if remaining is None else min(_POLL, remaining))
+            return self._version
+        wake, lock = thread_waker()
+        if not self._add_waiter(since, wake):
+            return self._version
+        acquired = lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
+        if not acquired:
+            self._remove_waiter(wake)
+        if self._version <= since and self._store._closed:
+            raise StoreClosed(f"the store at {self._store.path} was closed while waiting")
+        return self._version
+
+    async def wait_changed_async(self, since: int) -> int:
+        """``wait_changed`` for trio: no thread is parked; cancel it with a cancel scope."""
+        import trio
+
+        if self._store.readonly:
+            while self.version <= since:
+                await trio.sleep(_POLL)
+            return self._version
+        wake, event = trio_waker()
+        if not self._add_waiter(since, wake):
+            return self._version
+        try:
+            await event.wait()
+        finally:
+            self._remove_waiter(wake)
+        if self._version <= since and self._store._closed:
+            raise StoreClosed(f"the store at {self._store.path} was closed while waiting")
+        return self._version
+
+    def _add_waiter(self, since: int, wake: Callable[[], None]) -> bool:
+        with self._store._watch_mu:
+            if self._version > since:
+                return False
+            if self._store._closed:
+                raise StoreClosed(f"the store at {self._store.path} is closed")
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(wake)
+            return True
+
+    def _remove_waiter(self, wake: Callable[[], None]) -> None:
+        with self._store._watch_mu:
+            if self._waiters is not None:
+                try:
+                    self._waiters.remove(wake)
+                except ValueError:
+                    pass
+
+    def _wake_all(self) -> None:
+        with self._store._watch_mu:
+            waiters, self._waiters = self._waiters, None
+        for wake in waiters or ():
+            wake()
 
     def watch(self, callback: Callable[[Log], None]) -> Callable[[], None]:
         """Call ``callback(log)`` after every committed change; returns an unsubscribe function.
 
-        Called in the committing thread, after the transaction. Keep it short
-        (e.g. wake a trio task); exceptions are logged, never raised into the writer.
+        Prefer ``version`` with ``wait_changed``/``wait_changed_async``. A bound
+        method is held weakly (its object may be dropped without unsubscribing);
+        any other callable strongly, until unsubscribed. Called in the committing
+        thread after the commit; keep it short; exceptions are logged.
         """
-        self._watchers.append(callback)
+        ref: Any = weakref.WeakMethod(callback) if hasattr(callback, "__self__") else None
+        token = id(ref if ref is not None else callback)
+        with self._store._watch_mu:
+            if self._watchers is None:
+                self._watchers = {}
+            self._watchers[token] = ref if ref is not None else (lambda cb=callback: cb)
 
         def unsubscribe() -> None:
-            try:
-                self._watchers.remove(callback)
-            except ValueError:
-                pass
+            with self._store._watch_mu:
+                if self._watchers is not None:
+                    self._watchers.pop(token, None)
 
         return unsubscribe
 
     def _notify(self) -> None:
-        for cb in list(self._watchers):
+        if not self._watchers:
+            return
+        with self._store._watch_mu:
+            items = list(self._watchers.items())
+        for token, ref in items:
+            cb = ref()
+            if cb is None:
+                with self._store._watch_mu:
+                    if self._watchers is not None:
+                        self._watchers.pop(token, None)
+                continue
             try:
                 cb(self)
             except Exception:  # a watcher must never break the writer
@@ -455,15 +620,15 @@ class Log:
         The proof is against the current signed head. ``end`` defaults to
         ``start + 1``; ``proof(m, m, have=m)`` is an upgrade proof from m to the head.
         """
-        self._fresh()
+        st = self._fresh()
         end = start + 1 if end is None else end
-        if not 0 <= have <= start <= end <= self._contig:
+        if not 0 <= have <= start <= end <= st.contig:
             raise OutOfRange(
-                f"cannot prove [{start}, {end}) with prefix {have}: this store holds {self._contig} "
-                f"of {self._length} blocks"
+                f"cannot prove [{start}, {end}) with prefix {have}: this store holds {st.contig} "
+                f"of {st.length} blocks"
             )
-        with self._env.begin(buffers=False) as txn:
-            head = HEAD.unpack(txn.get(self._hkey, db=self._data) or HEAD.pack(0, 0, 0, 0, b"", b""))
+        with self._read() as txn:
+            head = HEAD.unpack(txn.get(self._hkey, db=self._db) or HEAD.pack(0, 0, 0, 0, b"", b""))
             fork, length, contig = head[0], head[1], head[2]
             if end > contig:
                 raise OutOfRange(f"cannot prove up to {end}: only {contig} blocks held")
@@ -475,48 +640,9 @@ class Log:
         """What a replica holding ``[0, from_length)`` needs to trust the current head."""
         return self.proof(from_length, from_length, have=from_length)
 
-    def _blocks(self, txn: lmdb.Transaction, start: int, end: int) -> list[bytes]:
-        out: list[bytes] = []
-        if start == end:
-            return out
-        cur = txn.cursor(db=self._blocks_db)
-        if cur.set_key(block_key(self.id, start)):
-            for k, v in cur:
-                if len(k) != KEY.size:
-                    break
-                lid, kind, idx = KEY.unpack(k)
-                if lid != self.id or kind != BLOCK or idx >= end:
-                    break
-                out.append(v)
-        if len(out) != end - start:
-            raise Corrupt(f"blocks [{start}, {end}) of log {self.key.hex()} are incomplete; run audit()")
-        return out
-
     def verify(self, proof: Proof) -> Verified:
-        """Check a proof for this log without storing anything (``proof.have`` must be 0)."""
-        manifest = self._check_manifest(proof.manifest)
-        if proof.have:
-            with self._env.begin(buffers=False) as txn:
-                return verify(proof, self.key, _crypto.public_key_of(manifest), self._lookup(txn, proof.have))
-        return verify(proof, self.key, _crypto.public_key_of(manifest))
-
-    def _check_manifest(self, manifest: bytes | None) -> bytes:
-        if manifest is not None:
-            if _crypto.log_key(manifest) != self.key:
-                raise InvalidProof("the manifest does not hash to this log's key: wrong log or forged data")
-            if self._manifest is not None and manifest != self._manifest:
-                raise InvalidProof("the manifest differs from the one stored for this log")
-            return manifest
-        if self._manifest is None:
-            raise InvalidProof("this replica does not know the log's manifest yet; the proof must carry it")
-        return self._manifest
-
-    def _lookup(self, txn: lmdb.Transaction, have: int) -> Callable[[int], Node | None]:
-        def lookup(x: int) -> Node | None:
-            raw = txn.get(node_key(self.id, x), db=self._data)
-            return None if raw is None else _decode_node(x, raw)
-
-        return lookup
+        """Check a proof for this log without storing anything."""
+        return _apply.verify_only(self, proof)
 
     def check_head(self, head: Head) -> bool:
         """Verify a head announced by a peer; True if it is newer than ours.
@@ -524,52 +650,25 @@ class Log:
         Raises InvalidSignature if the signature is forged and Conflict (marking the
         log) if it is valid but disagrees with our head at the same fork and length.
         """
-        manifest = self._manifest
-        if manifest is None:
-            return True  # cannot check yet; the proof that follows carries the manifest
-        if not _crypto.verify(head.signable(self.key), head.signature, _crypto.public_key_of(manifest)):
-            raise InvalidSignature(
-                f"head (fork {head.fork}, length {head.length}) has a forged or replayed signature for "
-                f"log {self.key.hex()[:16]}…"
-            )
-        self._fresh()
-        if head.fork == self._fork and head.length == self._length and head.tree_hash != self._tree_hash:
-            if self._signature:
-                self._mark_conflict(head)
-        if head.fork != self._fork:
-            return head.fork > self._fork
-        return head.length > self._length
-
-    def _mark_conflict(self, head: Head) -> None:
-        info = {
-            "fork": head.fork,
-            "length": head.length,
-            "ours": self._tree_hash.hex(),
-            "theirs": head.tree_hash.hex(),
-            "their_signature": head.signature.hex(),
-        }
-        self._store._update_record(self, conflict=info)
-        raise Conflict(
-            f"log {self.key.hex()[:16]}… has two valid heads at fork {head.fork}, length {head.length} "
-            "with different trees: the writer's key was used twice. The log is marked conflicted; "
-            "stop replicating it and investigate the writer"
-        )
+        return _apply.check_head(self, head)
 
     def common_prefix(self, fork: int, contiguous: int) -> int:
         """How much of a peer's log (at ``fork``, holding ``contiguous`` blocks) matches ours.
 
         Uses the truncation history; conservative (0) where history is missing.
+        The replica re-checks the real prefix against the signed head when it
+        applies a reorganising proof, so this is only a hint for requests.
         """
-        self._fresh()
-        if fork == self._fork:
-            return min(contiguous, self._contig)
-        if fork > self._fork:
+        st = self._fresh()
+        if fork == st.fork:
+            return min(contiguous, st.contig)
+        if fork > st.fork:
             return 0
-        keep = min(contiguous, self._contig)
-        cur = self._fork
-        with self._env.begin(buffers=False) as txn:
+        keep = min(contiguous, st.contig)
+        cur = st.fork
+        with self._read() as txn:
             while cur > fork:
-                raw = txn.get(fork_key(self.id, cur), db=self._data)
+                raw = txn.get(fork_key(self.id, cur), db=self._db)
                 if raw is None:
                     return 0
                 prev, kept = FORK_VALUE.unpack(raw)
@@ -582,82 +681,26 @@ class Log:
 
         Returns False (changing nothing) for stale data from an older head; raises
         InvalidProof / NotWritable / Conflict and writes nothing on anything invalid.
-        A proof from a higher fork reorganises the replica to the common prefix.
+        A proof from a higher fork reorganises the replica: it keeps every block
+        its own stored nodes prove valid under the new head, and drops the rest.
+        A proof that disagrees with stored nodes within one fork (the writer signed
+        two histories) marks the log conflicted (``conflict``) and raises Conflict.
         """
-        if self._secret is not None:
-            raise NotWritable("a writable log does not accept proofs from peers: it is the source of truth")
+        self._check_apply()
+        return self._store._writer.run(self, lambda txn, st: _apply.apply_part(self, txn, st, proof))
+
+    async def apply_async(self, proof: Proof) -> bool:
+        """``apply`` for trio: verification and the commit run off the event loop."""
+        self._check_apply()
+        return await self._store._writer.run_async(
+            self, lambda txn, st: _apply.apply_part(self, txn, st, proof)
+        )
+
+    def _check_apply(self) -> None:
+        if self._store._closed:
+            raise StoreClosed(f"the store at {self._store.path} is closed; reopen it to write")
         if self._store.readonly:
             raise NotWritable("the store is open read-only")
-        if self.conflict:
-            raise Conflict(f"log {self.key.hex()[:16]}… is marked conflicted; refusing new data")
-        manifest = self._check_manifest(proof.manifest)
-        public_key = _crypto.public_key_of(manifest)
-        with self._lock:
-            try:
-                with self._env.begin(write=True) as txn:
-                    changed = self._apply(txn, proof, manifest, public_key)
-            except _ConflictFound as found:  # the transaction was aborted; record the conflict alone
-                self._mark_conflict(found.head)
-            except lmdb.MapFullError:
-                raise StoreFull(
-                    f"the store at {self._store.path} is full; reopen it with a larger map_size"
-                ) from None
-            if changed:
-                self._load()
-        if changed:
-            self._notify()
-        return changed
-
-    def _apply(self, txn: lmdb.Transaction, proof: Proof, manifest: bytes, public_key: bytes) -> bool:
-        fork, length, contig = self._fork, self._length, self._contig
-        reorg = proof.fork > fork
-        if proof.fork < fork or (not reorg and proof.length < length):
-            return False  # stale: an older head than ours
-        if proof.have > contig or proof.start > (proof.have if reorg else contig):
-            raise InvalidProof(
-                f"proof starts at {proof.start} (assuming {proof.have} held) but this replica holds "
-                f"{contig} blocks: it would leave a gap"
-            )
-        verified = verify(proof, self.key, public_key, self._lookup(txn, proof.have))
-        if not reorg and proof.length == length and self._signature and verified.tree_hash != self._tree_hash:
-            raise _ConflictFound(Head(proof.fork, proof.length, verified.tree_hash, proof.signature, 0))
-        keep = contig
-        if reorg:
-            keep = proof.have
-            self._delete_from(txn, keep, max(length, contig))
-            txn.put(fork_key(self.id, proof.fork), FORK_VALUE.pack(fork, keep), db=self._data)
-        new_contig = max(keep, proof.end) if proof.start <= keep else keep
-        if self._manifest is None:
-            self._store._update_record(self, manifest=manifest, txn=txn)
-            self._manifest = manifest
-        if proof.end > keep:
-            txn.cursor(db=self._blocks_db).putmulti(
-                [(block_key(self.id, i), b) for i, b in enumerate(proof.blocks, proof.start) if i >= keep]
-            )
-        txn.cursor(db=self._data).putmulti(
-            [(node_key(self.id, x), _node_value(n)) for x, n in verified.nodes.items()]
-        )
-        same = (
-            not reorg
-            and proof.length == length
-            and new_contig == contig
-            and proof.signature == self._signature
-        )
-        if same:
-            return False
-        txn.put(
-            self._hkey,
-            HEAD.pack(
-                proof.fork,
-                proof.length,
-                new_contig,
-                verified.byte_length,
-                verified.tree_hash,
-                proof.signature,
-            ),
-            db=self._data,
-        )
-        return True
 
     # --- audit ---------------------------------------------------------------------
 
@@ -667,99 +710,19 @@ class Log:
         Reads in one snapshot (a read transaction), so a concurrent writer does
         not disturb it. ``progress(done, total)`` is called after each chunk.
         """
-        with self._env.begin(buffers=False) as txn:
-            raw = txn.get(self._hkey, db=self._data)
-            if raw is None:
-                return AuditReport(self.key, 0, 0, None, ())
-            fork, length, contig, byte_length, th, sig = HEAD.unpack(raw)
-            problems: list[str] = []
-            first_bad: int | None = None
-
-            def bad(index: int, msg: str) -> None:
-                nonlocal first_bad
-                if first_bad is None or index < first_bad:
-                    first_bad = index
-                problems.append(msg)
-
-            # completed subtrees so far (like append's roots), each with a flag saying it
-            # sits above a problem already reported, so one bad block is reported once
-            stack: list[tuple[Node, bool]] = []
-            leaf_hash = _crypto.leaf_hash
-            node_get = txn.get
-            nodes_db = self._data
-            i = 0
-            while i < contig:
-                end = min(contig, i + _AUDIT_CHUNK)
-                try:
-                    blocks = self._blocks(txn, i, end)
-                except Corrupt:
-                    blocks = []
-                    for j in range(i, end):
-                        v = txn.get(block_key(self.id, j), db=self._blocks_db)
-                        if v is None:
-                            bad(j, f"block {j} is missing")
-                            v = b""
-                        blocks.append(v)
-                stored = self._stored_nodes(txn, 2 * i, 2 * end - 1)
-                for j, data in enumerate(blocks, i):
-                    node = Node(2 * j, len(data), leaf_hash(data))
-                    tainted = stored.get(node.index) != _node_value(node)
-                    if tainted:
-                        bad(j, f"block {j} does not match its stored leaf node (block or node altered)")
-                    merges = ((j + 1) & ~j).bit_length() - 1
-                    for _ in range(merges):
-                        left, left_tainted = stack.pop()
-                        node = parent_node(left, node)
-                        tainted = tainted or left_tainted
-                        v = stored.get(node.index)
-                        if v is None:
-                            v = node_get(node_key(self.id, node.index), db=nodes_db)
-                        if v != _node_value(node) and not tainted:
-                            span = _flat.leaf_span(node.index)
-                            bad(span[0], f"node {node.index} (blocks {span[0]}-{span[1] - 1}) is altered")
-                            tainted = True
-                    stack.append((node, tainted))
-                i = end
-                if progress is not None:
-                    progress(i, contig)
-            # roots of the signed length: computed (if we hold every block) or stored
-            if contig == length:
-                roots = [n for n, _ in stack]
-            else:
-                try:
-                    roots = [self._node(txn, r) for r in _flat.full_roots(length)]
-                except BlockNotAvailable:
-                    roots = []
-                    bad(contig, "a node needed for the signed head is missing")
-            if [r.index for r in roots] != _flat.full_roots(length):
-                bad(0, "the stored tree does not have the roots of the signed length")
-            computed = _crypto.tree_hash(roots)
-            if computed != th:
-                bad(first_bad if first_bad is not None else 0, "the tree hash does not match the stored head")
-            if sum(r.size for r in roots) != byte_length:
-                bad(first_bad if first_bad is not None else 0, "the byte length does not match the tree")
-            if sig and self._manifest is not None:
-                if not _crypto.verify(
-                    _crypto.signable(self.key, th, length, fork), sig, self.public_key or b""
-                ):
-                    bad(length, "the head signature does not verify (head or key altered)")
-            elif not sig and length:
-                bad(length, "the head is not signed")
-        return AuditReport(self.key, length, contig, first_bad, tuple(problems))
+        return _audit.audit(self, progress)
 
     def _stored_nodes(self, txn: lmdb.Transaction, lo: int, hi: int) -> dict[int, bytes]:
-        out: dict[int, bytes] = {}
-        cur = txn.cursor(db=self._data)
-        if cur.set_range(node_key(self.id, lo)):
-            unpack = KEY.unpack
-            for k, v in cur:
-                if len(k) != KEY.size:
-                    break
-                lid, kind, idx = unpack(k)
-                if lid != self.id or kind != NODE or idx >= hi:
-                    break
-                out[idx] = v
-        return out
+        return _audit.stored_nodes(self, txn, lo, hi)
+
+
+def _index(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            return value.__index__()
+        except AttributeError:
+            raise TypeError(f"an index is an int, not {type(value).__name__}") from None
+    return value
 
 
 def check_key(key: bytes) -> bytes:

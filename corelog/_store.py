@@ -10,12 +10,16 @@ LMDB; blocks sort last within a log so appends fill pages at the right edge.
  meta      b"seed", b"next_id", ...        the primary seed, the id counter
  logs      log key (32 bytes)              msgpack {id, name, writable, manifest, ...}
  names     log name (utf-8)                log key
+ dkeys     discovery key (32 bytes)        log key (``find`` in O(1); built on open if missing)
  data      u32 id || 0                     the head: fork, length, contiguous, byte length,
                                            tree hash, signature (``_log.HEAD``)
  data      u32 id || 1 || u64 fork         previous fork, length kept (truncation history)
  data      u32 id || 2 || u64 flat index   node: u64 size (LE) || 32-byte hash
  data      u32 id || 3 || u64 index        block bytes
 ========  ==============================  =============================================
+
+Every write goes through the store's single writer (``_writer``), which
+group-commits concurrent changes into one transaction and one fsync.
 
 One process writes a store at a time: the writer holds an exclusive ``flock`` on
 ``corelog.lock``. Readers (``readonly=True``) take no lock and see committed
@@ -30,19 +34,23 @@ import fcntl
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import lmdb
 import msgpack
 
 from . import _crypto
-from ._log import HEAD, Log, check_key, head_key
-from .errors import InvalidKey, LogNotFound, StoreFull, StoreLocked, StoreNotFound
+from ._keys import HEAD, head_key
+from ._log import Log, check_key
+from ._writer import LogState, Writer
+from .errors import InvalidKey, LogNotFound, NotWritable, StoreClosed, StoreLocked, StoreNotFound
 
 DEFAULT_MAP_SIZE = 1 << 36  # 64 GiB of address space; the file grows only as data is written
-_DBS = ("meta", "logs", "names", "data")
+_DBS = ("meta", "logs", "names", "data", "dkeys")
 _FORMAT = b"corelog/1"
 
 # LMDB forbids opening one environment twice in a process; share it by path.
@@ -93,6 +101,8 @@ class Store:
         self._lock_fd: int | None = None
         self._closed = False
         self._mutex = threading.RLock()
+        self._watch_mu = threading.Lock()  # guards every log's waiter and watcher lists
+        self._writer = Writer(self)
         if readonly:
             if not (self.path / "data.mdb").exists():
                 raise StoreNotFound(
@@ -103,10 +113,10 @@ class Store:
             self._take_lock()
         try:
             self._env = self._open_env()
-            self._dbs = SimpleNamespace(
-                **{n: self._env.open_db(n.encode(), create=not readonly) for n in _DBS}
-            )
+            self._dbs = SimpleNamespace(**{n: self._open_db(n) for n in _DBS})
             self._seed = self._init_meta(seed)
+            if not readonly:
+                self._index_dkeys()
         except BaseException:
             self._release()
             raise
@@ -169,6 +179,22 @@ class Store:
             _ENVS[real] = [env, 1, not self.readonly]
             return env
 
+    def _open_db(self, name: str) -> Any:
+        try:
+            return self._env.open_db(name.encode(), create=not self.readonly)
+        except lmdb.NotFoundError:
+            if name == "dkeys":  # a store written before the index: find() scans once instead
+                return None
+            raise
+
+    def _index_dkeys(self) -> None:
+        """Build the discovery-key index of a store written before it existed (once)."""
+        with self._env.begin(write=True) as txn:
+            if txn.stat(self._dbs.dkeys)["entries"] >= txn.stat(self._dbs.logs)["entries"]:
+                return
+            for k, _ in txn.cursor(db=self._dbs.logs):
+                txn.put(_crypto.discovery_key(bytes(k)), bytes(k), db=self._dbs.dkeys)
+
     def _init_meta(self, seed: bytes | None) -> bytes:
         with self._env.begin(write=not self.readonly, db=self._dbs.meta) as txn:
             stored = txn.get(b"seed")
@@ -202,13 +228,42 @@ class Store:
             self._lock_fd = None
 
     def close(self) -> None:
-        """Close the store (idempotent). Logs obtained from it must not be used afterwards."""
-        if self._closed:
-            return
-        self._closed = True
-        for log in self._logs.values():
-            log._closed = True
+        """Close the store (idempotent; any thread).
+
+        New reads and writes raise :class:`StoreClosed`; writes still queued fail
+        with it; the commit in progress (if any) completes first; threads and
+        tasks in ``wait_changed`` wake with StoreClosed.
+        """
+        with self._mutex:
+            if self._closed:
+                return
+            self._closed = True
+        self._writer.close()
+        for log in list(self._logs.values()):
+            log._wake_all()
         self._release()
+
+    def batch(self) -> AbstractContextManager[None]:
+        """``with store.batch(): ...``: every write in the block commits as ONE transaction.
+
+        The calling thread becomes the store's writer for the block: writes in it
+        run at once in an open transaction (``append`` returns the new length at
+        once) and are durable when the block exits (one fsync, one signature per
+        log). Reads in the block see the last commit, not the block's writes. If
+        the block raises, nothing of it is written. Writes from other threads
+        wait for the block and join its commit. Batches nest (the outer one
+        commits). Not for long-running work: it holds every other writer up.
+        """
+        if self.readonly:
+            raise NotWritable("the store is open read-only")
+        if self._closed:
+            raise StoreClosed(f"the store at {self.path} is closed")
+        return self._writer.batch()
+
+    @property
+    def commits(self) -> int:
+        """Write transactions this Store object has committed (group commits count once)."""
+        return self._writer.commits
 
     def __enter__(self) -> Store:
         return self
@@ -236,12 +291,13 @@ class Store:
         A new named log's key pair derives from the store's seed and the name,
         unless ``key_seed`` (32 bytes) is given to import an existing writer's key.
         Asking by key for a log this store writes returns the writable log.
+        Creating a log is a write (group-committed like appends).
         """
         if self._closed:
-            raise StoreLocked("the store is closed")
+            raise StoreClosed(f"the store at {self.path} is closed; reopen it")
         if (name is None) == (key is None):
             raise TypeError("pass exactly one of name or key=")
-        with self._mutex:
+        try:
             if name is not None:
                 if not isinstance(name, str) or not name:
                     raise TypeError("a log name is a non-empty str")
@@ -258,17 +314,33 @@ class Store:
                 return log
             with self._env.begin(buffers=False) as txn:
                 raw = txn.get(key, db=self._dbs.logs)
-            if raw is None:
-                if not create or self.readonly:
-                    raise LogNotFound(f"no log with key {key.hex()} in {self.path}")
-                return self._create_replica(key)
-            return self._open(key, msgpack.unpackb(raw))
+        except lmdb.Error:
+            if self._closed:
+                raise StoreClosed(f"the store at {self.path} is closed; reopen it") from None
+            raise
+        if raw is None:
+            if not create or self.readonly:
+                raise LogNotFound(f"no log with key {key.hex()} in {self.path}")
+            return self._create_replica(key)
+        return self._install(key, self._unpack_record(raw), None)
 
-    def _open(self, key: bytes, record: dict) -> Log:
-        log = Log(self, record["id"], key, record)
-        self._logs[key] = log
-        self._by_dkey[log.discovery_key] = key
-        return log
+    def _install(self, key: bytes, record: dict, state: LogState | None) -> Log:
+        with self._mutex:
+            log = self._logs.get(key)
+            # replace a replica that became writable, or a log of a rolled-back batch
+            if log is None or log.id != record["id"] or (record.get("writable") and not log.owned):
+                log = Log(self, record["id"], key, record, state)
+                self._logs[key] = log
+                self._by_dkey[log.discovery_key] = key
+            return log
+
+    @staticmethod
+    def _pack_record(record: dict) -> bytes:
+        return msgpack.packb(record)
+
+    @staticmethod
+    def _unpack_record(raw: bytes) -> dict:
+        return msgpack.unpackb(raw)
 
     def _new_id(self, txn: lmdb.Transaction) -> int:
         next_id = int.from_bytes(txn.get(b"next_id", db=self._dbs.meta), "big")
@@ -280,56 +352,68 @@ class Store:
         public, secret = _crypto.keypair_from_seed(seed)
         manifest = _crypto.manifest_for(public)
         key = _crypto.log_key(manifest)
-        root = _crypto.tree_hash([])
-        sig = _crypto.sign(_crypto.signable(key, root, 0, 0), secret)
-        try:
-            with self._env.begin(write=True) as txn:
-                existing = txn.get(key, db=self._dbs.logs)
-                record = msgpack.unpackb(existing) if existing else None
-                if record is None:
-                    record = {"id": self._new_id(txn), "name": name, "writable": True, "manifest": manifest}
-                    if key_seed is not None:
-                        record["key_seed"] = key_seed
-                    txn.put(key, msgpack.packb(record), db=self._dbs.logs)
-                    txn.put(head_key(record["id"]), HEAD.pack(0, 0, 0, 0, root, sig), db=self._dbs.data)
-                else:  # we had it as a replica (e.g. re-created from the seed): become its writer
-                    record.update(name=name, writable=True, manifest=manifest)
-                    if key_seed is not None:
-                        record["key_seed"] = key_seed
-                    txn.put(key, msgpack.packb(record), db=self._dbs.logs)
-                txn.put(name.encode(), key, db=self._dbs.names)
-        except lmdb.MapFullError:
-            raise StoreFull(f"the store at {self.path} is full; reopen it with a larger map_size") from None
-        self._logs.pop(key, None)
-        return self._open(key, record)
+
+        def part(txn: lmdb.Transaction, _: None) -> tuple[tuple[dict, LogState | None], None]:
+            existing = txn.get(key, db=self._dbs.logs)
+            record = self._unpack_record(existing) if existing else None
+            state = None
+            if record is None:
+                record = {"id": self._new_id(txn), "name": name, "writable": True, "manifest": manifest}
+                if key_seed is not None:
+                    record["key_seed"] = key_seed
+                root = _crypto.tree_hash([])
+                sig = _crypto.sign(_crypto.signable(key, root, 0, 0), secret)
+                txn.put(head_key(record["id"]), HEAD.pack(0, 0, 0, 0, root, sig), db=self._dbs.data)
+                txn.put(_crypto.discovery_key(key), key, db=self._dbs.dkeys)
+                state = LogState(0, 0, 0, 0, root, sig, (), record)
+            elif not record.get("writable"):
+                # we had it as a replica (e.g. re-created from the seed): become its writer (it
+                # stays unwritable until it holds every block: IncompleteLog)
+                record.update(name=name, writable=True, manifest=manifest)
+                if key_seed is not None:
+                    record["key_seed"] = key_seed
+            txn.put(key, self._pack_record(record), db=self._dbs.logs)
+            txn.put(name.encode(), key, db=self._dbs.names)
+            return (record, state), None
+
+        record, state = self._writer.run(None, part)
+        if state is None and self._writer.in_batch():
+            raise NotWritable("a replica cannot become writable inside store.batch(); do it before")
+        return self._install(key, record, state)
 
     def _create_replica(self, key: bytes) -> Log:
-        try:
-            with self._env.begin(write=True) as txn:
-                record = {"id": self._new_id(txn), "name": None, "writable": False, "manifest": None}
-                txn.put(key, msgpack.packb(record), db=self._dbs.logs)
-        except lmdb.MapFullError:
-            raise StoreFull(f"the store at {self.path} is full; reopen it with a larger map_size") from None
-        return self._open(key, record)
+        def part(txn: lmdb.Transaction, _: None) -> tuple[dict, None]:
+            existing = txn.get(key, db=self._dbs.logs)
+            if existing is not None:
+                return self._unpack_record(existing), None
+            record = {"id": self._new_id(txn), "name": None, "writable": False, "manifest": None}
+            txn.put(key, self._pack_record(record), db=self._dbs.logs)
+            txn.put(_crypto.discovery_key(key), key, db=self._dbs.dkeys)
+            return record, None
 
-    def _update_record(self, log: Log, *, txn: lmdb.Transaction | None = None, **changes: object) -> None:
-        log._record = {**log._record, **changes}
-        packed = msgpack.packb(log._record)
-        if txn is not None:
-            txn.put(log.key, packed, db=self._dbs.logs)
-        else:
-            with self._env.begin(write=True) as t:
-                t.put(log.key, packed, db=self._dbs.logs)
+        record = self._writer.run(None, part)
+        state = LogState(0, 0, 0, 0, _crypto.tree_hash([]), b"", (), record)
+        return self._install(key, record, state)
 
     def find(self, discovery_key: bytes) -> Log | None:
-        """The log with this discovery key, if the store holds it (used by replication)."""
+        """The log with this discovery key, if the store holds it (an index lookup, O(1))."""
+        if self._closed:
+            raise StoreClosed(f"the store at {self.path} is closed; reopen it")
         key = self._by_dkey.get(discovery_key)
         if key is None:
-            for k in self.keys():
-                if _crypto.discovery_key(k) == discovery_key:
-                    key = k
-                    break
+            if not isinstance(discovery_key, bytes) or len(discovery_key) != 32:
+                return None
+            if self._dbs.dkeys is None:  # an old store opened read-only: index it in memory once
+                with self._mutex:
+                    if not getattr(self, "_dkeys_scanned", False):
+                        for k in self.keys():
+                            self._by_dkey.setdefault(_crypto.discovery_key(k), k)
+                        self._dkeys_scanned = True
+                key = self._by_dkey.get(discovery_key)
             else:
+                with self._env.begin(buffers=False) as txn:
+                    key = txn.get(discovery_key, db=self._dbs.dkeys)
+            if key is None:
                 return None
         return self.get(key=key)
 

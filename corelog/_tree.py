@@ -33,6 +33,15 @@ import msgpack
 from . import _crypto, _flat
 from .errors import InvalidProof
 
+MAX_BLOCK_SIZE = 4 * 1024 * 1024
+"""The largest block a log takes (4 MiB): one block always fits in one replication frame."""
+
+MAX_LENGTH = 2**53
+"""Lengths, forks and block indexes are below this (every number a peer announces is capped)."""
+
+MAX_BYTES = 2**53
+"""Node sizes (bytes under a subtree) and byte lengths are at most this."""
+
 
 class Node(NamedTuple):
     """A tree node: flat index, byte size of the blocks it covers, BLAKE2b-256 hash."""
@@ -44,6 +53,8 @@ class Node(NamedTuple):
 
 def parent_node(left: Node, right: Node) -> Node:
     size = left.size + right.size
+    if size > MAX_BYTES:
+        raise InvalidProof(f"a tree node of {size} bytes is over the {MAX_BYTES}-byte limit: forged sizes")
     return Node((left.index + right.index) >> 1, size, _crypto.parent_hash(size, left.hash, right.hash))
 
 
@@ -149,12 +160,14 @@ class Proof:
     def build(cls, fork, length, signature, start, blocks, nodes, have, manifest) -> Proof:
         """Construct from untrusted plain values, checking every type and bound."""
         ints = (fork, length, start, have)
-        if not all(type(i) is int and 0 <= i < 2**63 for i in ints):
-            raise InvalidProof("proof fork/length/start/have must be non-negative integers")
+        if not all(type(i) is int and 0 <= i < MAX_LENGTH for i in ints):
+            raise InvalidProof(f"proof fork/length/start/have must be integers in [0, {MAX_LENGTH})")
         if type(signature) is not bytes or len(signature) != _crypto.SIGNATURE_SIZE:
             raise InvalidProof("proof signature must be 64 bytes")
         if not isinstance(blocks, list) or not all(type(b) is bytes for b in blocks):
             raise InvalidProof("proof blocks must be a list of byte strings")
+        if any(len(b) > MAX_BLOCK_SIZE for b in blocks):
+            raise InvalidProof(f"a proof block is over MAX_BLOCK_SIZE ({MAX_BLOCK_SIZE} bytes)")
         if manifest is not None and type(manifest) is not bytes:
             raise InvalidProof("proof manifest must be bytes or nil")
         if not isinstance(nodes, list):
@@ -166,8 +179,8 @@ class Proof:
                 or len(n) != 3
                 or type(n[0]) is not int
                 or type(n[1]) is not int
-                or not 0 <= n[0] < 2**64
-                or not 0 <= n[1] < 2**64
+                or not 0 <= n[0] < 2 * MAX_LENGTH
+                or not 0 <= n[1] <= MAX_BYTES
                 or type(n[2]) is not bytes
                 or len(n[2]) != 32
             ):
@@ -201,6 +214,12 @@ def verify(
     ``lookup`` returns nodes of the verifier's trusted prefix ``[0, proof.have)``.
     """
     have, start, end, length = proof.have, proof.start, proof.end, proof.length
+    if not 0 <= have <= start <= end <= length < MAX_LENGTH or not 0 <= proof.fork < MAX_LENGTH:
+        raise InvalidProof(
+            f"proof range have={have} start={start} end={end} length={length} is out of bounds"
+        )
+    if any(not 0 <= n.size <= MAX_BYTES for n in proof.nodes):
+        raise InvalidProof(f"a proof node is over the {MAX_BYTES}-byte size limit")
     if have and lookup is None:
         raise InvalidProof("a proof that assumes a prefix needs the verifier's stored nodes")
     expected = needed_nodes(length, have, start, end)

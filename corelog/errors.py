@@ -70,3 +70,31 @@ class Corrupt(CorelogError):
 
 class Conflict(CorelogError):
     """Two valid signed heads with the same fork and length but different trees."""
+
+
+class StoreClosed(CorelogError):
+    """The store was closed (maybe by another thread); reopen it to go on."""
+
+
+class LengthMismatch(CorelogError):
+    """``append(..., expected_length=n)`` found the log at another length; nothing was written.
+
+    ``expected`` and ``actual`` say both; re-read the log and retry (compare-and-append).
+    """
+
+    def __init__(self, message: str, *, expected: int, actual: int):
+        super().__init__(message)
+        self.expected = expected
+        self.actual = actual
+
+
+class BlockTooLarge(CorelogError, ValueError):
+    """A block over ``corelog.MAX_BLOCK_SIZE`` bytes; split it (replication carries one block per frame)."""
+
+
+class IncompleteLog(NotWritable):
+    """This store writes the log but does not hold every block yet (e.g. restored from its seed).
+
+    Signing a head over blocks it does not have would fork the log; replicate the
+    missing blocks from a peer first (``contiguous_length`` must reach ``length``).
+    """

@@ -1,0 +1,45 @@
+"""How a log's records are keyed and packed in the store's ``data`` database.
+
+Every record of a log lives in ONE named database ("data"), keyed
+``u32 log id || kind || u64 index``, kinds sorting head < forks < nodes < blocks.
+One B-tree per commit keeps durable (fsync) commits close to raw LMDB, and the
+blocks, the bulk of the data, sort last so appends fill pages at the right edge.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from ._tree import Node
+
+# head value: fork, length (signed), contiguous length, byte length, tree hash, signature
+HEAD = struct.Struct(">QQQQ32s64s")
+KEY = struct.Struct(">IBQ")
+HEAD_KIND, FORK, NODE, BLOCK = 0, 1, 2, 3
+_HEAD_KEY = struct.Struct(">IB")
+NODE_VALUE = struct.Struct("<Q")  # size, then the 32-byte hash
+FORK_VALUE = struct.Struct(">QQ")  # previous fork, length kept by the truncation
+
+
+def block_key(log_id: int, index: int) -> bytes:
+    return KEY.pack(log_id, BLOCK, index)
+
+
+def node_key(log_id: int, index: int) -> bytes:
+    return KEY.pack(log_id, NODE, index)
+
+
+def fork_key(log_id: int, fork: int) -> bytes:
+    return KEY.pack(log_id, FORK, fork)
+
+
+def head_key(log_id: int) -> bytes:
+    return _HEAD_KEY.pack(log_id, HEAD_KIND)
+
+
+def node_value(n: Node) -> bytes:
+    return NODE_VALUE.pack(n.size) + n.hash
+
+
+def decode_node(index: int, value: bytes) -> Node:
+    return Node(index, NODE_VALUE.unpack_from(value)[0], bytes(value[8:40]))

@@ -1,0 +1,402 @@
+"""The store writer: every write transaction of a Store, group-committed.
+
+Theory of operation
+-------------------
+LMDB allows one write transaction at a time per environment, and a durable
+commit costs one fsync whatever it holds. So a Store has exactly one writer
+(this module) and every change (append, truncate, a verified download, a new
+log, a record update) is a *part*: a function run inside the writer's
+transaction. Parts that arrive while a commit is in progress queue up, and the
+next commit takes them all: one LMDB transaction, one fsync, one signature per
+log (group commit).
+
+Leader and followers: a caller that finds the writer idle becomes the *leader*
+and commits its own part at once (a lone caller pays nothing for batching).
+Callers arriving meanwhile enqueue their part and sleep. When the leader is
+done it wakes the callers it committed for, then promotes the first queued
+caller to leader, which commits everything queued by then. A thread waits on a
+lock of its own; a trio task waits on a ``trio.Event`` set through its run's
+token (``_wakers.trio_waker``), and only a leader needs a worker thread.
+
+Isolation: in a batch of several parts, each runs in a nested LMDB
+transaction, so a part that raises is rolled back alone and its caller gets
+its own error; the others commit. Parts compute from the batch's *pending*
+state of their log (``LogState``), so two appends to one log in one batch
+chain; heads are written (and signed, for logs this store writes) once per
+log at the end of the batch. Callers return once the commit is durable
+(``sync=True``) and the logs' in-memory state and change versions are
+published.
+
+``Store.batch()`` makes the calling thread the leader for a block of code:
+parts run at once in the open transaction (their results are returned at once,
+durable only when the block exits), and the block commits (or, if it raises,
+aborts) as one transaction.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import lmdb
+
+from ._tree import Node
+from ._wakers import trio_waker
+from .errors import CorelogError, StoreClosed, StoreFull
+
+if TYPE_CHECKING:
+    from ._log import Log
+    from ._store import Store
+
+
+class LogState(NamedTuple):
+    """A log's head and what appends need, as committed (``Log._st``) or pending in a batch."""
+
+    fork: int
+    length: int
+    contig: int
+    byte_length: int
+    tree_hash: bytes
+    signature: bytes | None  # None: to be signed by this store at the end of the batch
+    roots: tuple[Node, ...]  # roots of ``length`` (writable, contiguous logs only)
+    record: dict[str, Any]
+
+
+class Followup(Exception):
+    """Raised by a part: roll its writes back, run ``then`` in their place, fail with ``error``."""
+
+    def __init__(self, error: BaseException, then: Callable[[lmdb.Transaction, LogState], LogState]):
+        self.error = error
+        self.then = then
+
+
+# part status
+_QUEUED, _DONE, _LEAD = 0, 1, 2
+
+PartFn = Callable[[lmdb.Transaction, Any], tuple[Any, Any]]
+
+
+class _Part:
+    __slots__ = ("log", "fn", "result", "error", "status", "wake")
+
+    def __init__(self, log: Log | None, fn: PartFn):
+        self.log = log
+        self.fn = fn
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.status = _QUEUED
+        self.wake: Callable[[], None] | None = None
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
+        return self.result
+
+
+def _map_full(store: Store) -> StoreFull:
+    return StoreFull(
+        f"the store at {store.path} is full (map_size {store.map_size} bytes); reopen it with a larger map_size"
+    )
+
+
+class _Batch:
+    """One open write transaction and the pending state of every log it touched."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.txn = store._env.begin(write=True)
+        self.states: dict[int, tuple[Log, LogState]] = {}
+        self.parts: list[_Part] = []
+        self.count = 0
+
+    def run(self, part: _Part, *, nested: bool = True) -> None:
+        """Run one part; on failure its writes are rolled back and ``part.error`` set."""
+        log = part.log
+        st: Any = None
+        if log is not None:
+            entry = self.states.get(log.id)
+            st = entry[1] if entry is not None else log._st
+        txn = self.store._env.begin(write=True, parent=self.txn) if nested else self.txn
+        self.count += 1
+        try:
+            result, new = part.fn(txn, st)
+            if nested:
+                txn.commit()
+        except Followup as f:
+            if nested:
+                txn.abort()
+            part.error = f.error
+            # the follow-up (e.g. recording a conflict) runs in a fresh nested transaction
+            child = self.store._env.begin(write=True, parent=self.txn)
+            try:
+                new = f.then(child, st)
+                child.commit()
+            except BaseException as exc:
+                child.abort()
+                part.error = _translate(self.store, exc)
+                return
+            if log is not None and new is not st:
+                self.states[log.id] = (log, new)
+            return
+        except BaseException as exc:
+            if nested:
+                txn.abort()
+            part.error = _translate(self.store, exc)
+            return
+        part.result = result
+        if log is not None and new is not st:
+            self.states[log.id] = (log, new)
+
+    def commit(self) -> list[tuple[Log, LogState]]:
+        """Sign and write every touched head, commit; returns what to publish."""
+        out = []
+        try:
+            for log, st in self.states.values():
+                if st.signature is None:
+                    sig = log._sign(st.tree_hash, st.length, st.fork)
+                    st = st._replace(signature=sig)
+                log._put_head(self.txn, st)
+                out.append((log, st))
+            self.txn.commit()
+        except BaseException:
+            self.txn.abort()
+            raise
+        return out
+
+    def abort(self) -> None:
+        self.txn.abort()
+
+
+def _translate(store: Store, exc: BaseException) -> BaseException:
+    if isinstance(exc, lmdb.MapFullError):
+        return _map_full(store)
+    if isinstance(exc, lmdb.Error) and store._closed:
+        return StoreClosed(f"the store at {store.path} is closed")
+    return exc
+
+
+class Writer:
+    """The single writer of a Store (see the module docstring)."""
+
+    def __init__(self, store: Store):
+        self._store = store
+        self._mu = threading.Lock()
+        self._idle = threading.Condition(self._mu)
+        self._busy = False
+        self._queue: list[_Part] = []
+        self._closed = False
+        self._local = threading.local()
+        self.commits = 0  # LMDB write transactions committed (tests and benchmarks read it)
+
+    # --- submitting -------------------------------------------------------------
+
+    def _closed_error(self) -> StoreClosed:
+        return StoreClosed(f"the store at {self._store.path} is closed; reopen it to write")
+
+    def run(self, log: Log | None, fn: PartFn) -> Any:
+        """Run ``fn(txn, pending_state) -> (result, new_state)`` in a group commit; wait for it."""
+        batch: _Batch | None = getattr(self._local, "batch", None)
+        part = _Part(log, fn)
+        if batch is not None:  # inside store.batch() in this thread: run now
+            batch.run(part)
+            return part.outcome()
+        with self._mu:
+            if self._closed:
+                raise self._closed_error()
+            if self._busy:
+                lock = threading.Lock()
+                lock.acquire()
+                part.wake = lock.release
+                self._queue.append(part)
+            else:
+                self._busy = True
+                part.status = _LEAD
+        if part.status != _LEAD:
+            lock.acquire()  # released when our part is done or we are promoted
+            if part.status == _DONE:
+                return part.outcome()
+        self._lead(part)
+        return part.outcome()
+
+    async def run_async(self, log: Log | None, fn: PartFn) -> Any:
+        """``run`` for trio tasks: waits without a thread; a leader commits in a worker thread."""
+        import trio
+
+        batch: _Batch | None = getattr(self._local, "batch", None)
+        part = _Part(log, fn)
+        if batch is not None:
+            batch.run(part)
+            return part.outcome()
+        wake, event = trio_waker()
+        with self._mu:
+            if self._closed:
+                raise self._closed_error()
+            if self._busy:
+                part.wake = wake
+                self._queue.append(part)
+            else:
+                self._busy = True
+                part.status = _LEAD
+        if part.status != _LEAD:
+            try:
+                await event.wait()
+            except trio.Cancelled:
+                with self._mu:
+                    if part.status == _QUEUED:  # not taken yet: withdraw it, nothing is written
+                        self._queue.remove(part)
+                        raise
+                with trio.CancelScope(shield=True):  # taken: it commits; wait for the outcome
+                    await event.wait()
+            if part.status == _DONE:
+                return part.outcome()
+        # the commit runs to its end even if we are cancelled (to_thread is not abandoned)
+        await trio.to_thread.run_sync(self._lead, part)
+        return part.outcome()
+
+    # --- leading -------------------------------------------------------------------
+
+    def _lead(self, first: _Part) -> None:
+        with self._mu:
+            parts = [first, *self._queue]
+            self._queue.clear()
+            closed = self._closed
+        changed: list[Log] = []
+        try:
+            if closed:
+                for p in parts:
+                    p.error = self._closed_error()
+            else:
+                changed = self._commit(parts)
+        finally:
+            self._finish(parts, first)
+        for log in changed:  # old-style watchers run after the writer is free for them
+            log._notify()
+
+    def _commit(self, parts: list[_Part]) -> list[Log]:
+        store = self._store
+        try:
+            batch = _Batch(store)
+        except BaseException as exc:
+            err = _translate(store, exc)
+            for p in parts:
+                p.error = err
+            return []
+        single = len(parts) == 1
+        for p in parts:
+            batch.run(p, nested=not single)
+        if single and parts[0].error is not None:
+            batch.abort()
+            return []
+        return self._commit_batch(batch, parts)
+
+    def _commit_batch(self, batch: _Batch, parts: list[_Part]) -> list[Log]:
+        try:
+            published = batch.commit()
+        except BaseException as exc:
+            err = _translate(self._store, exc)
+            if isinstance(err, lmdb.Error):
+                err = CorelogError(f"the commit to {self._store.path} failed: {err}; nothing was written")
+            for p in parts:
+                if p.error is None:
+                    p.error = err
+                    p.result = None
+            return []
+        self.commits += 1
+        for log, st in published:
+            log._publish(st)
+        return [log for log, _ in published]
+
+    def _finish(self, parts: list[_Part], leader: _Part) -> None:
+        """Wake the callers of ``parts`` and hand leadership on (or go idle)."""
+        for p in parts:
+            p.status = _DONE
+            if p is not leader and p.wake is not None:
+                p.wake()
+        with self._mu:
+            if self._queue and not self._closed:
+                nxt = self._queue.pop(0)
+                nxt.status = _LEAD
+                wake = nxt.wake
+            else:
+                for p in self._queue:  # closed: fail whatever is still queued
+                    p.error = self._closed_error()
+                    p.status = _DONE
+                    p.wake()  # type: ignore[misc]
+                self._queue.clear()
+                self._busy = False
+                self._idle.notify_all()
+                wake = None
+        if wake is not None:
+            wake()
+
+    # --- explicit batches --------------------------------------------------------------
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Make this thread the writer for a block: everything in it commits as one transaction."""
+        if getattr(self._local, "batch", None) is not None:
+            yield  # nested: part of the enclosing batch
+            return
+        marker = _Part(None, lambda txn, st: (None, st))
+        with self._mu:
+            if self._closed:
+                raise self._closed_error()
+            if self._busy:
+                lock = threading.Lock()
+                lock.acquire()
+                marker.wake = lock.release
+                self._queue.append(marker)
+            else:
+                self._busy = True
+                marker.status = _LEAD
+        if marker.status != _LEAD:
+            lock.acquire()
+            if marker.status == _DONE:  # the store closed while we waited
+                marker.outcome()
+        parts: list[_Part] = [marker]
+        try:
+            try:
+                batch = _Batch(self._store)
+            except lmdb.Error as exc:
+                raise _translate(self._store, exc) from None
+            self._local.batch = batch
+            try:
+                yield
+            except BaseException:
+                batch.abort()
+                raise
+            finally:
+                self._local.batch = None
+            with self._mu:  # take in whatever queued up meanwhile
+                parts.extend(self._queue)
+                self._queue.clear()
+            for p in parts[1:]:
+                batch.run(p)
+            changed = self._commit_batch(batch, parts)
+            marker.outcome()
+        finally:
+            self._finish(parts, marker)
+        for log in changed:
+            log._notify()
+
+    def in_batch(self) -> bool:
+        return getattr(self._local, "batch", None) is not None
+
+    # --- closing ---------------------------------------------------------------------------
+
+    def close(self, timeout: float | None = None) -> None:
+        """Refuse new parts, fail queued ones with StoreClosed, wait for the running commit."""
+        with self._mu:
+            self._closed = True
+            for p in self._queue:
+                p.error = self._closed_error()
+                p.status = _DONE
+                if p.wake is not None:
+                    p.wake()
+            self._queue.clear()
+            if self.in_batch():
+                return  # closing from inside a batch: the batch's own commit will fail
+            self._idle.wait_for(lambda: not self._busy, timeout)
