@@ -126,13 +126,25 @@ class Log:
             _, self._secret = _crypto.keypair_from_seed(seed)
         if state is None:
             with self._read() as txn:
-                state = self._load(txn, record)
+                state = self._read_state(txn, record)
         self._st: LogState = state
         self._manifest: bytes | None = record.get("manifest")
 
     # --- state ---------------------------------------------------------------
 
-    def _load(self, txn: lmdb.Transaction, record: dict) -> LogState:
+    def _load(self) -> None:
+        """Re-read the committed state from disk and publish it (bumping ``version``).
+
+        For code that commits to this log's records in its own LMDB transaction
+        (not through the store writer) and must tell the Log object afterwards.
+        """
+        with self._read() as txn:
+            rec = txn.get(self.key, db=self._store._dbs.logs)
+            record = self._st.record if rec is None else self._store._unpack_record(rec)
+            st = self._read_state(txn, record)
+        self._publish(st)
+
+    def _read_state(self, txn: lmdb.Transaction, record: dict) -> LogState:
         raw = txn.get(self._hkey, db=self._db)
         self._raw = None if raw is None else bytes(raw)
         if raw is None:
@@ -152,7 +164,7 @@ class Log:
             if raw is not None and raw != self._raw:
                 rec = txn.get(self.key, db=self._store._dbs.logs)
                 record = self._st.record if rec is None else self._store._unpack_record(rec)
-                self._st = self._load(txn, record)
+                self._st = self._read_state(txn, record)
                 self._manifest = record.get("manifest")
                 self._version += 1
         return self._st
