@@ -13,13 +13,20 @@ The stack, bottom up, each layer sans-IO (bytes in, bytes out):
 from ._caps import capability, discovery_key, stream_id
 from ._encoding import Reader, Writer
 from ._messages import PROTOCOL
+from ._protocol import Protocol
 from ._protomux import Mux
 from ._secretstream import SecretStream
+from ._session import HypercoreSession, connect_hypercore, replicate_hypercore, serve_hypercore
 from .errors import CapabilityError, MuxError, PeerTimeout, ProofError, StreamError, WireError
 
 __all__ = [
     "PROTOCOL",
     "CapabilityError",
+    "HypercoreSession",
+    "Protocol",
+    "connect_hypercore",
+    "replicate_hypercore",
+    "serve_hypercore",
     "PeerTimeout",
     "ProofError",
     "Mux",
