@@ -159,5 +159,18 @@ def main() -> None:
     trio.run(demo)
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Ctrl-C, possibly inside the exception groups trio's nurseries raise."""
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_interrupted(e) for e in exc.exceptions)
+    return isinstance(exc, KeyboardInterrupt)
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BaseException as exc:
+        if not _interrupted(exc):
+            raise
+        print("interrupted", file=sys.stderr)  # Ctrl-C: one line, exit 130 like a shell
+        raise SystemExit(130) from None

@@ -427,7 +427,7 @@ def impl_dir(tmp_path, monkeypatch):
 def test_audit_replay_with_the_right_implementation(built, impl_dir):
     path, _ = built
     code, out = run("audit", path, "counter", "--replay", "tests.test_cli:COUNTER_IMPL")
-    assert code == 0 and "clean (replayed)" in out
+    assert code == 0 and "1 log(s) clean; 1 replayed" in out
     code, out = run("audit", path, "door", "--replay", "tests.test_cli:DOOR_IMPL")
     assert code == 0, out  # hand-written entries replay through the interpreter too
     _write_module(
@@ -575,8 +575,6 @@ def test_executable_reads_alongside_a_writer_in_another_process(tmp_path):
         m.send("INCREMENT")
         p = corelog_exe("log", path, "counter", "--json")
         assert p.returncode == 0 and len(p.stdout.splitlines()) == 3
-        p = corelog_exe("serve", path, "--port", "0")  # a second writer is refused
-        assert p.returncode == 2 and "open for writing" in flat(p.stderr) and "Traceback" not in p.stderr
 
 
 def test_executable_exits_quietly_when_the_reader_of_its_output_leaves(tmp_path):
@@ -590,7 +588,7 @@ def test_executable_exits_quietly_when_the_reader_of_its_output_leaves(tmp_path)
     assert proc.stdout.readline().startswith(b'{"index": 0')
     proc.stdout.close()
     err = proc.stderr.read().decode()
-    assert proc.wait(timeout=60) != 0 and "Traceback" not in err and "unexpected" not in err
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err and "unexpected" not in err
 
 
 def test_serve_and_sync_between_processes(built, tmp_path):

@@ -8,10 +8,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import click
+import lmdb
 from rich.console import Console
+from rich.markup import escape
 
 from corelog import Log, Store
-from corelog.errors import LogNotFound
+from corelog._crypto import leaf_hash
+from corelog.errors import LogNotFound, StoreNotFound
 from corelog.machine.errors import NotAMachineLog
 
 console = Console(highlight=False)
@@ -25,15 +29,51 @@ class UsageProblem(Exception):
 
 
 def fail(message: str, code: int = USAGE) -> None:
-    err_console.print(f"[bold red]error:[/] {message}")
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)  # one line, never wrapped
     raise SystemExit(code)
 
 
+PORT = click.IntRange(0, 65535)  # 0: any free port
+
+
+class Corrupted(Exception):
+    """Stored data failed verification while reading: one line, exit code 1."""
+
+
 def open_store(path: str) -> Store:
+    """Open an existing store read-only; never creates anything (UsageProblem if it is not a store)."""
     p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UsageProblem(f"{path} is a file, not a corelog store (a store is a directory holding data.mdb)")
     if not (p / "data.mdb").exists():
         raise UsageProblem(f"no corelog store at {path} (a store is a directory holding data.mdb)")
-    return Store(p, readonly=True)
+    try:
+        return Store(p, readonly=True)
+    except lmdb.NotFoundError:  # an LMDB environment without corelog's named databases
+        raise UsageProblem(
+            f"{path} is not a corelog store (an LMDB environment without corelog's databases)"
+        ) from None
+    except StoreNotFound as exc:
+        raise UsageProblem(f"{path} is not a corelog store ({exc})") from None
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, trio's Cancelled left out."""
+    if isinstance(exc, BaseExceptionGroup):
+        out: list[BaseException] = []
+        for e in exc.exceptions:
+            out += leaves(e)
+        return out
+    return [] if type(exc).__name__ == "Cancelled" else [exc]
+
+
+def single(exc: BaseException) -> BaseException:
+    """The one real error of a group (KeyboardInterrupt wins), else ``exc`` itself."""
+    found = leaves(exc)
+    for e in found:
+        if isinstance(e, KeyboardInterrupt):
+            return e
+    return found[0] if len(found) == 1 else exc
 
 
 MIN_PREFIX = 8
@@ -103,10 +143,22 @@ def size(n: int) -> str:
 
 
 def entries(lg: Log, start: int, stop: int | None) -> Iterator[Any]:
+    """Decoded machine entries ``[start, stop)``, streamed, each checked against its Merkle leaf.
+
+    A block whose hash is not its stored leaf node's (tampered or damaged) raises
+    Corrupted naming the index: reading commands never print unverified entries
+    as if they were sound. (``corelog audit`` checks the whole tree and the signature.)
+    """
     from corelog.machine import decode_entry
 
     stop = lg.contiguous_length if stop is None else min(stop, lg.contiguous_length)
     for i, data in enumerate(lg.iter(start, stop), start):
+        node = lg.get_node(2 * i)
+        if node.size != len(data) or node.hash != leaf_hash(data):
+            raise Corrupted(
+                f"entry {i} of log {lg.name or lg.key.hex()} does not match its Merkle leaf: the store is "
+                f"damaged or was tampered with; run `corelog audit {lg.store.path}` for details"
+            )
         yield decode_entry(i, data)
 
 

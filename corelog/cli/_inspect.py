@@ -28,6 +28,7 @@ from ._common import (
     diff,
     entries,
     entry_dict,
+    err_console,
     find_log,
     machine_header,
     open_store,
@@ -41,16 +42,22 @@ from ._common import (
 @cli.command("ls")
 @click.argument("store")
 def ls_cmd(store: str) -> None:
-    """List the logs in STORE."""
+    """List the logs in STORE.
+
+    "held" is how many entries from 0 this store holds (contiguous), "signed" the
+    length of the newest signed head it knows; a replica still syncing holds fewer.
+    """
     with open_store(store) as s:
         table = Table(title=f"logs in {store}")
-        for col in ("name", "key", "length", "fork", "writable", "size", "machine"):
-            table.add_column(col, justify="right" if col in ("length", "fork", "size") else "left")
+        for col in ("name", "key", "held", "signed", "fork", "writable", "size", "machine"):
+            table.add_column(col, justify="right" if col in ("held", "signed", "fork", "size") else "left")
         for info in s.list():
             header = machine_header(s.get(key=info.key, create=False))
+            held = str(info.contiguous_length)
             table.add_row(
                 info.name or "-",
                 short(info.key),
+                held if info.contiguous_length == info.length else f"[yellow]{held}[/]",
                 str(info.length),
                 str(info.fork),
                 "yes" if info.writable else "replica",
@@ -64,18 +71,22 @@ def ls_cmd(store: str) -> None:
 @click.argument("store")
 @click.argument("log")
 def info(store: str, log: str) -> None:
-    """Key, discovery key, signed head and machine of one LOG."""
+    """Key, discovery key, signed head, held entries and machine of one LOG."""
     with open_store(store) as s:
         lg = find_log(s, log)
         h = lg.head()
+        held = lg.contiguous_length
+        missing = (
+            "" if held == h.length else f" (incomplete: {h.length - held} signed entries not held; sync)"
+        )
         rows = [
             ("name", lg.name or "-"),
             ("key", lg.key.hex()),
             ("discovery key", lg.discovery_key.hex()),
             ("writable", "yes" if lg.owned else "no (replica)"),
             ("fork", str(h.fork)),
-            ("length", str(h.length)),
-            ("contiguous", str(lg.contiguous_length)),
+            ("signed length", str(h.length)),
+            ("held", f"{held}{missing}"),
             ("byte length", str(h.byte_length)),
             ("tree hash", h.tree_hash.hex()),
             ("signature", h.encoded_signature.hex() if h.signature else "-"),
@@ -99,23 +110,54 @@ def key(store: str, log: str) -> None:
         click.echo(find_log(s, log).key.hex())
 
 
+DEFAULT_LAST = 20
+
+
 @cli.command("log")
 @click.argument("store")
 @click.argument("log")
-@click.option("--from", "start", type=click.IntRange(min=0), default=0, help="First entry index.")
+@click.option("--from", "start", type=click.IntRange(min=0), default=None, help="First entry index.")
 @click.option("--to", "stop", type=click.IntRange(min=0), default=None, help="Stop before this index.")
-@click.option("--json", "as_json", is_flag=True, help="JSON lines (one entry each) instead of a table.")
-def log_cmd(store: str, log: str, start: int, stop: int | None, as_json: bool) -> None:
+@click.option(
+    "-n", "--last", type=click.IntRange(min=1), default=None, help=f"The last N entries [{DEFAULT_LAST}]."
+)
+@click.option("--all", "show_all", is_flag=True, help="Every entry (streamed).")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines (one entry each) instead of rows.")
+def log_cmd(
+    store: str, log: str, start: int | None, stop: int | None, last: int | None, show_all: bool, as_json: bool
+) -> None:
     """Entries of a machine LOG: time (UTC), event, state, and what changed in the context.
 
+    Without --from/--to/--all it shows the last 20 entries (a hint on stderr
+    says so). Rows are printed as they are read, so any range starts at once
+    and `corelog log ... --all | head` returns immediately. Every entry is
+    checked against its Merkle leaf; a damaged one ends the listing (exit 1).
     LOG is a name, a 64-hex-digit key or a unique key prefix (8+ hex digits).
     """
+    if (
+        sum(x is not None and x is not False for x in (last, show_all or None))
+        + (start is not None or stop is not None)
+        > 1
+    ):
+        raise UsageProblem("give one of --from/--to, -n/--last or --all")
     with open_store(store) as s:
         lg = find_log(s, log)
         if not machine_header(lg):
             raise UsageProblem(f"log {log!r} is not a machine log (its first entry is not a machine header)")
         length = lg.contiguous_length
-        stop = length if stop is None else min(stop, length)
+        if show_all:
+            start, stop = 0, length
+        elif start is None and stop is None:
+            start, stop = max(0, length - (last or DEFAULT_LAST)), length
+            if start > 0 and last is None:
+                err_console.print(
+                    f"[dim]showing the last {DEFAULT_LAST} of {length} entries; --all for every one, "
+                    "--from/--to for a range, -n N for the last N[/]",
+                    soft_wrap=True,
+                )
+        else:
+            start = start or 0
+            stop = length if stop is None else min(stop, length)
         if start >= length or stop <= start:
             raise UsageProblem(
                 f"nothing in --from {start} --to {stop}: log {log!r} has entries 0..{length - 1}"
@@ -124,18 +166,18 @@ def log_cmd(store: str, log: str, start: int, stop: int | None, as_json: bool) -
             for e in entries(lg, start, stop):
                 sys.stdout.write(json.dumps(entry_dict(e), ensure_ascii=False) + "\n")
             return
-        table = Table(title=f"{log}: entries {start}..{stop - 1} of {length}")
-        for col in ("#", "time (UTC)", "event", "data", "state", "context change"):
-            table.add_column(col, overflow="fold")
+        width = len(str(stop - 1))
+        click.echo(f"{log}: entries {start}..{stop - 1} of {length}")
+        click.echo(f"{'#':>{width}}  {'time (UTC)':<23}  {'event':<20}  {'state':<14}  context change")
         prev = next(entries(lg, start - 1, start)).context if start > 0 else None
         for e in entries(lg, start, stop):
             ev = e.event.type if e.event else "(header)" if e.index == 0 else "(migration)"
-            data = (
-                json.dumps(e.event.data, ensure_ascii=False) if e.event and e.event.data is not None else ""
+            if e.event and e.event.data is not None:
+                ev += " " + json.dumps(e.event.data, ensure_ascii=False)
+            click.echo(
+                f"{e.index:>{width}}  {when(e.time):<23}  {ev:<20}  {value(e.state):<14}  {diff(prev, e.context)}"
             )
-            table.add_row(str(e.index), when(e.time), ev, data, value(e.state), diff(prev, e.context))
             prev = e.context
-        console.print(table)
 
 
 REPLAY_HELP = """Also re-run every recorded event through your implementation and compare
@@ -267,6 +309,10 @@ def audit(store: str, log: str | None, replay: str | None) -> None:
     make_chart = _load_replay(replay) if replay else None
     with open_store(store) as s:
         logs = [find_log(s, log)] if log else list(s)
+        if make_chart is not None and log and not machine_header(logs[0]):
+            raise UsageProblem(
+                f"log {log!r} is not a machine log, so --replay has nothing to re-run; audit it without --replay"
+            )
         results = []
         with Progress(
             TextColumn("{task.description}"),
@@ -300,12 +346,13 @@ def audit(store: str, log: str | None, replay: str | None) -> None:
                             problems.append(f"replay: {message}")
                 results.append((label, lg, report, problems, first_bad, replayed))
         table = Table(title=f"audit of {store}")
-        for col in ("log", "length", "fork", "result", "first bad", "replay"):
+        for col in ("log", "held", "signed", "fork", "result", "first bad", "replay"):
             table.add_column(col, no_wrap=col not in ("log", "replay"), overflow="fold")
         table.add_column("details", overflow="fold", ratio=1)
         for label, lg, report, problems, first_bad, replayed in results:
             table.add_row(
                 label,
+                str(lg.contiguous_length),
                 str(report.length),
                 str(lg.fork),
                 "[green]ok[/]" if not problems else "[red]BAD[/]",
@@ -321,7 +368,16 @@ def audit(store: str, log: str | None, replay: str | None) -> None:
             )
         if bad:
             raise SystemExit(PROBLEMS)
-        console.print(f"{len(results)} log(s) clean" + (" (replayed)" if make_chart else ""))
+        summary = f"{len(results)} log(s) clean"
+        if make_chart is not None:
+            skipped = sum(r[5] == "not a machine log" for r in results)
+            summary += f"; {len(results) - skipped} replayed"
+            if skipped:
+                summary += f", {skipped} not a machine log (not replayed)"
+        partial = [r[0] for r in results if r[1].contiguous_length < r[2].length]
+        if partial:
+            summary += f"; {len(partial)} incomplete (held < signed: {', '.join(partial)}; sync again)"
+        console.print(summary, soft_wrap=True)
 
 
 @cli.command()
@@ -337,7 +393,13 @@ def export(store: str, log: str, fmt: str, output: str | None) -> None:
         lg = find_log(s, log)
         if not machine_header(lg):
             raise UsageProblem(f"log {log!r} is not a machine log")
-        out = open(output, "w", newline="") if output else io.TextIOWrapper(sys.stdout.buffer, newline="")
+        if output:
+            try:
+                out = open(output, "w", newline="")
+            except OSError as exc:
+                raise UsageProblem(f"cannot write {output}: {exc.strerror or exc}") from None
+        else:
+            out = io.TextIOWrapper(sys.stdout.buffer, newline="")
         try:
             if fmt == "jsonl":
                 for e in entries(lg, 0, None):

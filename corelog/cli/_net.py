@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -10,31 +11,91 @@ import click
 from corelog import Store
 
 from ._app import cli
-from ._common import UsageProblem, short
+from ._common import PORT, UsageProblem, open_store, short, single
+
+FOLLOW_INTERVAL = 0.2  # seconds between looks at the writer's commits when serving read-only
+
+
+async def follow_writer(store: Store, interval: float = FOLLOW_INTERVAL) -> None:
+    """Announce the commits another process makes to a store we opened read-only.
+
+    A read-only Store sees the writer's commits (each read transaction is a fresh
+    snapshot) but nobody calls its logs' watchers, so replication would never
+    announce new entries. Every ``interval`` this compares each open log's head
+    with the last one seen and, when it moved, wakes the log's watchers (the
+    replication sessions), which announce the new head to their peers.
+    """
+    import trio
+
+    seen: dict[bytes, tuple[int, int, int]] = {}
+    while True:
+        for lg in list(store._logs.values()):
+            now = (lg.fork, lg.length, lg.contiguous_length)
+            if seen.get(lg.key) != now:  # also on first sight: it may have moved since it was opened
+                seen[lg.key] = now
+                lg._notify()  # a spurious wake-up is harmless: sessions announce only what is new
+        await trio.sleep(interval)
+
+
+def _bind_problem(exc: BaseException, host: str, port: int) -> UsageProblem | None:
+    exc = single(exc)
+    if isinstance(exc, OSError):
+        why = exc.strerror or str(exc)
+        return UsageProblem(f"cannot serve on {host}:{port}: {why} (choose another --port or --host)")
+    return None
 
 
 @cli.command()
 @click.argument("store")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=7400, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=7400, show_default=True, type=PORT, help="TCP port (0: any free port).")
 def serve(store: str, host: str, port: int) -> None:
-    """Serve every log of STORE to peers over TCP (Noise-encrypted), live, until interrupted."""
+    """Serve every log of STORE to peers over TCP (Noise-encrypted), live, until Ctrl-C.
+
+    The store is opened read-only, so this runs beside the app that writes it:
+    new commits of that app reach connected peers within a fraction of a second.
+    """
     import trio
 
     from corelog.replication import serve_tcp
 
-    with Store(Path(store), sync=True) as s:
+    with open_store(store) as s:
 
         async def main() -> None:
             async with trio.open_nursery() as nursery:
                 bound = await nursery.start(serve_tcp, s, host, port)
+                nursery.start_soon(follow_writer, s)
                 click.echo(f"serving {len(s.keys())} log(s) from {store} on {host}:{bound}")
                 sys.stdout.flush()
 
         try:
             trio.run(main)
-        except KeyboardInterrupt:
-            pass
+        except Exception as exc:
+            problem = _bind_problem(exc, host, port)
+            if problem is None:
+                raise
+            raise problem from None
+
+
+def _parse_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        raise UsageProblem(f"ADDRESS is HOST:PORT, got {address!r}")
+    if not 0 < int(port) <= 65535:
+        raise UsageProblem(f"port {port} in {address!r} is not a TCP port (1-65535)")
+    return host, int(port)
+
+
+def _remove_new_store(path: Path, existed: bool, created_dir: bool) -> None:
+    """Remove a store this command created when it ended up holding nothing."""
+    if existed:
+        return
+    if created_dir:
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        for name in ("data.mdb", "lock.mdb", "corelog.lock"):
+            (path / name).unlink(missing_ok=True)
 
 
 @cli.command()
@@ -43,7 +104,11 @@ def serve(store: str, host: str, port: int) -> None:
 @click.argument("address")
 @click.option("--live", is_flag=True, help="Keep following new entries until interrupted.")
 def sync(store: str, key: str, address: str, live: bool) -> None:
-    """Replicate the log with KEY (hex) from a peer at HOST:PORT into STORE."""
+    """Replicate the log with KEY (hex) from a peer at HOST:PORT into STORE.
+
+    STORE is created if needed; a sync that fails before anything was received
+    removes the store it created.
+    """
     import trio
 
     from corelog.replication import connect_tcp
@@ -54,18 +119,35 @@ def sync(store: str, key: str, address: str, live: bool) -> None:
             raise ValueError
     except ValueError:
         raise UsageProblem(f"a log key is 64 hex digits, got {key!r}") from None
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageProblem(f"ADDRESS is HOST:PORT, got {address!r}")
-    with Store(Path(store), sync=True) as s:
-        lg = s.get(key=raw_key)
-        try:
-            trio.run(lambda: connect_tcp(s, host, int(port), live=live))
-        except OSError as exc:
-            raise UsageProblem(f"cannot connect to {address}: {exc.strerror or exc}") from None
-        except KeyboardInterrupt:
-            pass
-        click.echo(
-            f"{short(raw_key)}: {lg.contiguous_length} entries, fork {lg.fork}, "
-            f"audit {'ok' if lg.audit().ok else 'FAILED'}"
-        )
+    host, port = _parse_address(address)
+    path = Path(store)
+    if path.exists() and not path.is_dir():
+        raise UsageProblem(f"{store} is a file, not a corelog store directory")
+    existed, created_dir = (path / "data.mdb").exists(), not path.exists()
+    kept = False
+    try:
+        with Store(path, sync=True) as s:
+            lg = s.get(key=raw_key)
+            interrupted = False
+            try:
+                trio.run(lambda: connect_tcp(s, host, port, live=live))
+            except BaseException as exc:
+                leaf = single(exc)
+                if isinstance(leaf, KeyboardInterrupt) and live:
+                    interrupted = True  # the usual end of a live sync: say where it got to, exit 130
+                elif isinstance(leaf, OSError):
+                    raise UsageProblem(f"cannot connect to {address}: {leaf.strerror or leaf}") from None
+                else:
+                    raise
+            finally:
+                kept = lg.length > 0 or s.keys() != [raw_key]
+            click.echo(
+                f"{short(raw_key)}: {lg.contiguous_length} entries, fork {lg.fork}, "
+                f"audit {'ok' if lg.audit().ok else 'FAILED'}"
+            )
+            if interrupted:
+                raise KeyboardInterrupt
+    except BaseException:
+        if not kept:
+            _remove_new_store(path, existed, created_dir)
+        raise
