@@ -117,14 +117,14 @@ def test_dropped_machines_leave_nothing_behind(store):
     keep.send("START", 0)
     for _ in range(5000):
         assert Machine(log, COUNTER, **COUNTER_IMPL).context["counter"] == 0  # opened, dropped unclosed
-    assert log._watchers == [] and live_cores(store) == 1
+    assert not log._watchers and live_cores(store) == 1
     assert keep.send("INCREMENT").context["counter"] == 1
     # machines on many logs, dropped: their cores go with them
     for i in range(200):
         Machine(store.get(f"x{i}"), COUNTER, **COUNTER_IMPL).send("START", i)
     assert live_cores(store) == 1
     del keep
-    assert live_cores(store) == 0 and log._watchers == []
+    assert live_cores(store) == 0 and not log._watchers
 
 
 async def test_dropped_coremachines_leave_no_watcher(store):
@@ -140,7 +140,7 @@ async def test_dropped_coremachines_leave_no_watcher(store):
     assert (await keep.send("INCREMENT")).context["counter"] == 501
     del keep
     gc.collect()
-    assert log._watchers == [] and live_cores(store) == 0
+    assert not log._watchers and live_cores(store) == 0
 
 
 async def test_coremachines_and_a_thread_share_one_log(store):

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from corelog import Log
+from corelog.errors import LengthMismatch
 
 from ._entries import HistoryEntry, decode
 from ._frozen import FrozenDict, freeze
@@ -79,13 +80,13 @@ class _Moved(Exception):
 def append_at(log: Log, entry: bytes, expected: int) -> int:
     """Append ``entry`` as block ``expected`` or raise ``_Moved``; returns its index.
 
-    Compare-and-append. Until the log layer offers ``expected_length``, the log's own lock makes
-    the check and the append one step for every writer in this process (one process writes a store).
+    Compare-and-append through the store writer (``expected_length``): the check and the
+    append are one step for every writer in this process (one process writes a store).
     """
-    with log._lock:
-        if log._length != expected:
-            raise _Moved
-        return log.append(entry) - 1
+    try:
+        return log.append(entry, expected_length=expected) - 1
+    except LengthMismatch:
+        raise _Moved from None
 
 
 def frozen_entry(entry: HistoryEntry) -> tuple[Any, FrozenDict]:
