@@ -49,13 +49,20 @@ def _bind_problem(exc: BaseException, host: str, port: int) -> UsageProblem | No
 @click.argument("store")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=7400, show_default=True, type=PORT, help="TCP port (0: any free port).")
-def serve(store: str, host: str, port: int) -> None:
+@click.option("--hypercore", is_flag=True, help="Speak Hypercore's wire protocol (JS Hypercore peers).")
+def serve(store: str, host: str, port: int, hypercore: bool) -> None:
     """Serve every log of STORE to peers over TCP (Noise-encrypted), live, until Ctrl-C.
 
     The store is opened read-only, so this runs beside the app that writes it:
     new commits of that app reach connected peers within a fraction of a second.
+    With --hypercore the first line printed is JSON: {"port": P, ...}.
     """
     import trio
+
+    if hypercore:
+        from ._hypercore import serve_hypercore_command
+
+        return serve_hypercore_command(store, host, port)
 
     from corelog.replication import serve_tcp
 
@@ -103,11 +110,13 @@ def _remove_new_store(path: Path, existed: bool, created_dir: bool) -> None:
 @click.argument("key")
 @click.argument("address")
 @click.option("--live", is_flag=True, help="Keep following new entries until interrupted.")
-def sync(store: str, key: str, address: str, live: bool) -> None:
+@click.option("--hypercore", is_flag=True, help="Speak Hypercore's wire protocol (a JS Hypercore peer).")
+def sync(store: str, key: str, address: str, live: bool, hypercore: bool) -> None:
     """Replicate the log with KEY (hex) from a peer at HOST:PORT into STORE.
 
     STORE is created if needed; a sync that fails before anything was received
-    removes the store it created.
+    removes the store it created. With --hypercore the last line printed is
+    JSON: {"ok", "length", "fork", "treeHash", ...}.
     """
     import trio
 
@@ -123,6 +132,10 @@ def sync(store: str, key: str, address: str, live: bool) -> None:
     path = Path(store)
     if path.exists() and not path.is_dir():
         raise UsageProblem(f"{store} is a file, not a corelog store directory")
+    if hypercore:
+        from ._hypercore import sync_hypercore_command
+
+        return sync_hypercore_command(store, raw_key, host, port, live)
     existed, created_dir = (path / "data.mdb").exists(), not path.exists()
     kept = False
     try:

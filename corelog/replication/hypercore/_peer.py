@@ -66,7 +66,8 @@ class Peer:
         self.proto = proto
         self.log = log
         self.channel = channel
-        self.downloader = not log.writable
+        # a replica downloads; a writer (or any log of a read-only store) only serves
+        self.downloader = not (log.owned or log.store.readonly)
         self.opened = False
         # what the remote told us
         self.remote_fork = 0
@@ -279,8 +280,10 @@ class Peer:
         mux = self.proto.mux
         mux.cork()
         if head.fork != self._announced_fork:
-            if self._announced_length > head.length:
-                self.send(m.Range(head.length, self._announced_length - head.length, drop=True))
+            # several changes may have been coalesced: the fork history says what survived
+            kept = min(head.length, self.log.common_prefix(self._announced_fork, self._announced_length))
+            if self._announced_length > kept:
+                self.send(m.Range(kept, self._announced_length - kept, drop=True))
             self._reset_download()
         if contig:
             self.send(m.Range(0, contig))
