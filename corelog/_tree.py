@@ -33,8 +33,9 @@ import msgpack
 from . import _crypto, _flat
 from .errors import InvalidProof
 
-MAX_BLOCK_SIZE = 4 * 1024 * 1024
-"""The largest block a log takes (4 MiB): one block always fits in one replication frame."""
+MAX_BLOCK_SIZE = 4 * 1024 * 1024 - 64 * 1024
+"""The largest block a log takes (4 MiB - 64 KiB): one block with its proof always fits one
+4 MiB replication frame (the proof's nodes, signature and manifest take under 8 KiB)."""
 
 MAX_LENGTH = 2**53
 """Lengths, forks and block indexes are below this (every number a peer announces is capped)."""

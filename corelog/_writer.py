@@ -284,11 +284,10 @@ class Writer:
             for p in parts:
                 p.error = err
             return []
-        single = len(parts) == 1
         for p in parts:
-            batch.run(p, nested=not single)
-        if single and parts[0].error is not None:
-            batch.abort()
+            batch.run(p)
+        if not batch.states and all(p.error is not None for p in parts):
+            batch.abort()  # nothing to write (creations without a log count as results)
             return []
         return self._commit_batch(batch, parts)
 
