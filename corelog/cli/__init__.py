@@ -14,9 +14,10 @@ Exit codes: 0 success (audit: clean), 1 problems found or data corrupt,
 
 from __future__ import annotations
 
+from corelog.machine import to_mermaid as mermaid
+
 # command modules register their commands on ``cli`` when imported
 from . import _diagram, _inspect, _net  # noqa: F401
 from ._app import cli, main
-from ._mermaid import mermaid
 
 __all__ = ["cli", "main", "mermaid"]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
+from corelog.machine import to_mermaid as mermaid
+
 from ._app import cli
 from ._common import UsageProblem, find_log, machine_header, open_store
-from ._mermaid import mermaid
 
 
 @cli.command()

@@ -17,6 +17,7 @@ from ._fleet import Fleet, Kind, MachineInfo
 from ._frozen import FrozenDict, FrozenList, thaw
 from ._interpreter import Event, Snapshot, Statechart, initial, transition
 from ._listeners import Change, Listeners
+from ._mermaid import from_mermaid, to_mermaid
 from ._runtime import History, Machine
 from ._stream import Coremachine
 from .errors import (
@@ -29,6 +30,7 @@ from .errors import (
     HeadMoved,
     InvalidMachineId,
     MachineError,
+    MermaidError,
     NotAMachineLog,
     NotAtHead,
     UnknownKind,
@@ -60,6 +62,7 @@ __all__ = [
     "HistoryEntry",
     "Machine",
     "MachineError",
+    "MermaidError",
     "NotAMachineLog",
     "NotAtHead",
     "NotWritable",
@@ -69,7 +72,9 @@ __all__ = [
     "UnserializableContext",
     "decode_entry",
     "definition_hash",
+    "from_mermaid",
     "initial",
     "thaw",
+    "to_mermaid",
     "transition",
 ]

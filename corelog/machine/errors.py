@@ -24,6 +24,14 @@ class DefinitionError(MachineError, ValueError):
         )
 
 
+class MermaidError(DefinitionError):
+    """A Mermaid diagram that cannot be turned into a definition; ``line`` is 1-based."""
+
+    def __init__(self, line: int, message: str):
+        self.line = line
+        super().__init__([(f"line {line}", message)])
+
+
 class EventNotAccepted(MachineError):
     """No enabled transition for the event in the current state; nothing was recorded."""
 
