@@ -325,7 +325,9 @@ def test_diagram_of_a_stored_machine(built):
     lines = [line.strip() for line in out.splitlines()]
     assert code == 0 and "stateDiagram-v2" in lines
     assert "[*] --> idle" in lines and "idle --> running : START / start" in lines
-    assert "running --> running : INCREMENT / increment" in lines and "running --> idle : STOP / stop" in lines
+    assert (
+        "running --> running : INCREMENT / increment" in lines and "running --> idle : STOP / stop" in lines
+    )
     assert "class idle current" in lines and any(line.startswith("classDef current") for line in lines)
     code, out = run("diagram", path, "door")  # nested, current state "open"
     lines = [line.strip() for line in out.splitlines()]
@@ -340,9 +342,7 @@ def test_mermaid_parallel_final_guard_always_and_root_transitions():
     lines = [line.strip() for line in out.splitlines()]
     assert 'state "job" as root_job {' in lines and "[*] --> root_job" in lines  # a parallel root is a box
     assert "--" in lines  # the region separator
-    assert (
-        "queued --> running : RUN [ready]" in lines and "queued --> failed : RUN" in lines
-    )
+    assert "queued --> running : RUN [ready]" in lines and "queued --> failed : RUN" in lines
     assert "running --> done : always [finished]" in lines and "done --> [*]" in lines
     assert "class running current" in lines and "class loud current" in lines
     assert "class work current" not in lines  # only the active atomic states are marked
