@@ -24,7 +24,9 @@ keys are unique identifiers (tested with hypothesis):
 - ``state "Long name" as s1`` declares ``s1`` described as "Long name"; notes and
   ``s1 : text`` lines become the description, except ``s1 : invoke SERVICE``,
   ``s1 : entry / a, b``, ``s1 : exit / a`` and ``s1 : history deep|shallow``;
-- ``direction``, ``classDef``, ``class``, ``style``, ``%%`` comments are ignored.
+- ``%% @payload EVENT field: type, ...`` declares an event's payload (``meta.payloads``,
+  for the typed facade of ``corelog gen``);
+- ``direction``, ``classDef``, ``class``, ``style``, other ``%%`` comments are ignored.
 
 What cannot be mapped raises :class:`MermaidError` naming the line.
 """
@@ -301,6 +303,7 @@ def from_mermaid(text: str, machine_id: str | None = None) -> dict[str, Any]:
     """
     lines = text.splitlines()
     states: dict[str, _State] = {}
+    payloads: dict[str, dict[str, str]] = {}
     root = _Scope(None)
     stack = [root]
     title = None
@@ -327,6 +330,16 @@ def from_mermaid(text: str, machine_id: str | None = None) -> dict[str, Any]:
         n = i + 1
         raw = lines[i]
         i += 1
+        pm = re.match(r"^\s*%%\s*@payload\s+([\w.:-]+)\s*(.*)$", raw)
+        if pm:  # %% @payload EVENT field: type, other: type (typed payloads for corelog gen)
+            fields: dict[str, str] = {}
+            for part in filter(None, (x.strip() for x in re.split(r",(?![^\[]*\])", pm.group(2)))):
+                k, sep, v = part.partition(":")
+                if not sep or not k.strip().isidentifier() or not v.strip():
+                    raise MermaidError(n, f"cannot read payload field {part!r} (name: type)")
+                fields[k.strip()] = v.strip()
+            payloads[pm.group(1)] = fields
+            continue
         line = raw.split("%%", 1)[0].strip()
         if not line:
             continue
@@ -432,7 +445,10 @@ def from_mermaid(text: str, machine_id: str | None = None) -> dict[str, Any]:
             stack[-1].owner.line,
             f"composite state {stack[-1].owner.id!r} opened here is not closed with '}}'",
         )
-    return _Builder(states, root, machine_id or title).build()
+    definition = _Builder(states, root, machine_id or title).build()
+    if payloads:
+        definition.setdefault("meta", {})["payloads"] = payloads
+    return definition
 
 
 class _Builder:
