@@ -67,6 +67,7 @@ class Recorded:
     # the snapshot as built by ``chart`` (its configuration belongs to that chart), if any
     snapshot: Snapshot | None = None
     chart: Statechart | None = None
+    extras: Any = None  # the entry's output/history/timers/invocations (statecharts, issue 13)
 
     @property
     def length(self) -> int:
@@ -192,7 +193,7 @@ class LogCore:
                 if hh == h.header_hash and h.definition is not None
                 else freeze(header.definition)
             )
-        self.set_locked(Recorded(n - 1, fork, value, context, last.done, hi, hh, hd))
+        self.set_locked(Recorded(n - 1, fork, value, context, last.done, hi, hh, hd, extras=last.extras))
         return self.head
 
     def set_locked(self, head: Recorded) -> None:
