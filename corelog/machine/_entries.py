@@ -45,6 +45,7 @@ def encode_header(definition: dict, definition_hash: str, snapshot: Snapshot, ti
             "state": snapshot.value,
             "context": snapshot.context,
             "time": time,
+            **_extras(snapshot),
         },
         use_bin_type=True,
     )
@@ -61,9 +62,22 @@ def encode_transition(event: Event, snapshot: Snapshot, header: int) -> bytes:
     }
     if snapshot.done:
         entry["done"] = True
+    entry.update(_extras(snapshot))
     if header:
         entry["header"] = header
     return msgpack.packb(entry, use_bin_type=True)
+
+
+EXTRA_KEYS = ("output", "history", "timers", "invocations")
+
+
+def _extras(snapshot: Snapshot) -> dict[str, Any]:
+    """The interpreter's extra snapshot fields (machine output, history values, pending timers,
+    running invocations), recorded only when non-empty so plain machines' entries are unchanged."""
+    x = snapshot.extras()
+    if x:
+        freeze(x, "snapshot")  # JSON only (UnserializableContext otherwise)
+    return x
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +94,20 @@ class HistoryEntry:
     header: int = 0
     definition: dict | None = None
     definition_hash: str | None = None
+    extras: dict | None = None  # output/history/timers/invocations, when recorded
 
     @property
     def snapshot(self) -> Snapshot:
-        return Snapshot(self.state, self.context, self.done)
+        x = self.extras or {}
+        return Snapshot(
+            self.state,
+            self.context,
+            self.done,
+            x.get("output"),
+            x.get("history") or {},
+            x.get("timers") or {},
+            x.get("invocations") or {},
+        )
 
     def to_dict(self) -> dict:
         return {
@@ -139,6 +163,7 @@ def decode(index: int, data: bytes) -> HistoryEntry:
             index,
             e["definition"],
             e["definition_hash"],
+            _decode_extras(index, e),
         )
     if index == 0:
         raise NotAMachineLog("entry 0 is not a machine header; this log was not written by a machine")
@@ -160,4 +185,20 @@ def decode(index: int, data: bytes) -> HistoryEntry:
         e.get("time"),
         done,
         header,
+        extras=_decode_extras(index, e),
     )
+
+
+def _decode_extras(index: int, e: dict) -> dict | None:
+    """The recorded extras of entry ``index`` (checked: history/timers/invocations are objects)."""
+    x = {k: e[k] for k in EXTRA_KEYS if k in e}
+    for k in ("history", "timers", "invocations"):
+        if k in x and not isinstance(x[k], dict):
+            raise NotAMachineLog(f"entry {index} has a {k} of type {type(x[k]).__name__}; expected an object")
+    for k, v in (x.get("timers") or {}).items():
+        if not _int_or_none(v):
+            raise NotAMachineLog(f"entry {index}: timer {k!r} has a non-integer due time {v!r}")
+    for k, v in (x.get("invocations") or {}).items():
+        if not isinstance(v, dict) or not isinstance(v.get("src"), str):
+            raise NotAMachineLog(f"entry {index}: invocation {k!r} is not an object with a src")
+    return x or None

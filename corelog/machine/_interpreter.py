@@ -689,6 +689,30 @@ class Statechart:
         return steps
 
 
+def stamp_invocations(snapshot: Snapshot, index: int, fork: int) -> Snapshot:
+    """``snapshot`` with each newly started invocation (one without ``"at"``) given the index and
+    fork of the log entry that records its start: its idempotency key is then
+    ``invocation_key(id, invocation)``, the same on every retry and after a restart."""
+    if not snapshot.invocations or all("at" in v for v in snapshot.invocations.values()):
+        return snapshot
+    invs = {k: v if "at" in v else {**v, "at": index, "fork": fork} for k, v in snapshot.invocations.items()}
+    return Snapshot(
+        snapshot.value,
+        snapshot.context,
+        snapshot.done,
+        snapshot.output,
+        snapshot.history,
+        snapshot.timers,
+        invs,
+        snapshot._config,
+    )
+
+
+def invocation_key(invoke_id: str, invocation: Mapping[str, Any]) -> str:
+    """The idempotency key of a running invocation: ``<fork>:<index>:<id>`` of the entry that started it."""
+    return f"{invocation.get('fork', 0)}:{invocation.get('at', '?')}:{invoke_id}"
+
+
 def initial(chart: Statechart, time: int | None = None) -> Snapshot:
     """The initial snapshot of ``chart``."""
     return chart.initial(time)

@@ -30,7 +30,7 @@ from ._core import RETRIES, LogCore, Recorded, _Moved, core_for, frozen_entry
 from ._definition import definition_hash
 from ._entries import HistoryEntry, decode, encode_header, encode_transition
 from ._frozen import FrozenDict, freeze
-from ._interpreter import Event, Snapshot, Statechart, copy_json
+from ._interpreter import Event, Snapshot, Statechart, copy_json, stamp_invocations
 from .errors import DefinitionError, DefinitionMismatch, HeadMoved, MachineError, NotAtHead
 
 
@@ -250,7 +250,7 @@ class _Face:
     def _create_locked(self, chart: Statechart) -> None:
         t = self.clock()
         snap = chart.initial(t)
-        snap = frozen_snapshot(snap)
+        snap = frozen_snapshot(stamp_invocations(snap, 0, self.log.fork))
         entry = encode_header(dict(chart.definition), chart.hash, snap, t)
         index = self.core.append_locked(entry, 0)
         self.core.set_locked(
@@ -265,12 +265,13 @@ class _Face:
                 freeze(copy_json(chart.definition)),
                 snap,
                 chart,
+                snap.extras() or None,
             )
         )
 
     def _migrate_locked(self, chart: Statechart, h: Recorded) -> None:
         try:
-            snap = chart.snapshot_from(h.value, h.context)
+            snap = chart.snapshot_from(h.value, h.context, None, h.extras)
         except MachineError as exc:
             raise DefinitionMismatch(
                 f"cannot migrate: the current state does not exist in the new definition ({exc})"
@@ -294,6 +295,7 @@ class _Face:
                 freeze(copy_json(chart.definition)),
                 snap,
                 chart,
+                snap.extras() or None,
             )
         )
 
@@ -334,13 +336,24 @@ class _Face:
                 f"pass {names or 'the actions/guards it names'} to Machine(...) to send events"
             )
 
-    def snapshot_from(self, value: Any, context: Any, done: bool, chart: Statechart | None) -> Snapshot:
+    def snapshot_from(
+        self, value: Any, context: Any, done: bool, chart: Statechart | None, extras: Any = None
+    ) -> Snapshot:
         if chart is not None:
             try:
-                return chart.snapshot_from(value, context, done)
+                return chart.snapshot_from(value, context, done, extras)
             except MachineError:
                 pass
-        return Snapshot(value, context, done)
+        x = extras or {}
+        return Snapshot(
+            value,
+            context,
+            done,
+            x.get("output"),
+            x.get("history") or {},
+            x.get("timers") or {},
+            x.get("invocations") or {},
+        )
 
     def head_snapshot(self, h: Recorded) -> Snapshot | None:
         if h.index < 0:
@@ -351,13 +364,15 @@ class _Face:
         cached = self._snap
         if cached is not None and cached[0] is h:
             return cached[1]
-        snap = self.snapshot_from(h.value, h.context, h.done, chart)
+        snap = self.snapshot_from(h.value, h.context, h.done, chart, h.extras)
         self._snap = (h, snap)
         return snap
 
     def entry_snapshot(self, entry: HistoryEntry) -> Snapshot:
         value, context = frozen_entry(entry)
-        return self.snapshot_from(value, context, entry.done, self.chart_for(self.core.current()))
+        return self.snapshot_from(
+            value, context, entry.done, self.chart_for(self.core.current()), entry.extras
+        )
 
     # --- the cursor ------------------------------------------------------------------------------
 
@@ -439,7 +454,7 @@ class _Face:
             raise MachineError("no machine definition is known for this log yet")
         ev = Event(etype, edata, self.clock())
         new = chart.transition(snap, ev)
-        new = frozen_snapshot(new)
+        new = frozen_snapshot(stamp_invocations(new, h.length, h.fork))
         return h, new, encode_transition(ev, new, h.header_index)
 
     def commit_locked(self, h: Recorded, new: Snapshot, index: int) -> None:
@@ -455,6 +470,7 @@ class _Face:
                 h.definition,
                 new,
                 self._chart,
+                new.extras() or None,
             )
         )
 
