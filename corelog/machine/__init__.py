@@ -19,6 +19,7 @@ from ._interpreter import Event, Snapshot, Statechart, initial, transition
 from ._listeners import Change, Listeners
 from ._mermaid import from_mermaid, to_mermaid
 from ._runtime import History, Machine
+from ._scheduler import FakeClock, TimerHeap, drive
 from ._stream import Coremachine
 from .errors import (
     ActionFailed,
@@ -54,6 +55,7 @@ __all__ = [
     "DefinitionMismatch",
     "EndlessLoop",
     "Event",
+    "FakeClock",
     "EventNotAccepted",
     "FrozenDict",
     "FrozenList",
@@ -69,9 +71,11 @@ __all__ = [
     "OutOfRange",
     "Snapshot",
     "Statechart",
+    "TimerHeap",
     "UnserializableContext",
     "decode_entry",
     "definition_hash",
+    "drive",
     "from_mermaid",
     "initial",
     "thaw",

@@ -669,6 +669,16 @@ class Machine(_Reads):
 
     action = send
 
+    def run_due_timers(self, now: int | None = None) -> list[Snapshot]:
+        """Fire the delayed transitions due at ``now`` (default: the clock), earliest first; the new snapshots.
+
+        Each firing is recorded like any event. Call it when convenient (a loop, a cron, after a
+        restart): a timer due while nothing ran fires once, late. See ``corelog.machine._scheduler``.
+        """
+        from ._scheduler import fire_due
+
+        return fire_due(self, now)
+
     def truncate(self, n: int) -> Snapshot:
         """Keep entries ``[0, n)`` (fork + 1); the snapshot becomes entry n-1's, the cursor live."""
         face = self._face

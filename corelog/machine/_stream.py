@@ -153,6 +153,17 @@ class Coremachine(_Reads):
 
     action = send
 
+    async def run(self, services: Mapping[str, Callable[..., Any]] | None = None) -> Any:
+        """Run this machine's delayed transitions and invoked services until it is done; its output.
+
+        Start it in a nursery (``nursery.start_soon(cm.run, {"fetch": fetch})``); cancel the
+        nursery to stop. Resumes from the log: overdue timers fire once, invocations started
+        without a recorded outcome run again (same idempotency key). See ``_scheduler.drive``.
+        """
+        from ._scheduler import drive
+
+        return await drive(self, services)
+
     def truncate(self, n: int) -> Snapshot:
         """As :meth:`Machine.truncate`; refused while a send is being recorded (call it between sends)."""
         core = self._face.core
