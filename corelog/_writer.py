@@ -126,8 +126,7 @@ class _Batch:
             if nested:
                 txn.commit()
         except Followup as f:
-            if nested:
-                txn.abort()
+            self._undo(txn, nested)
             part.error = f.error
             # the follow-up (e.g. recording a conflict) runs in a fresh nested transaction
             child = self.store._env.begin(write=True, parent=self.txn)
@@ -142,13 +141,19 @@ class _Batch:
                 self.states[log.id] = (log, new)
             return
         except BaseException as exc:
-            if nested:
-                txn.abort()
+            self._undo(txn, nested)
             part.error = _translate(self.store, exc)
             return
         part.result = result
         if log is not None and new is not st:
             self.states[log.id] = (log, new)
+
+    def _undo(self, txn: lmdb.Transaction, nested: bool) -> None:
+        """Roll a failed part back: its nested transaction, or (a lone part) the whole one."""
+        txn.abort()
+        if not nested:  # the batch's only part ran in the batch transaction: start afresh
+            self.states.clear()
+            self.txn = self.store._env.begin(write=True)
 
     def commit(self) -> list[tuple[Log, LogState]]:
         """Sign and write every touched head, commit; returns what to publish."""
@@ -275,8 +280,53 @@ class Writer:
         for log in changed:  # old-style watchers run after the writer is free for them
             log._notify()
 
+    def _commit_one(self, part: _Part) -> list[Log] | None:
+        """The lone caller's commit, without batch bookkeeping; None: use the general path."""
+        log = part.log
+        if log is None:
+            return None
+        st = log._st
+        try:
+            txn = self._store._env.begin(write=True)
+        except BaseException as exc:
+            part.error = _translate(self._store, exc)
+            return []
+        try:
+            result, new = part.fn(txn, st)
+            if new is not st:
+                if new.signature is None:
+                    new = LogState(
+                        new.fork,
+                        new.length,
+                        new.contig,
+                        new.byte_length,
+                        new.tree_hash,
+                        log._sign(new.tree_hash, new.length, new.fork),
+                        new.roots,
+                        new.record,
+                    )
+                log._put_head(txn, new)
+            txn.commit()
+        except Followup:
+            txn.abort()
+            return None  # rerun through the general path, which records the follow-up
+        except BaseException as exc:
+            txn.abort()
+            part.error = _translate(self._store, exc)
+            return []
+        part.result = result
+        self.commits += 1
+        if new is st:
+            return []
+        log._publish(new)
+        return [log]
+
     def _commit(self, parts: list[_Part]) -> list[Log]:
         store = self._store
+        if len(parts) == 1:
+            done = self._commit_one(parts[0])
+            if done is not None:
+                return done
         try:
             batch = _Batch(store)
         except BaseException as exc:
@@ -284,8 +334,9 @@ class Writer:
             for p in parts:
                 p.error = err
             return []
+        single = len(parts) == 1  # a lone caller runs in the batch transaction itself
         for p in parts:
-            batch.run(p)
+            batch.run(p, nested=not single)
         if not batch.states and all(p.error is not None for p in parts):
             batch.abort()  # nothing to write (creations without a log count as results)
             return []
@@ -326,7 +377,8 @@ class Writer:
                     p.wake()  # type: ignore[misc]
                 self._queue.clear()
                 self._busy = False
-                self._idle.notify_all()
+                if self._closed:  # close() may be waiting for the writer to go idle
+                    self._idle.notify_all()
                 wake = None
         if wake is not None:
             wake()
