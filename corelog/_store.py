@@ -54,7 +54,7 @@ _DBS = ("meta", "logs", "names", "data", "dkeys")
 _FORMAT = b"corelog/1"
 
 # LMDB forbids opening one environment twice in a process; share it by path.
-_ENVS: dict[str, list] = {}
+_ENVS: dict[str, list[Any]] = {}
 _ENVS_LOCK = threading.Lock()
 
 
@@ -218,10 +218,11 @@ class Store:
         real = os.path.realpath(self.path)
         with _ENVS_LOCK:
             entry = _ENVS.get(real)
-            if entry is not None and getattr(self, "_env", None) is entry[0]:
+            mine: Any = getattr(self, "_env", None)
+            if entry is not None and mine is not None and mine is entry[0]:
                 entry[1] -= 1
                 if entry[1] == 0:
-                    entry[0].close()
+                    mine.close()
                     del _ENVS[real]
         if self._lock_fd is not None:
             os.close(self._lock_fd)

@@ -47,7 +47,7 @@ MAX_BYTES = 2**53
 class Node(NamedTuple):
     """A tree node: flat index, byte size of the blocks it covers, BLAKE2b-256 hash."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, as Hypercore names it
     size: int
     hash: bytes
 

@@ -304,3 +304,16 @@ def test_close_while_threads_append(tmp_path):
         for _, name, n in outcomes:
             got = s2.get(name)
             assert got.length >= n and got.audit().ok
+
+
+def test_readme_durability_example_runs(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Durability, group commit and batches", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {"Store": Store})
+    with Store(tmp_path / "data") as s:
+        assert s.get("user-0").length == 11 and s.get("user-99").length == 10
