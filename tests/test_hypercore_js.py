@@ -226,3 +226,25 @@ async def test_corelog_serves_and_downloads_at_once(tmp_path, js):
             assert got["treeHash"] == writer.ready["cores"][0]["treeHash"]
             assert got["blocksHash"] == hashlib.sha256(b"".join(log.iter())).hexdigest()
             nursery.cancel_scope.cancel()
+
+
+async def test_gateway_demo_reaches_a_swarm_reader_on_a_loopback_testnet():
+    """examples/hypercore_gateway_demo.py: corelog -> Node gateway -> hyperswarm (hyperdht testnet on 127.0.0.1)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = await trio.to_thread.run_sync(
+        lambda: subprocess.run(
+            [sys.executable, str(root / "examples" / "hypercore_gateway_demo.py")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "JS swarm reader: 4 entries, same signed tree" in out.stdout

@@ -111,15 +111,15 @@ for await (const line of rl) {
     } else if (cmd.state !== undefined) {
       out = await state(cores[cmd.state])
     } else if (cmd.wait) {
-      const [c, len, fork, timeoutMs] = cmd.wait
+      const [c, len, fork, timeoutMs, pollMs, noHash] = cmd.wait
       const core = cores[c]
       const deadline = Date.now() + (timeoutMs || 20000)
       while (!(core.contiguousLength >= len && core.length === len && (fork === undefined || fork === null || core.fork === fork))) {
         if (Date.now() > deadline) break
-        await new Promise((resolve) => setTimeout(resolve, 5))
+        await new Promise((resolve) => setTimeout(resolve, pollMs || 5))
       }
       out = await state(core)
-      out.blocksHash = await blocksHash(core)
+      if (!noHash) out.blocksHash = await blocksHash(core)
     } else if (cmd.blocks !== undefined) {
       out = { blocksHash: await blocksHash(cores[cmd.blocks]) }
     } else if (cmd.tamper) {
