@@ -211,3 +211,24 @@ async def test_a_lying_server_cannot_change_the_replica(store, make_store, monke
             await connect_hypercore(replica, "127.0.0.1", port)
         nursery.cancel_scope.cancel()
     assert (replica.length, replica.contiguous_length) == (0, 0)
+
+
+async def test_two_histories_from_one_key_are_a_conflict(make_store):
+    """A writer that signs two different trees (same key, same fork) is caught, as hypercore's conflict check does."""
+    from corelog.errors import Conflict
+
+    seed = bytes(range(32))
+    a, b = make_store().get("w", key_seed=seed), make_store().get("w", key_seed=seed)
+    a.append([b"a%d" % i for i in range(10)])
+    b.append([b"b%d" % i for i in range(12)])
+    replica = make_store().get(key=a.key)
+    async with trio.open_nursery() as nursery:
+        pa = await nursery.start(lambda task_status: serve_hypercore(a.store, task_status=task_status))
+        pb = await nursery.start(lambda task_status: serve_hypercore(b.store, task_status=task_status))
+        await connect_hypercore(replica, "127.0.0.1", pa)
+        assert replica.contiguous_length == 10
+        with pytest.raises(Conflict):
+            await connect_hypercore(replica, "127.0.0.1", pb)
+        nursery.cancel_scope.cancel()
+    assert replica.conflict is not None and replica.contiguous_length == 10
+    assert [replica.get(i) for i in range(10)] == [b"a%d" % i for i in range(10)]

@@ -58,6 +58,7 @@ MAX_LENGTH = 2**48  # no real log is longer; a larger announced length is refuse
 MAX_QUEUED_REQUESTS = 4096  # unanswered requests held while our output is full
 MAX_INVALID_REQUESTS = 1024
 COMMIT_RUN = 4096  # blocks per commit at most
+MAX_PENDING_BYTES = 32 * 1024 * 1024  # verified blocks held in memory until they extend the prefix
 WANT_SIZE = 2**21
 
 
@@ -87,6 +88,7 @@ class Peer:
         self._free_ids: list[int] = []
         self.inflight: dict[int, int] = {}  # request id -> block index
         self._upgrade: tuple[int, int, int] | None = None  # (id, fork, start)
+        self._checking: ProofError | None = None  # a conflict check is in flight after this error
         self._pending: dict[int, bytes] = {}
         self._pending_bytes = 0
         self._known: dict[int, Node] = {}
@@ -383,9 +385,11 @@ class Peer:
             self._want_sent = head.length
             start = contig - contig % WANT_SIZE
             self.send(m.Want(start, WANT_SIZE))
-        window = self.proto.window
+        # in flight plus held out of order stays near MAX_PENDING_BYTES, whatever the block size
+        avg = max(1, head.byte_length // max(1, head.length))
+        window = max(1, min(self.proto.window, MAX_PENDING_BYTES // avg))
         i = max(self._cursor, contig)
-        while len(self.inflight) < window and i < limit:
+        while len(self.inflight) < window and i < limit and self._pending_bytes < MAX_PENDING_BYTES:
             if i not in self._pending:
                 rid = self._new_id()
                 self.inflight[rid] = i
@@ -496,6 +500,8 @@ class Peer:
                 if ours is None or theirs is None or ours != theirs:
                     break
                 have = hi
+        elif self._checking is not None:
+            have = 0  # the conflict check: the remote's whole tree against ours
         else:
             if u.start != head.length or log.contiguous_length < head.length:
                 return
@@ -510,14 +516,22 @@ class Peer:
         if log.manifest is None and manifest is None:
             raise ProofError("the peer did not send the manifest we asked for")
         proof = Proof(d.fork, n, sig, have, (), tuple(nodes), have, manifest)
+        checking, self._checking = self._checking, None
         try:
             log.apply(proof)
         except Conflict:
             raise
         except (InvalidProof, InvalidSignature, CorelogError) as exc:
-            raise ProofError(
-                f"the peer's upgrade to length {n} (fork {d.fork}) does not verify: {exc}"
-            ) from None
+            error = ProofError(f"the peer's upgrade to length {n} (fork {d.fork}) does not verify: {exc}")
+            if checking is None and not reorg and head.length and d.fork == head.fork:
+                # as hypercore does: ask for the remote's whole tree; a valid one that disagrees
+                # with ours is the writer signing two histories (Log.apply records the conflict)
+                self._checking = error
+                self._request_upgrade(d.fork, 0, self.remote_length)
+                return
+            raise (checking or error) from None
+        if checking is not None:
+            raise checking  # the remote's tree agrees with ours: the first proof was just bad
         if reorg:
             self._reset_download()
         self._known.update(src.used)
