@@ -453,7 +453,7 @@ class Peer:
             s = log.contiguous_length
             if s not in self._pending:
                 break
-            blocks = []
+            blocks: list[bytes] = []
             i = s
             while i in self._pending and len(blocks) < COMMIT_RUN:
                 blocks.append(self._pending[i])

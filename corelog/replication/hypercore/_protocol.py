@@ -19,7 +19,7 @@ from corelog.replication.errors import ProtocolError
 from . import _messages as m
 from ._peer import Peer
 from ._protomux import Closed, Message, Mux, Opened, RemoteOpen
-from ._secretstream import SecretStream
+from ._secretstream import MAX_FRAME, SecretStream
 
 HIGH_WATER = 4 * 1024 * 1024  # bytes of output after which requests wait for the driver to send
 DEFAULT_WINDOW = 512
@@ -45,8 +45,7 @@ class Protocol:
             else list(source)
         )
         self._served: dict[bytes, Log] = {log.discovery_key: log for log in logs}
-        kw = {} if max_frame is None else {"max_frame": max_frame}
-        self.stream = SecretStream(initiator, static_seed, **kw)
+        self.stream = SecretStream(initiator, static_seed, max_frame=max_frame or MAX_FRAME)
         self.mux = Mux()
         self.window = window
         self.peers: dict[bytes, Peer] = {}

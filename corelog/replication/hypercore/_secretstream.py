@@ -60,7 +60,10 @@ class SecretStream:
         self.initiator = bool(initiator)
         self.max_frame = min(max_frame, MAX_FRAME)
         self._noise: NoiseXX | None = NoiseXX(
-            initiator, static_seed, ephemeral_private=ephemeral_seed, dh=ED25519
+            initiator,
+            static_seed,  # type: ignore[arg-type]  # None: a fresh random identity
+            ephemeral_private=ephemeral_seed,
+            dh=ED25519,
         )
         self.public_key: bytes = self._noise.public_key
         self.remote_public_key: bytes | None = None
@@ -69,9 +72,9 @@ class SecretStream:
         self.error: StreamError | None = None
         self._buf = bytearray()
         self._out = bytearray()
-        self._push = None
-        self._pull = None
-        self._rx_key: bytes | None = None
+        self._push: sodium.crypto_secretstream_xchacha20poly1305_state | None = None
+        self._pull: sodium.crypto_secretstream_xchacha20poly1305_state | None = None
+        self._rx_key: bytes = b""
         self.frames_received = 0
         if self.initiator:
             self._frame(self._noise.write_message())
@@ -99,7 +102,9 @@ class SecretStream:
         self.error = None
         self._buf = bytearray()
         self._out = bytearray()
+        self._push = None
         self._pull = None
+        self._rx_key = b""
         self.frames_received = 0
         self._start_transport(tx, rx)
         return self
@@ -190,6 +195,7 @@ class SecretStream:
         if len(frame) < ABYTES:
             raise self._fail(f"an encrypted frame of {len(frame)} bytes (at least {ABYTES})")
         try:
+            assert self._pull is not None
             m, tag = sodium.crypto_secretstream_xchacha20poly1305_pull(self._pull, frame, None)
         except (nacl.exceptions.CryptoError, RuntimeError, ValueError):
             raise self._fail(
@@ -212,8 +218,8 @@ class SecretStream:
             self._start_transport(tx.k, rx.k)  # type: ignore[arg-type]
 
     def _start_transport(self, tx: bytes, rx: bytes) -> None:
-        self._push = sodium.crypto_secretstream_xchacha20poly1305_state()
-        header = sodium.crypto_secretstream_xchacha20poly1305_init_push(self._push, tx[:32])
+        push = self._push = sodium.crypto_secretstream_xchacha20poly1305_state()
+        header = sodium.crypto_secretstream_xchacha20poly1305_init_push(push, tx[:32])
         self._frame(stream_id(self.handshake_hash, self.initiator) + header)  # type: ignore[arg-type]
         self._rx_key = rx[:32]
         self.state = HEADER
@@ -225,8 +231,8 @@ class SecretStream:
             )
         if frame[:32] != stream_id(self.handshake_hash, not self.initiator):  # type: ignore[arg-type]
             raise self._fail("invalid header received: the stream id does not match this handshake")
-        self._pull = sodium.crypto_secretstream_xchacha20poly1305_state()
-        sodium.crypto_secretstream_xchacha20poly1305_init_pull(self._pull, frame[32:], self._rx_key)
+        pull = self._pull = sodium.crypto_secretstream_xchacha20poly1305_state()
+        sodium.crypto_secretstream_xchacha20poly1305_init_pull(pull, frame[32:], self._rx_key)
         self.state = OPEN
 
     @property

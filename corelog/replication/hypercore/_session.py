@@ -109,7 +109,7 @@ class HypercoreSession:
                 if not self.live and not proto.done:
                     raise ProtocolError("the peer closed the connection before the sync finished")
                 return
-            proto.receive_data(data)
+            proto.receive_data(bytes(data))
             self._watch_new()
             await self._flush()
             if proto.rejected and not self.live:
