@@ -1,6 +1,9 @@
 """Machine benchmarks, with the raw log append measured in the same run.
 
 Plain script: ``python benchmarks/bench_machine.py [--quick] [--no-js]``. Prints a table.
+Statechart rows (issue 13, ``--statecharts`` runs only them): pure transition() on a chart with
+history and ``after`` >= 100,000/s; 10,000 pending timers fire within 5 ms of due (p99), CPU
+reported; Mermaid import of a 200-state diagram < 50 ms.
 Targets (issue 3): send sync=False >= 15,000 events/s; pure transition() >= 100,000/s;
 send sync=True >= 0.7 x raw durable single append; reopen+restore at 1,000,000 entries
 < 10 ms; subscriber via ``async for`` >= 10,000 snapshots/s. With node available, runs
@@ -139,10 +142,157 @@ def coremachine(n: int) -> dict | str:
     return run_anchor("bench_coremachine.mjs", n)
 
 
+# --- statecharts (issue 13): history + after transitions, many pending timers, Mermaid import ------------
+
+HISTORY_AFTER = {
+    "id": "player",
+    "initial": "on",
+    "context": {"n": 0},
+    "states": {
+        "on": {
+            "initial": "playing",
+            "states": {
+                "playing": {
+                    "after": {"30000": "paused"},
+                    "on": {"PAUSE": "paused", "TICK": {"actions": "count"}},
+                },
+                "paused": {"after": {"60000": "#player.off"}, "on": {"PLAY": "playing"}},
+                "hist": {"type": "history", "history": "deep"},
+            },
+            "on": {"POWER": "off"},
+        },
+        "off": {"on": {"POWER": "on.hist"}},
+    },
+}
+
+
+def pure_history_after(n: int) -> float:
+    """transition() cycling PAUSE/PLAY/POWER/POWER: every step exits/enters states with timers and history."""
+    chart = Statechart(HISTORY_AFTER, actions={"count": lambda ctx, ev: {"n": ctx["n"] + 1}})
+    s = chart.initial(0)
+    events = [Event(t, None, i) for i, t in enumerate(["PAUSE", "POWER", "POWER", "PLAY", "TICK"])]
+    t = time.perf_counter()
+    for i in range(n):
+        s = chart.transition(s, events[i % 5])
+    return n / (time.perf_counter() - t)
+
+
+def pending_timers(path: Path, machines: int, window_ms: int) -> tuple[float, float, float, float]:
+    """``machines`` Machines, each with one pending timer due within ``window_ms``; one TimerHeap and one
+    trio loop fire them all (each firing recorded). Returns (p50 ms late, p99 ms late, max, CPU %)."""
+    from corelog.machine import TimerHeap
+
+    d = {
+        "initial": "idle",
+        "states": {"idle": {"on": {"ARM": "wait"}}, "wait": {"after": {"1000": "fired"}}, "fired": {}},
+    }
+    rng = __import__("random").Random(7)
+    fake: list[int | None] = [None]
+
+    def clock() -> int:
+        return fake[0] if fake[0] is not None else int(time.time() * 1000)
+
+    chart = Statechart(d)
+    with Store(path, sync=False) as s:
+        t0 = time.perf_counter()
+        ms = {i: Machine(s.get(f"m{i}"), chart, clock=clock) for i in range(machines)}
+        created = time.perf_counter() - t0
+        # arm every timer (ARM entered at a chosen time, so each is due at start + its offset)
+        start = int(time.time() * 1000) + int(1.5 * created * 1000) + 1000
+        heap = TimerHeap()
+        for i, m in ms.items():
+            fake[0] = start + rng.randrange(window_ms) - 1000
+            heap.sync(i, m.send("ARM"))
+        fake[0] = None
+        assert heap.next_due() >= time.time() * 1000, "arming took longer than planned"
+        late: list[float] = []
+
+        async def loop() -> None:
+            while True:
+                nd = heap.next_due()
+                if nd is None:
+                    return
+                now = time.time() * 1000
+                if nd > now:
+                    await trio.sleep((nd - now) / 1000)
+                now_ms = time.time() * 1000
+                for key, event, due in heap.pop_due(int(now_ms)):
+                    snap = ms[key].send(event)
+                    late.append(time.time() * 1000 - due)
+                    heap.sync(key, snap)
+
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        trio.run(loop)
+        cpu = (time.process_time() - cpu0) / (time.perf_counter() - wall0) * 100
+    late.sort()
+    return late[len(late) // 2], late[int(len(late) * 0.99)], late[-1], cpu
+
+
+def mermaid_200() -> str:
+    lines = ["stateDiagram-v2", "  [*] --> s0"]
+    n = 0
+    for block in range(20):  # 20 composites of 8 states + choices and plain states: 200 states
+        lines.append(f"  state c{block} {{")
+        lines.append(f"    [*] --> c{block}_0")
+        for j in range(8):
+            lines.append(f"    c{block}_{j} --> c{block}_{(j + 1) % 8} : NEXT [ok] / act")
+        lines.append(f"    c{block}_7 --> [*] : END")
+        lines.append("  }")
+        n += 9
+    for k in range(200 - n - 1):
+        lines.append(f"  s{k} --> s{k + 1} : GO")
+        lines.append(f"  s{k} : a note about s{k}")
+    lines.append(f"  state pick <<choice>>\n  s{200 - n - 1} --> pick : DECIDE")
+    lines.append("  pick --> c0 : [left]\n  pick --> c1 : else")
+    return "\n".join(lines)
+
+
+def mermaid_import_ms() -> tuple[float, int]:
+    from corelog.machine import from_mermaid
+
+    text = mermaid_200()
+    d = from_mermaid(text)
+    states = len(Statechart(d, implementations=False)._nodes) - 1
+    times = []
+    for _ in range(20):
+        t = time.perf_counter()
+        from_mermaid(text)
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times), states
+
+
+def statechart_rows(p, quick: bool) -> list[tuple[str, str, str]]:
+    rows = []
+    base = max(pure(50_000) for _ in range(2))
+    r = max(pure_history_after(50_000 if quick else 100_000) for _ in range(3))
+    rows.append(
+        (
+            "pure transition(), history + after chart",
+            f"{r:,.0f} /s",
+            f">= 100,000 {'OK' if r >= 100_000 else 'MISS'} ({r / base:.2f} x counter {base:,.0f}/s)",
+        )
+    )
+    n = 2_000 if quick else 10_000
+    p50, p99, worst, cpu = pending_timers(p("timers"), n, 4_000 if quick else 10_000)
+    rows.append(
+        (
+            f"{n:,} pending timers (1 heap, fired + recorded)",
+            f"p50 {p50:.2f} ms, p99 {p99:.2f} ms late (max {worst:.1f})",
+            f"p99 <= 5 ms {'OK' if p99 <= 5 else 'MISS'}; CPU {cpu:.0f}% of one core",
+        )
+    )
+    ms, states = mermaid_import_ms()
+    rows.append(
+        (f"Mermaid import, {states}-state diagram", f"{ms:.2f} ms", f"< 50 ms {'OK' if ms < 50 else 'MISS'}")
+    )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-js", action="store_true")
+    ap.add_argument("--statecharts", action="store_true", help="only the statechart rows (issue 13)")
     args = ap.parse_args()
     n = 5_000 if args.quick else 30_000
     n_sync = 300 if args.quick else 2_000
@@ -154,6 +304,10 @@ def main() -> None:
         def p(name: str) -> Path:
             path = root / f"{name}-{time.monotonic_ns()}"
             return path
+
+        if args.statecharts:
+            print_table("corelog statechart benchmark", statechart_rows(p, args.quick))
+            return
 
         raw = max(raw_append(p("raw"), n, False) for _ in range(2))
         rows.append(("raw log append (1 entry, sync=False)", f"{raw:,.0f} /s", "baseline"))
@@ -167,6 +321,7 @@ def main() -> None:
         )
         r = max(pure(100_000) for _ in range(3))
         rows.append(("pure transition()", f"{r:,.0f} /s", f">= 100,000 {'OK' if r >= 100_000 else 'MISS'}"))
+        rows.extend(statechart_rows(p, args.quick))
         r = max(cm_sends(p("cm"), n, False, False) for _ in range(2))
         rows.append(
             ("Coremachine send, sync=False (append inline)", f"{r:,.0f} events/s", f"{r / raw:.2f} x raw")

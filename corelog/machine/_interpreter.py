@@ -52,6 +52,7 @@ from .errors import EndlessLoop, EventNotAccepted, MachineError
 
 INIT_EVENT = "xstate.init"
 _EMPTY: Mapping[str, Any] = {}
+_NO = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +210,13 @@ class Statechart:
         self._has_always = any(n.always for n in self._nodes)
         self._has_final = any(n.type == "final" for n in self._nodes)
         self.invokes = {d.id: d for n in self._nodes for d in n.invoke}
+        self._domains: dict[Transition, StateNode | None] = {}
+        self._dynamic = {  # transitions targeting a history state: their effective targets vary
+            t
+            for n in self._nodes
+            for t in [*(x for ts in n.on.values() for x in ts), *n.always]
+            if any(tg.type == "history" for tg in t.targets)
+        }
         self.services = sorted({d.src for d in self.invokes.values()})
 
     def _collect(self, node: StateNode) -> None:
@@ -507,14 +515,22 @@ class Statechart:
     # --- microsteps ---------------------------------------------------------------------
 
     def _domain(self, t: Transition, history: Mapping[str, list] = _EMPTY) -> StateNode | None:
+        """The transition domain (SCXML); static, so cached, unless a target is a history state."""
+        cached = self._domains.get(t, _NO)
+        if cached is not _NO:
+            return cached  # type: ignore[return-value]
         if not t.targets:
             return None
+        dynamic = any(tg.type == "history" for tg in t.targets)
+        targets = self._effective_targets(t, history) if dynamic else t.targets
+        domain = self._compute_domain(t, targets)
+        if not dynamic:
+            self._domains[t] = domain
+        return domain
+
+    def _compute_domain(self, t: Transition, targets: Iterable[StateNode]) -> StateNode | None:
         src = t.source
-        targets = (
-            self._effective_targets(t, history)
-            if any(tg.type == "history" for tg in t.targets)
-            else t.targets
-        )
+        targets = list(targets)
         if not t.reenter and src.children and all(tg is src or tg.is_descendant_of(src) for tg in targets):
             return src
         if not t.reenter and not src.children and all(tg is src for tg in targets):
@@ -566,7 +582,7 @@ class Statechart:
                 continue
             for tg in t.targets:
                 self._add_descendants(tg, to_enter, work)
-            for tg in self._effective_targets(t, work.history):
+            for tg in self._effective_targets(t, work.history) if t in self._dynamic else t.targets:
                 self._add_ancestors(tg, domain, to_enter, work)
             if domain.type == "parallel":  # like XState v5: the domain's other regions are re-entered
                 self._fill_regions(domain, to_enter, work)
