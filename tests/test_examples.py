@@ -37,6 +37,11 @@ EXPECTED = {
         "2 {'running': True, 'counter': 11}",
         "idle ['START', 'INCREMENT', 'INCREMENT', 'STOP']",
     ],
+    "mermaid_workflow.py": [
+        "shipped {'amount': 30, 'currency': 'EUR'}",
+        "['PAY', 'xstate.done.actor.0.order.charging']",
+    ],
+    "conditions_workflow.py": ["ConditionsWorkflow: decide -> left (done: True)"],
     "log_basics.py": [
         "length=4 fork=0",
         "replica holds: ['hello', 'hola', 'bonjour', 'ciao']",

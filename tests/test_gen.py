@@ -147,3 +147,11 @@ def test_gen_from_json_and_bad_input(tmp_path):
     mmd.write_text("stateDiagram-v2\n  a --> b : two words\n")
     result = CliRunner().invoke(cli, ["gen", str(mmd)])
     assert result.exit_code == 2 and "line 2" in result.output
+
+
+def test_the_example_facade_is_what_gen_writes():
+    example = REPO / "examples" / "workflow"
+    expected = generate(from_mermaid((example / "order.mmd").read_text()), "order.mmd")
+    assert (example / "order_facade.py").read_text() == expected, (
+        "run: corelog gen examples/workflow/order.mmd -o examples/workflow/order_facade.py"
+    )

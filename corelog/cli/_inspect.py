@@ -275,7 +275,7 @@ def _replay(
                     f"entry {index} (header): the stored definition hash {e.definition_hash} is not the "
                     f"implementation's {chart.hash}"
                 )
-            recorded = chart.snapshot_from(e.state, e.context)
+            recorded = chart.snapshot_from(e.state, e.context, None, e.extras)
             if index == 0:
                 try:
                     start = chart.initial(e.time)

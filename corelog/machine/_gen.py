@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import keyword
-import pprint
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -146,12 +145,16 @@ def generate(definition: Mapping[str, Any], source: str = "", class_name: str | 
     w("from __future__ import annotations")
     w("")
     w("import abc")
+    w("import json")
     w("from collections.abc import Awaitable, Callable, Mapping")
     w("from typing import Any, Literal, TypedDict, overload")
     w("")
-    w("from corelog.machine import Event, Machine, Snapshot, Statechart")
+    w("from corelog.machine import Coremachine, Event, Machine, Snapshot, Statechart")
     w("")
-    w("DEFINITION: dict[str, Any] = " + pprint.pformat(json.loads(json.dumps(definition)), sort_dicts=False))
+    text = json.dumps(definition, indent=4, ensure_ascii=True).replace("\\", "\\\\")
+    w('DEFINITION: dict[str, Any] = json.loads("""')
+    w(text)
+    w('""")')
     w("")
     w(f"EventType = {lit(names['events'])}")
     w(f"StateName = {lit(names['states'])}")
@@ -186,6 +189,7 @@ def generate(definition: Mapping[str, Any], source: str = "", class_name: str | 
         body = ", ".join(f"{json.dumps(n)}: {json.dumps(m)}" for n, m in table[k].items())
         w(f"    {k.upper()}: dict[str, str] = {{{body}}}")
     w("    _target: Machine | None = None")
+    w("    _async_target: Coremachine | None = None")
     for n, m in table["actions"].items():
         w("")
         w("    @abc.abstractmethod")
@@ -230,6 +234,17 @@ def generate(definition: Mapping[str, Any], source: str = "", class_name: str | 
     w("        self._target = Machine(log, self.statechart(), **options)")
     w("        return self._target")
     w("")
+    w("    def coremachine(self, log: Any, **options: Any) -> Coremachine:")
+    w('        """A trio :class:`Coremachine` on ``log`` (inside trio); ``asend`` and ``run`` then use it."""')
+    w("        self._async_target = Coremachine(log, self.statechart(), **options)")
+    w("        return self._async_target")
+    w("")
+    w("    async def run(self) -> Any:")
+    w('        """Run the Coremachine\'s timers and services until it is done (its output); see Coremachine.run."""')
+    w("        if self._async_target is None:")
+    w('            raise RuntimeError("no Coremachine: call coremachine(log) first")')
+    w("        return await self._async_target.run(self.services())")
+    w("")
     w("    def attach(self, target: Machine) -> None:")
     w('        """Send to an existing machine."""')
     w("        self._target = target")
@@ -241,23 +256,27 @@ def generate(definition: Mapping[str, Any], source: str = "", class_name: str | 
     w("        return self._target.snapshot")
     evs = names["events"]
 
-    def sig(ev: str) -> str:
+    def sig(ev: str, prefix: str) -> str:
         pc = payload_class.get(ev)
         data = f"data: {pc}" if pc else "data: Any = None"
-        return f"    def send(self, event: Literal[{json.dumps(ev)}], {data}) -> Snapshot:"
+        return f"    {prefix}(self, event: Literal[{json.dumps(ev)}], {data}) -> Snapshot:"
 
-    if len(evs) > 1:
-        for ev in evs:
-            w("")
-            w("    @overload")
-            w(sig(ev) + " ...")
-    w("")
-    if len(evs) == 1:
-        w(sig(evs[0]))
-    else:
-        w("    def send(self, event: EventType, data: Any = None) -> Snapshot:")
-    w('        """Send ``event`` to the machine (typed: unknown names and wrong payloads fail mypy)."""')
-    w("        if self._target is None:")
-    w('            raise RuntimeError("no machine: call machine(log) or attach(machine) first")')
-    w("        return self._target.send(event, data)")
+    for prefix, target, call in (
+        ("def send", "_target", "self._target.send(event, data)"),
+        ("async def asend", "_async_target", "await self._async_target.send(event, data)"),
+    ):
+        if len(evs) > 1:
+            for ev in evs:
+                w("")
+                w("    @overload")
+                w(sig(ev, prefix) + " ...")
+        w("")
+        if len(evs) == 1:
+            w(sig(evs[0], prefix))
+        else:
+            w(f"    {prefix}(self, event: EventType, data: Any = None) -> Snapshot:")
+        w('        """Send ``event`` (typed: unknown names and wrong payloads fail mypy)."""')
+        w(f"        if self.{target} is None:")
+        w('            raise RuntimeError("no machine: call machine(log) / coremachine(log) first")')
+        w(f"        return {call}")
     return "\n".join(out) + "\n"
