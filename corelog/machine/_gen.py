@@ -235,12 +235,16 @@ def generate(definition: Mapping[str, Any], source: str = "", class_name: str | 
     w("        return self._target")
     w("")
     w("    def coremachine(self, log: Any, **options: Any) -> Coremachine:")
-    w('        """A trio :class:`Coremachine` on ``log`` (inside trio); ``asend`` and ``run`` then use it."""')
+    w(
+        '        """A trio :class:`Coremachine` on ``log`` (inside trio); ``asend`` and ``run`` then use it."""'
+    )
     w("        self._async_target = Coremachine(log, self.statechart(), **options)")
     w("        return self._async_target")
     w("")
     w("    async def run(self) -> Any:")
-    w('        """Run the Coremachine\'s timers and services until it is done (its output); see Coremachine.run."""')
+    w(
+        '        """Run the Coremachine\'s timers and services until it is done (its output); see Coremachine.run."""'
+    )
     w("        if self._async_target is None:")
     w('            raise RuntimeError("no Coremachine: call coremachine(log) first")')
     w("        return await self._async_target.run(self.services())")
