@@ -9,9 +9,10 @@ from pathlib import Path
 import click
 
 from corelog import Store
+from corelog.errors import CorelogError
 
 from ._app import cli
-from ._common import PORT, UsageProblem, open_store, short, single
+from ._common import PORT, PROBLEMS, UsageProblem, err_console, open_store, short, single
 
 FOLLOW_INTERVAL = 0.2  # seconds between looks at the writer's commits when serving read-only
 
@@ -57,6 +58,8 @@ def serve(store: str, host: str, port: int, hypercore: bool) -> None:
     new commits of that app reach connected peers within a fraction of a second.
     With --hypercore the first line printed is JSON: {"port": P, ...}.
     """
+    import logging
+
     import trio
 
     if hypercore:
@@ -66,6 +69,8 @@ def serve(store: str, host: str, port: int, hypercore: bool) -> None:
 
     from corelog.replication import serve_tcp
 
+    # one line on stderr per connection closed for a peer's fault (the h11 rule: only that one)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="corelog serve: %(message)s")
     with open_store(store) as s:
 
         async def main() -> None:
@@ -111,12 +116,19 @@ def _remove_new_store(path: Path, existed: bool, created_dir: bool) -> None:
 @click.argument("address")
 @click.option("--live", is_flag=True, help="Keep following new entries until interrupted.")
 @click.option("--hypercore", is_flag=True, help="Speak Hypercore's wire protocol (a JS Hypercore peer).")
-def sync(store: str, key: str, address: str, live: bool, hypercore: bool) -> None:
+@click.option(
+    "--timeout", default=30.0, show_default=True, help="Seconds of silence (or no progress) before giving up."
+)
+def sync(store: str, key: str, address: str, live: bool, hypercore: bool, timeout: float) -> None:
     """Replicate the log with KEY (hex) from a peer at HOST:PORT into STORE.
 
+    Only that log is offered to the peer (never the other logs of STORE).
     STORE is created if needed; a sync that fails before anything was received
     removes the store it created. With --hypercore the last line printed is
-    JSON: {"ok", "length", "fork", "treeHash", ...}.
+    JSON: {"ok", "length", "fork", "treeHash", ...}. Exit status 0: the log
+    holds everything the peer has; 1: a conflict (the writer equivocated), the
+    peer does not hold or share the log, the sync timed out, was cut or is
+    incomplete, or the peer sent bad data; 130: interrupted.
     """
     import trio
 
@@ -138,28 +150,57 @@ def sync(store: str, key: str, address: str, live: bool, hypercore: bool) -> Non
         return sync_hypercore_command(store, raw_key, host, port, live)
     existed, created_dir = (path / "data.mdb").exists(), not path.exists()
     kept = False
+    problems: list[str] = []
     try:
         with Store(path, sync=True) as s:
             lg = s.get(key=raw_key)
             interrupted = False
+            session = None
             try:
-                trio.run(lambda: connect_tcp(s, host, port, live=live))
+                session = trio.run(
+                    lambda: connect_tcp(
+                        [lg],  # this log only: the other logs of STORE are never offered
+                        host,
+                        port,
+                        live=live,
+                        handshake_timeout=timeout,
+                        idle_timeout=timeout,
+                        progress_timeout=timeout,
+                    )
+                )
             except BaseException as exc:
                 leaf = single(exc)
                 if isinstance(leaf, KeyboardInterrupt) and live:
                     interrupted = True  # the usual end of a live sync: say where it got to, exit 130
                 elif isinstance(leaf, OSError):
                     raise UsageProblem(f"cannot connect to {address}: {leaf.strerror or leaf}") from None
+                elif isinstance(leaf, CorelogError):
+                    problems.append(f"sync failed: {type(leaf).__name__}: {leaf}")
                 else:
                     raise
             finally:
                 kept = lg.length > 0 or s.keys() != [raw_key]
+            if session is not None and lg in session.unanswered:
+                problems.append(f"the peer at {address} does not hold this log (or does not share it)")
+            if lg.conflict is not None:
+                c = lg.conflict
+                problems.append(
+                    f"CONFLICT: two valid heads at fork {c['fork']}, length {c['length']}: the writer's key "
+                    "was used twice (equivocation); the log is marked and takes no more data"
+                )
+            audit_ok = lg.audit().ok
+            if not audit_ok:
+                problems.append("audit FAILED: run `corelog audit` for details")
             click.echo(
                 f"{short(raw_key)}: {lg.contiguous_length} entries, fork {lg.fork}, "
-                f"audit {'ok' if lg.audit().ok else 'FAILED'}"
+                f"audit {'ok' if audit_ok else 'FAILED'}" + (", CONFLICT" if lg.conflict is not None else "")
             )
             if interrupted:
                 raise KeyboardInterrupt
+        for problem in problems:
+            err_console.print(f"[bold red]error:[/] {problem}")
+        if problems:
+            raise SystemExit(PROBLEMS)
     except BaseException:
         if not kept:
             _remove_new_store(path, existed, created_dir)

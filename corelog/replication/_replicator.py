@@ -716,8 +716,8 @@ class Replicator:
     def _wants(self, ch: _Channel) -> bool:
         rh = ch.remote_head
         log = ch.log
-        if rh is None or log.writable or ch.closed_reason:
-            return False
+        if rh is None or log.writable or ch.closed_reason or log.store.readonly:
+            return False  # (a read-only store serves, it cannot take data)
         if rh.fork > log.fork:
             return True
         return rh.fork == log.fork and rh.contiguous > log.contiguous_length

@@ -315,6 +315,8 @@ class Session:
             if not self.live and rep.finished and idle:
                 self._check_complete()
                 return
+            if not self.live and rep.synced and rep.stats.failures and idle:
+                self._check_complete()  # a channel gave up: no need to wait for the peer's Done
             if self._eof and idle:
                 if self.live:
                     return

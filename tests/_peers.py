@@ -1,0 +1,152 @@
+"""Helpers for replication tests: a scriptable hostile peer, RSS sampling, a server in a thread."""
+
+from __future__ import annotations
+
+import functools
+import queue
+import threading
+from contextlib import contextmanager
+
+import trio
+
+from corelog.replication._connection import Connection
+from corelog.replication._messages import FrameDecoder, Message, decode, encode
+from corelog.replication._secure import secure_stream
+
+
+def rss() -> int:
+    """Resident set size of this process in bytes (from /proc/self/status)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+class RssPeak:
+    """Samples RSS every few milliseconds while running in a nursery; ``growth`` over the start."""
+
+    def __init__(self) -> None:
+        self.base = rss()
+        self.peak = self.base
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.base
+
+    async def run(self) -> None:
+        while True:
+            self.peak = max(self.peak, rss())
+            await trio.sleep(0.005)
+
+
+class Evil:
+    """A peer that completes the Noise handshake honestly, then sends whatever a test scripts.
+
+    Every frame it receives is decrypted, decoded and kept in ``received``.
+    """
+
+    def __init__(self, raw: trio.abc.Stream, *, initiator: bool):
+        self.raw = raw
+        self.initiator = initiator
+        self.received: list[Message] = []
+        self.raw_received = bytearray()
+        self._decoder = FrameDecoder(1 << 30)
+
+    async def handshake(self) -> None:
+        self.stream = await secure_stream(self.raw, initiator=self.initiator)
+        self.conn = Connection(self.stream.handshake_hash, initiator=self.initiator)
+
+    def capability(self, key: bytes) -> bytes:
+        return self.conn.local_capability(key)
+
+    async def send(self, *items: Message | bytes) -> None:
+        await self.stream.send_all(b"".join(i if isinstance(i, bytes) else encode(i) for i in items))
+
+    async def receive(self, until=None, timeout: float = 5.0) -> list[Message]:
+        """Receive frames until ``until(msg)`` is true, EOF, or the timeout; returns the new ones."""
+        new: list[Message] = []
+
+        def take() -> bool:
+            while (body := self._decoder.next_frame()) is not None:
+                msg = decode(body, max_array_len=1 << 20)
+                new.append(msg)
+                self.received.append(msg)
+                if until is not None and until(msg):
+                    return True
+            return False
+
+        if take():
+            return new
+        with trio.move_on_after(timeout):
+            while True:
+                try:
+                    data = await self.stream.receive_some(1 << 20)
+                except Exception:
+                    return new
+                if not data:
+                    return new
+                self.raw_received += data
+                self._decoder.feed(data)
+                if take():
+                    return new
+        return new
+
+    async def requests(self, timeout: float = 5.0) -> list:
+        """The next Request frames (at least one, unless EOF or timeout)."""
+        from corelog.replication._messages import Request
+
+        got = await self.receive(lambda m: isinstance(m, Request), timeout)
+        return [m for m in got if isinstance(m, Request)]
+
+    async def drain(self) -> None:
+        """Read (and keep) everything until EOF."""
+        await self.receive(timeout=30)
+
+
+@contextmanager
+def server_thread(source, **kw):
+    """``serve_tcp(source, **kw)`` in its own thread and trio run; yields the port."""
+    from corelog.replication import serve_tcp
+
+    ports: queue.Queue = queue.Queue()
+    handle: list = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            handle.append((trio.lowlevel.current_trio_token(), nursery.cancel_scope))
+            port = await nursery.start(functools.partial(serve_tcp, source, **kw))
+            ports.put(port)
+
+    thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
+    thread.start()
+    port = ports.get(timeout=10)
+    try:
+        yield port
+    finally:
+        token, scope = handle[0]
+        token.run_sync_soon(scope.cancel)
+        thread.join(10)
+
+
+@contextmanager
+def handler_thread(handler):
+    """``trio.serve_tcp(handler)`` on 127.0.0.1 in its own thread and trio run; yields the port."""
+    ports: queue.Queue = queue.Queue()
+    handle: list = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            handle.append((trio.lowlevel.current_trio_token(), nursery.cancel_scope))
+            listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+            ports.put(listeners[0].socket.getsockname()[1])
+
+    thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
+    thread.start()
+    port = ports.get(timeout=10)
+    try:
+        yield port
+    finally:
+        token, scope = handle[0]
+        token.run_sync_soon(scope.cancel)
+        thread.join(10)

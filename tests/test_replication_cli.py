@@ -1,0 +1,91 @@
+"""`corelog sync` exit statuses say what happened: conflict, not held, silence, success."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import trio
+from click.testing import CliRunner
+
+from corelog import Store
+from corelog.cli import cli
+
+from ._peers import handler_thread, server_thread
+
+FAST = {"idle_timeout": 2.0, "progress_timeout": 2.0, "handshake_timeout": 2.0}
+
+
+def _sync(store, key: bytes, port: int, *extra: str):
+    result = CliRunner().invoke(cli, ["sync", str(store), key.hex(), f"127.0.0.1:{port}", *extra])
+    assert "Traceback" not in result.output
+    return result.exit_code, result.output
+
+
+def test_sync_success_then_conflict_exits_1(make_store, tmp_path):
+    seed = os.urandom(32)
+    honest, forked = make_store("w1", seed=seed), make_store("w2", seed=seed)
+    l1, l2 = honest.get("same"), forked.get("same")
+    l1.append([b"a", b"b"])
+    l2.append([b"a", b"B"])  # the writer's key used twice: same fork and length, another tree
+    mirror = tmp_path / "mirror"
+    with server_thread(honest, **FAST) as port:
+        code, out = _sync(mirror, l1.key, port)
+    assert code == 0 and "2 entries" in out and "audit ok" in out, out
+    with server_thread(forked, **FAST) as port:
+        code, out = _sync(mirror, l1.key, port)
+    assert code == 1 and "CONFLICT" in out and "equivocation" in out, out
+    with Store(mirror, readonly=True) as s:
+        rep = s.get(key=l1.key)
+        assert rep.conflict is not None and list(rep) == [b"a", b"b"]  # the honest data is kept
+    info = CliRunner().invoke(cli, ["info", str(mirror), l1.key.hex()])
+    assert "conflict" in info.output and '"fork": 0' in info.output
+
+
+def test_sync_of_a_log_the_peer_does_not_hold_exits_1(make_store, tmp_path):
+    server = make_store("server")
+    server.get("something").append(b"x")
+    with server_thread(server, **FAST) as port:
+        code, out = _sync(tmp_path / "mirror", os.urandom(32), port)
+    assert code == 1 and "does not hold this log" in out, out
+
+
+def test_sync_against_a_silent_server_ends_with_1(tmp_path):
+    async def silent(stream):
+        await trio.sleep(30)
+
+    with handler_thread(silent) as port:
+        t = time.monotonic()
+        code, out = _sync(tmp_path / "mirror", os.urandom(32), port, "--timeout", "1")
+    assert code == 1 and "SyncTimeout" in out and time.monotonic() - t < 10, out
+
+
+def test_sync_cut_mid_way_exits_1(make_store, tmp_path):
+    w = make_store("w")
+    log = w.get("big")
+    log.append([bytes(200)] * 20000)
+
+    async def cutter(stream):
+        # relay a real server's first bytes, then cut the connection
+        upstream = await trio.open_tcp_stream("127.0.0.1", inner_port)
+        total = 0
+        async with trio.open_nursery() as nursery:
+
+            async def up():
+                while data := await stream.receive_some(65536):
+                    await upstream.send_all(data)
+
+            nursery.start_soon(up)
+            while data := await upstream.receive_some(65536):
+                await stream.send_all(data)
+                total += len(data)
+                if total > 300_000:
+                    break
+            nursery.cancel_scope.cancel()
+        await stream.aclose()
+        await upstream.aclose()
+
+    with server_thread(w, **FAST) as inner_port, handler_thread(cutter) as port:
+        code, out = _sync(tmp_path / "mirror", log.key, port, "--timeout", "2")
+    assert code == 1 and ("SyncIncomplete" in out or "sync failed" in out), out
+    assert "audit ok" in out
