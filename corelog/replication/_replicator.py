@@ -51,13 +51,16 @@ handling its input) is fatal for this connection only: ``error`` is set, an
 from __future__ import annotations
 
 import os
+import threading
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from corelog import Head as LogHead
 from corelog import Log, Proof, Store
+from corelog._crypto import discovery_key
 from corelog.errors import Conflict, InvalidProof, NotWritable, OutOfRange
 
 from ._connection import CLOSED, NEED_DATA, ChannelState, Connection
@@ -88,7 +91,7 @@ class Limits:
     """Every bound of one connection; the defaults are safe for an internet-facing server."""
 
     max_frame: int = DEFAULT_MAX_FRAME  # largest frame we accept (announced in Hello)
-    max_inflight: int = 16  # requests the peer may have outstanding with us (announced)
+    max_inflight: int = 64  # requests the peer may have outstanding with us (announced)
     max_requests: int = 64  # cap on the peer's announced max_inflight: requests we send at once
     max_channels: int = 16384  # channels the peer may open on one connection
     max_rejected: int = 1024  # unproven Opens remembered (for logs added later), oldest dropped
@@ -160,6 +163,7 @@ class Read:
     number: int
     frame_limit: int
     batch_blocks: int
+    estimate: int = 0  # bytes the answer will hold, roughly (for batching reads)
     proof: Proof | None = None
     reason: str | None = None  # NoData reason
     error: BaseException | None = None
@@ -200,6 +204,33 @@ class Read:
             self.reason = "a block is larger than your frame limit"
             return
         self.proof = proof
+
+
+_INDEXES: weakref.WeakKeyDictionary[Store, tuple[float, dict[bytes, bytes]]] = weakref.WeakKeyDictionary()
+_INDEX_LOCK = threading.Lock()
+INDEX_REFRESH = 1.0  # seconds: how stale the shared discovery-key index of a store may get on a miss
+
+
+def _lookup(store: Store, dkey: bytes, clock: Callable[[], float]) -> bytes | None:
+    """The key of the log with discovery key ``dkey`` in ``store``, in O(1).
+
+    One index per store, shared by all its connections, rebuilt on a miss at
+    most every ``INDEX_REFRESH`` seconds: a flood of unknown discovery keys
+    costs a dict lookup each, never a scan of the store. (The store's own
+    discovery-key index replaces this once it has one.)
+    """
+    known = getattr(store, "_by_dkey", {}).get(dkey)
+    if known is not None:
+        return known
+    now = time.monotonic()
+    with _INDEX_LOCK:
+        built, index = _INDEXES.get(store, (-INDEX_REFRESH, {}))
+        key = index.get(dkey)
+        if key is None and now - built >= INDEX_REFRESH:
+            index = {discovery_key(k): k for k in store.keys()}
+            _INDEXES[store] = (now, index)
+            key = index.get(dkey)
+    return key
 
 
 def _proof_size(proof: Proof) -> int:
@@ -261,6 +292,10 @@ class Replicator:
         self._commits: deque[Commit] = deque()
         self._reads: deque[tuple[_Channel, Request]] = deque()
         self._dummy_key = os.urandom(32)
+        # per-channel work lists, so each event costs O(1) whatever the number of channels
+        self._unsynced: dict[bytes, _Channel] = {}  # requests in flight, commits queued, or wants more
+        self._todo: OrderedDict[bytes, _Channel] = OrderedDict()  # may have requests to issue
+        self._backoff: dict[bytes, _Channel] = {}  # waiting for retry_at
         self._next_ping = 1
         self.progress_at = clock()  # last useful event from the peer (not Pings)
         self.backlog = 0  # bytes of received Data queued as Commits
@@ -278,14 +313,7 @@ class Replicator:
     @property
     def synced(self) -> bool:
         """True once the barrier passed and every open channel holds what the peer announced."""
-        if not self._barrier_done:
-            return False
-        for dkey, ch in self._channels.items():
-            if self.conn.channel_state(dkey) is not ChannelState.OPEN or ch.closed_reason:
-                continue
-            if ch.inflight or ch.committing or self._wants(ch):
-                return False
-        return True
+        return self._barrier_done and not self._unsynced
 
     @property
     def busy(self) -> bool:
@@ -295,8 +323,7 @@ class Replicator:
     @property
     def next_deadline(self) -> float | None:
         """When ``tick()`` should run next (a backed-off channel may retry), if ever."""
-        times = [ch.retry_at for ch in self._channels.values() if ch.retry_at and self._wants(ch)]
-        return min(times) if times else None
+        return min((ch.retry_at for ch in self._backoff.values()), default=None)
 
     def channel_open(self, log: Log) -> bool:
         return self.conn.channel_state(log.discovery_key) is ChannelState.OPEN
@@ -367,13 +394,17 @@ class Replicator:
             if ch.closed_reason:
                 self._guard(lambda ch=ch, msg=msg: self._no_data(ch, msg.id, "conflicted"))
                 continue
+            log = ch.log
+            avg = log.byte_length // log.length + 8 if log.length else 8
+            span = min(msg.end - msg.start, self.limits.batch_blocks) + 1
             return Read(
-                ch.log,
+                log,
                 msg,
                 ch,
                 self.conn.channel_number(dkey),
                 self.conn.send_limit,
                 self.limits.batch_blocks,
+                estimate=min(span * avg, self.conn.send_limit),
             )
         return None
 
@@ -384,6 +415,11 @@ class Replicator:
 
     def tick(self) -> None:
         """Retry channels whose back-off expired."""
+        now = self.clock()
+        for dkey, ch in list(self._backoff.items()):
+            if ch.retry_at <= now:
+                del self._backoff[dkey]
+                self._todo[dkey] = ch
         self._guard(self._pump_all)
 
     def open_log(self, log: Log) -> None:
@@ -504,6 +540,7 @@ class Replicator:
             if ch is not None:
                 ch.closed_reason = f"closed by peer: {msg.reason}"
                 ch.inflight.clear()
+                self._touch(ch)
             return
         if ch is None:  # open on the wire but not accepted by us: only reachable by a bug
             raise ProtocolError("message on a channel we never accepted")
@@ -516,15 +553,16 @@ class Replicator:
         elif isinstance(msg, NoData):
             ch.inflight.pop(msg.id, None)
             self._window_end(ch)
+            self._touch(ch)
 
     # --- channels -----------------------------------------------------------------
 
     def _find(self, dkey: bytes) -> Log | None:
         log = self._logs.get(dkey)
         if log is None and self.store is not None:
-            log = self.store.find(dkey)
-            if log is not None:
-                self._logs[dkey] = log
+            key = _lookup(self.store, dkey, self.clock)
+            if key is not None:
+                log = self._logs[dkey] = self.store.get(key=key)
         return log
 
     def _on_open(self, msg: Open) -> None:
@@ -598,14 +636,18 @@ class Replicator:
             self._close_conflict(ch, exc)
             return
         old = ch.remote_head
+        dkey = ch.log.discovery_key
         if ch.log.manifest is not None and (old is None or (old.fork, old.length) != (msg.fork, msg.length)):
             ch.fruitless, ch.retry_at = 0, 0.0  # a verified new head: worth trying again
+            self._backoff.pop(dkey, None)
         ch.remote_head = msg
+        self._touch(ch)
 
     def _close_conflict(self, ch: _Channel, exc: Conflict) -> None:
         dkey = ch.log.discovery_key
         ch.closed_reason = str(exc)
         ch.inflight.clear()
+        self._touch(ch)
         if ch.log.key not in self.stats.conflicts:
             self.stats.conflicts.append(ch.log.key)
         if self.conn.channel_state(dkey) not in (None, ChannelState.CLOSED):
@@ -615,6 +657,7 @@ class Replicator:
         dkey = ch.log.discovery_key
         ch.closed_reason = reason
         ch.inflight.clear()
+        self._touch(ch)
         self.stats.failures[ch.log.key] = reason
         if self.conn.channel_state(dkey) not in (None, ChannelState.CLOSED):
             self._out.append(self.conn.send(Close(self.conn.channel_number(dkey), "giving up")))
@@ -669,6 +712,7 @@ class Replicator:
         work.size = sum(len(b) for b in msg.blocks) + 48 * len(msg.nodes)
         self.backlog += work.size
         self._commits.append(work)
+        self._touch(ch)
 
     def _commit_done(self, work: Commit) -> None:
         self.backlog -= work.size
@@ -686,6 +730,7 @@ class Replicator:
             self.stats.blocks_received += len(work.proof.blocks)
             self.stats.bytes_received += sum(len(b) for b in work.proof.blocks)
         self._window_end(ch)
+        self._touch(ch)
         self._pump_all()
         self._maybe_done()
 
@@ -713,6 +758,24 @@ class Replicator:
             return
         ch.retry_at = self.clock() + self.limits.backoff * 2 ** (ch.fruitless - 1)
 
+    def _touch(self, ch: _Channel) -> None:
+        """Re-file a channel after its state changed (O(1))."""
+        dkey = ch.log.discovery_key
+        live = not ch.closed_reason and self.conn.channel_state(dkey) is ChannelState.OPEN
+        wants = live and self._wants(ch)
+        if live and (ch.inflight or ch.committing or wants):
+            self._unsynced[dkey] = ch
+        else:
+            self._unsynced.pop(dkey, None)
+            self._todo.pop(dkey, None)
+            self._backoff.pop(dkey, None)
+            return
+        if wants and dkey not in self._backoff:
+            if ch.retry_at:
+                self._backoff[dkey] = ch
+            else:
+                self._todo[dkey] = ch
+
     def _wants(self, ch: _Channel) -> bool:
         rh = ch.remote_head
         log = ch.log
@@ -724,14 +787,29 @@ class Replicator:
 
     def _pump_all(self) -> None:
         now = None
-        for ch in self._channels.values():
-            if not self.conn.can_request:
-                return
+        todo = self._todo
+        while todo and self.conn.can_request:
+            dkey, ch = next(iter(todo.items()))
             if ch.retry_at:
                 now = self.clock() if now is None else now
                 if now < ch.retry_at:
+                    del todo[dkey]
+                    self._backoff[dkey] = ch
                     continue
             self._pump(ch)
+            if self.conn.can_request or not self._wants(ch) or not self._more_to_request(ch):
+                del todo[dkey]  # issued all it can for now; an answer or a Head re-files it
+            self._touch_unsynced(ch)
+
+    def _more_to_request(self, ch: _Channel) -> bool:
+        rh = ch.remote_head
+        return (
+            rh is not None and rh.fork == ch.log.fork and bool(ch.inflight) and ch.next_start < rh.contiguous
+        )
+
+    def _touch_unsynced(self, ch: _Channel) -> None:
+        if ch.inflight or ch.committing:
+            self._unsynced[ch.log.discovery_key] = ch
 
     def _pump(self, ch: _Channel) -> None:
         if not self._wants(ch) or self.conn.channel_state(ch.log.discovery_key) is not ChannelState.OPEN:

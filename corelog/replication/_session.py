@@ -60,10 +60,11 @@ import trio
 from corelog import Log, Store
 from corelog.errors import CorelogError
 
-from ._replicator import Commit, Limits, Replicator
+from ._replicator import Commit, Limits, Read, Replicator
 from .errors import ProtocolError, SyncIncomplete, SyncTimeout
 
 RECEIVE_SIZE = 256 * 1024
+READ_BATCH = 1024 * 1024  # answers built per thread hop (bytes, roughly)
 _log = logging.getLogger("corelog.replication")
 
 
@@ -282,8 +283,14 @@ class Session:
                 return
             read = rep.next_read()
             if read is not None:
-                await trio.to_thread.run_sync(read.run)
-                out = rep.read_done(read)
+                # small answers are read together (one thread hop); a big one alone: at most
+                # ~READ_BATCH bytes of answers exist before the peer has drained them
+                reads, budget = [read], READ_BATCH - read.estimate
+                while budget > 0 and (more := rep.next_read()) is not None:
+                    reads.append(more)
+                    budget -= more.estimate
+                await trio.to_thread.run_sync(_run_all, reads)
+                out = b"".join([rep.read_done(r) for r in reads])
                 if out:
                     await self._send(out)
                 self._super_wake.set()
@@ -373,8 +380,8 @@ class Session:
 
     def _watch_new_logs(self) -> None:
         rep = self.replicator
-        if rep is None:
-            return
+        if rep is None or len(rep._logs) == len(self._watched):
+            return  # (logs are only ever added)
         for dkey, log in rep._logs.items():
             if dkey not in self._watched:
                 self._watched[dkey] = log.watch(self._on_log_change)
@@ -401,7 +408,7 @@ class Session:
         self._writer_wake.set()
 
 
-def _run_all(batch: list[Commit]) -> None:
+def _run_all(batch: list[Commit] | list[Read]) -> None:
     for work in batch:
         work.run()
 
