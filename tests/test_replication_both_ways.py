@@ -65,12 +65,12 @@ async def test_many_logs_both_ways_over_lockstep_streams(make_store):
     assert all(sa.get(key=y.key)[4] == y[4] for y in mine_b)
 
 
-_SERVE_NO_FSYNC = """
+_SERVE = """
 import sys, trio
 from corelog import Store
 from corelog.replication import serve_tcp
 async def main():
-    with Store(sys.argv[1], sync=False) as s:
+    with Store(sys.argv[1], sync=sys.argv[2] == "fsync") as s:
         async with trio.open_nursery() as n:
             port = await n.start(serve_tcp, s)
             print("serving on 127.0.0.1:%d" % port, flush=True)
@@ -82,10 +82,12 @@ except KeyboardInterrupt:
 
 
 def _serve_process(path: Path, *, fsync: bool = True) -> tuple[subprocess.Popen, int]:
-    """`corelog serve PATH` (fsync per commit), or the same serve_tcp on a sync=False store."""
-    cmd = ["-c", "from corelog.cli import main; main()", "serve", str(path), "--port", "0"]
+    """serve_tcp on a writable store (sync=True: fsync per commit) in another process.
+
+    (`corelog serve` opens its store read-only beside the writing app, so it only serves.)
+    """
     proc = subprocess.Popen(
-        [sys.executable, *(cmd if fsync else ["-c", _SERVE_NO_FSYNC, str(path)])],
+        [sys.executable, "-c", _SERVE, str(path), "fsync" if fsync else "nosync"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

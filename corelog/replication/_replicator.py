@@ -51,16 +51,13 @@ handling its input) is fatal for this connection only: ``error`` is set, an
 from __future__ import annotations
 
 import os
-import threading
 import time
-import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from corelog import Head as LogHead
 from corelog import Log, Proof, Store
-from corelog._crypto import discovery_key
 from corelog.errors import Conflict, InvalidProof, NotWritable, OutOfRange
 
 from ._connection import CLOSED, NEED_DATA, ChannelState, Connection
@@ -204,33 +201,6 @@ class Read:
             self.reason = "a block is larger than your frame limit"
             return
         self.proof = proof
-
-
-_INDEXES: weakref.WeakKeyDictionary[Store, tuple[float, dict[bytes, bytes]]] = weakref.WeakKeyDictionary()
-_INDEX_LOCK = threading.Lock()
-INDEX_REFRESH = 1.0  # seconds: how stale the shared discovery-key index of a store may get on a miss
-
-
-def _lookup(store: Store, dkey: bytes, clock: Callable[[], float]) -> bytes | None:
-    """The key of the log with discovery key ``dkey`` in ``store``, in O(1).
-
-    One index per store, shared by all its connections, rebuilt on a miss at
-    most every ``INDEX_REFRESH`` seconds: a flood of unknown discovery keys
-    costs a dict lookup each, never a scan of the store. (The store's own
-    discovery-key index replaces this once it has one.)
-    """
-    known = getattr(store, "_by_dkey", {}).get(dkey)
-    if known is not None:
-        return known
-    now = time.monotonic()
-    with _INDEX_LOCK:
-        built, index = _INDEXES.get(store, (-INDEX_REFRESH, {}))
-        key = index.get(dkey)
-        if key is None and now - built >= INDEX_REFRESH:
-            index = {discovery_key(k): k for k in store.keys()}
-            _INDEXES[store] = (now, index)
-            key = index.get(dkey)
-    return key
 
 
 def _proof_size(proof: Proof) -> int:
@@ -560,9 +530,9 @@ class Replicator:
     def _find(self, dkey: bytes) -> Log | None:
         log = self._logs.get(dkey)
         if log is None and self.store is not None:
-            key = _lookup(self.store, dkey, self.clock)
-            if key is not None:
-                log = self._logs[dkey] = self.store.get(key=key)
+            log = self.store.find(dkey)  # an index lookup: a flood of unknown keys costs O(1) each
+            if log is not None:
+                self._logs[dkey] = log
         return log
 
     def _on_open(self, msg: Open) -> None:

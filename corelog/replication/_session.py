@@ -254,7 +254,7 @@ class Session:
                 continue
             self._committing = True
             try:
-                await trio.to_thread.run_sync(_run_all, batch)  # not cancellable: a commit finishes
+                await trio.to_thread.run_sync(_commit_all, batch)  # not cancellable: a commit finishes
             finally:
                 self._committing = False
             for work in batch:
@@ -411,6 +411,36 @@ class Session:
 def _run_all(batch: list[Commit] | list[Read]) -> None:
     for work in batch:
         work.run()
+
+
+def _commit_all(batch: list[Commit]) -> None:
+    """Run Commits in order, as few store transactions as possible (one fsync per group).
+
+    A group holds consecutive Commits of one store, each log at most once (a
+    Commit looks at what its log holds, and writes inside a batch become visible
+    at its end). Each Commit catches its own error, so one bad proof never
+    undoes the others (each is a nested transaction of the group).
+    """
+    i = 0
+    while i < len(batch):
+        store = batch[i].log.store
+        seen: set[bytes] = set()
+        j = i
+        while j < len(batch) and batch[j].log.store is store and batch[j].log.key not in seen:
+            seen.add(batch[j].log.key)
+            j += 1
+        group = batch[i:j]
+        if len(group) > 1 and hasattr(store, "batch"):
+            try:
+                with store.batch():
+                    _run_all(group)
+            except Exception as exc:  # the group's commit itself failed (disk full, closed store)
+                for work in group:
+                    if work.error is None:
+                        work.result, work.error = None, exc
+        else:
+            _run_all(group)
+        i = j
 
 
 def _single(group: BaseExceptionGroup) -> BaseException:
