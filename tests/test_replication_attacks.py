@@ -12,7 +12,6 @@ import trio
 import trio.testing
 
 from corelog.replication import Limits, connect_tcp, replicate
-from corelog.replication._session import READ_BATCH
 from corelog.replication._messages import (
     Data,
     Done,
@@ -25,6 +24,7 @@ from corelog.replication._messages import (
     Pong,
     Request,
 )
+from corelog.replication._session import READ_BATCH
 from corelog.replication.errors import ProtocolError, RemoteError, SyncIncomplete, SyncTimeout
 
 from ._peers import Evil, RssPeak, server_thread
