@@ -17,7 +17,7 @@ from __future__ import annotations
 from corelog.machine import to_mermaid as mermaid
 
 # command modules register their commands on ``cli`` when imported
-from . import _diagram, _gen, _inspect, _net  # noqa: F401
+from . import _diagram, _fleet, _gen, _inspect, _net  # noqa: F401
 from ._app import cli, main
 
 __all__ = ["cli", "main", "mermaid"]
