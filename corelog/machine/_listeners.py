@@ -94,6 +94,7 @@ class _Runner:
         self.replayed = 0
         self.stop = threading.Event()
         self.replay_flag = True  # look for requeued dead letters on start
+        self.replaying = False
         self.thread: threading.Thread | None = None
 
     # --- cursor ------------------------------------------------------------------------
@@ -208,7 +209,14 @@ class _Runner:
         self.parked += previous is None
 
     def _replay_parked(self) -> None:
-        self.replay_flag = False
+        self.replaying = True
+        try:
+            self.replay_flag = False
+            self._replay_rows()
+        finally:
+            self.replaying = False
+
+    def _replay_rows(self) -> None:
         with self.fleet._env.begin() as txn:
             rows = [r for r in fs.dead_letters(txn, self.fleet._dbs, self.name) if r.get("requeued")]
         for r in rows:
@@ -354,7 +362,7 @@ class Listeners:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             seq = self.fleet._seq
-            if all(r.saved >= seq and not r.replay_flag for r in self._runners.values()):
+            if all(r.saved >= seq and not (r.replay_flag or r.replaying) for r in self._runners.values()):
                 return True
             time.sleep(0.002)
         return False
