@@ -154,7 +154,7 @@ class Fleet:
         *,
         services: Any = None,
         cache_size: int = 10_000,
-        max_batch: int = 4096,
+        max_batch: int = 16384,
         clock: Callable[[], int] | None = None,
         sync: bool = True,
     ):
@@ -417,14 +417,15 @@ class Fleet:
                 raise UnknownKind(f"machine {op.mid!r} is a {st.slot.kind.name!r}, not a {op.kind!r}")
             return st
         slot = self._cache.get(op.mid)
-        if slot is not None:
+        if slot is not None and slot.log.key in self.store._logs:
+            # a Log object exists for it: it may have been appended outside the fleet (compare-and-append)
             head = fs.read_head(txn, self._dbs, slot.log.lid)
             if head is None or head[0] != slot.log.fork or head[1] != slot.log.length:
                 slot = None  # appended or truncated outside the fleet: reload
                 self._cache.pop(op.mid, None)
-            else:
-                self._cache.move_to_end(op.mid)
-        if slot is None:
+        if slot is not None:
+            self._cache.move_to_end(op.mid)
+        else:
             slot = self._load(txn, op)
         if op.kind is not None and op.kind != slot.kind.name:
             raise UnknownKind(f"machine {op.mid!r} is a {slot.kind.name!r}, not a {op.kind!r}")
