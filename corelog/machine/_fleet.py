@@ -487,11 +487,15 @@ class Fleet:
     def _commit(self, ops: list[_Op]) -> None:
         stages: dict[str, _Stage] = {}
         feed: list[list] = []
-        meta_puts: list[tuple[bytes, bytes]] = []
-        meta_deletes: list[bytes] = []
-        now = self.clock()
-        with self._env.begin(write=True) as txn:
+
+        def part(txn: Any, _state: Any) -> tuple[None, None]:
+            stages.clear()
+            feed.clear()
+            meta_puts: list[tuple[bytes, bytes]] = []
+            meta_deletes: list[bytes] = []
+            now = self.clock()
             for op in ops:
+                op.error = None
                 if isinstance(op, _Send):
                     try:
                         feed.append(self._prepare_send(txn, op, stages, now))
@@ -500,16 +504,10 @@ class Fleet:
                         self._drop_unwritten(stages, op.mid)
                 elif isinstance(op, _Group):
                     self._prepare_group(txn, op, stages, now, feed, meta_puts, meta_deletes)
-                else:
-                    op.result = True
-                    extra = getattr(op, "prepare", None)
-                    if extra is not None:
-                        extra(meta_puts, meta_deletes)
-            try:
-                self._write(txn, stages, feed, meta_puts, meta_deletes)
-            except BaseException:
-                txn.abort()
-                raise
+            self._write(txn, stages, feed, meta_puts, meta_deletes)
+            return None, None
+
+        self.store._writer.run(None, part)  # one part of the store's group commit; durable on return
         self._apply(stages, feed)
 
     def _drop_unwritten(self, stages: dict[str, _Stage], mid: str) -> None:
@@ -548,7 +546,7 @@ class Fleet:
                     continue
                 log = st.slot.log
                 if st.new and log.lid == 0:
-                    fs.create_log(txn, dbs, log)
+                    fs.create_log(txn, self.store, log)
                 st.result = fs.append(txn, dbs, log, st.blocks)  # type: ignore[attr-defined]
                 snap = st.snapshot
                 txn.put(
@@ -596,8 +594,7 @@ class Fleet:
                 self._cache[mid] = slot
             other = logs.get(log.key)  # a Log object opened on this machine outside the fleet
             if other is not None:
-                other._load()
-                other._notify()
+                other._load()  # re-read and publish (wakes its waiters and runtimes)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         if feed and len(feed[-1]) > 6:

@@ -15,11 +15,13 @@ logs' records, every machine's blocks, tree nodes and signed head (one signature
 per machine per commit), the index rows, the feed rows and the listener cursors,
 so a crash leaves all of it or none of it.
 
-The fleet writes log blocks itself (same keys and values as ``corelog._log``)
-because the store-level group-commit writer of issue 8 was not on main when the
-fleet was written; the commit re-reads each machine's signed head inside the
-transaction (compare-and-append), so a log appended outside the fleet is
-reloaded, never overwritten.
+A fleet batch is ONE part of the store's group-commit writer (``corelog._writer``),
+so it shares the transaction and the fsync with whatever else the store commits.
+Inside it the fleet writes its machines' blocks, nodes and signed heads itself
+(the same keys and values as ``corelog._keys``: one signature per machine per
+batch), then tells any open ``Log`` object (``Log._load``). A machine whose
+``Log`` is open is checked against its signed head first (compare-and-append),
+so appends made outside the fleet are reloaded, never overwritten.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import lmdb
 import msgpack
 
 from corelog import _crypto, _flat
-from corelog._log import BLOCK, HEAD, KEY, NODE, NODE_VALUE, head_key
+from corelog._keys import BLOCK, HEAD, KEY, NODE, NODE_VALUE, head_key
 from corelog._tree import Node, append_nodes
 
 U64 = struct.Struct(">Q")
@@ -133,19 +135,20 @@ def read_block(txn: lmdb.Transaction, dbs: Any, lid: int, index: int) -> bytes |
     return txn.get(KEY.pack(lid, BLOCK, index), db=dbs.data)
 
 
-def create_log(txn: lmdb.Transaction, dbs: Any, st: LogState) -> None:
-    """Write a new writable log's record and name (its head is written by ``append``)."""
+def create_log(txn: lmdb.Transaction, store: Any, st: LogState) -> None:
+    """Write a new writable log's record, name and discovery-key row (its head is written by ``append``)."""
+    dbs = store._dbs
     existing = txn.get(st.key, db=dbs.logs)
-    if existing is not None:  # created earlier (e.g. a replica of it, or a log made outside the fleet)
-        record = msgpack.unpackb(existing)
-        record.update(name=st.name, writable=True, manifest=st.manifest)
-    else:
-        next_id = int.from_bytes(txn.get(b"next_id", db=dbs.meta), "big")
-        txn.put(b"next_id", (next_id + 1).to_bytes(4, "big"), db=dbs.meta)
-        record = {"id": next_id, "name": st.name, "writable": True, "manifest": st.manifest}
+    if existing is not None:  # a log made outside the fleet under this name, or a replica of it
+        from .errors import MachineError
+
+        raise MachineError(f"the store already holds a log {st.name!r}; a fleet machine cannot take it over")
+    record = {"id": store._new_id(txn), "name": st.name, "writable": True, "manifest": st.manifest}
     st.lid = record["id"]
-    txn.put(st.key, msgpack.packb(record), db=dbs.logs)
+    txn.put(st.key, store._pack_record(record), db=dbs.logs)
     txn.put(st.name.encode(), st.key, db=dbs.names)
+    if getattr(dbs, "dkeys", None) is not None:
+        txn.put(_crypto.discovery_key(st.key), st.key, db=dbs.dkeys)
 
 
 def append(txn: lmdb.Transaction, dbs: Any, st: LogState, blocks: list[bytes]) -> tuple[list[Node], int, int]:
