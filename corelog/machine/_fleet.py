@@ -27,7 +27,7 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from ._runtime import as_event, now_ms
 from .errors import (
     ActionFailed,
     DefinitionMismatch,
+    EventNotAccepted,
     FleetClosed,
     InvalidMachineId,
     MachineError,
@@ -56,6 +57,7 @@ class Kind:
     name: str
     chart: Statechart
     migrate: bool
+    services: Mapping[str, Callable] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class MachineInfo:
     state: Any
     done: bool
     length: int
+    extras: Mapping[str, Any] | None = None  # pending timers, running invocations, history, output
 
 
 class _Slot:
@@ -108,11 +111,12 @@ class _Op:
 
 
 class _Send(_Op):
-    __slots__ = ("mid", "kind", "etype", "data")
+    __slots__ = ("mid", "kind", "etype", "data", "due")
 
     def __init__(self, mid: str, kind: str | None, etype: str, data: Any, notify: Callable | None):
         super().__init__(notify)
         self.mid, self.kind, self.etype, self.data = mid, kind, etype, data
+        self.due: int | None = None  # a timer's event: the due time it was armed with
 
 
 class _Group(_Op):
@@ -187,6 +191,10 @@ class Fleet:
         from ._listeners import Listeners
 
         self.listeners = Listeners(self)
+        from ._fleet_timers import Scheduler
+
+        self.scheduler = Scheduler(self)
+        self.recovered = (0, 0)  # timers re-armed and invocations restarted from the store
 
     # --- registration ------------------------------------------------------------------
 
@@ -197,15 +205,33 @@ class Fleet:
         actions: Mapping[str, Callable] | None = None,
         guards: Mapping[str, Callable] | None = None,
         *,
+        delays: Mapping[str, Any] | None = None,
+        services: Mapping[str, Callable] | None = None,
         migrate: bool = False,
     ) -> Kind:
-        """Register a machine kind. ``migrate=True`` lets machines recorded with an older
-        definition continue under this one (a new header entry is recorded first)."""
+        """Register a machine kind with its implementations.
+
+        ``services`` maps an ``invoke``'s ``src`` to ``fn(input) -> result``, run by the
+        fleet's scheduler (``_fleet_timers``); ``delays`` names ``after`` delays.
+        ``migrate=True`` lets machines recorded with an older definition continue under
+        this one (a new header entry is recorded first).
+        """
         if not isinstance(kind, str) or not kind:
             raise UnknownKind("a kind name is a non-empty str")
-        chart = definition if isinstance(definition, Statechart) else Statechart(definition, actions, guards)
-        k = Kind(kind, chart, migrate)
+        if isinstance(definition, Statechart):
+            chart = definition
+        else:
+            chart = Statechart(definition, actions, guards, delays=delays)
+        missing = [s for s in getattr(chart, "services", []) if s not in (services or {})]
+        if missing:
+            raise MachineError(
+                f"kind {kind!r} invokes services {missing} that were not given: pass services={{...}}"
+            )
+        k = Kind(kind, chart, migrate, dict(services or {}))
         self._kinds[kind] = k
+        if self._running:  # registered after start: resume this kind's timers and invocations now
+            t, i = self.scheduler.recover(kind)
+            self.recovered = (self.recovered[0] + t, self.recovered[1] + i)
         return k
 
     @property
@@ -235,6 +261,8 @@ class Fleet:
         self._writer = threading.Thread(target=self._write_loop, name="corelog-fleet-writer", daemon=True)
         self._writer.start()
         self.listeners.start()
+        self.recovered = self.scheduler.recover()
+        self.scheduler.start()
         return self
 
     def close(self) -> None:
@@ -242,6 +270,7 @@ class Fleet:
         if self._closed:
             return
         self.listeners.stop()
+        self.scheduler.stop()
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -341,7 +370,7 @@ class Fleet:
             row = fs.index_row(txn, self._dbs, check_id(mid))
         if row is None:
             raise UnknownMachine(f"no machine {mid!r} in this fleet")
-        return MachineInfo(mid, row[0], row[1], row[2], row[3], row[4])
+        return MachineInfo(mid, row[0], row[1], row[2], row[3], row[4], row[5] if len(row) > 5 else None)
 
     def __contains__(self, mid: str) -> bool:
         with self._env.begin() as txn:
@@ -363,7 +392,7 @@ class Fleet:
         k = self._kinds.get(info.kind)
         if k is not None:
             try:
-                return k.chart.snapshot_from(entry.state, entry.context, entry.done)
+                return k.chart.snapshot_from(entry.state, entry.context, entry.done, info.extras)
             except MachineError:
                 pass
         return entry.snapshot
@@ -451,7 +480,7 @@ class Fleet:
         log = fs.load_log_state(txn, self._dbs, self._seed, row[1])
         if log is None or log.length == 0:
             raise MachineError(f"the log of machine {op.mid!r} is missing or empty; the store is damaged")
-        slot = restore(txn, self._dbs, op.mid, kind, log)
+        slot = restore(txn, self._dbs, op.mid, kind, log, row[5] if len(row) > 5 else None)
         self._cache[op.mid] = slot
         return slot
 
@@ -461,6 +490,10 @@ class Fleet:
         chart = st.slot.kind.chart
         add: list[bytes] = []
         snap, header = st.snapshot, st.header
+        if op.due is not None and (snap is None or snap.timers.get(op.etype) != op.due):
+            raise EventNotAccepted(
+                f"timer {op.etype!r} of {op.mid!r} was cancelled or re-armed; nothing recorded"
+            )
         if snap is None:  # a new machine: its header (with the initial snapshot) first
             snap = chart.initial(now)
             add.append(encode_header(dict(chart.definition), chart.hash, snap, now))
@@ -551,7 +584,16 @@ class Fleet:
                 snap = st.snapshot
                 txn.put(
                     fs.machine_key(mid),
-                    fs.pack([st.slot.kind.name, log.key, snap.value, snap.done, st.result[1]]),  # type: ignore[union-attr]
+                    fs.pack(
+                        [
+                            st.slot.kind.name,
+                            log.key,
+                            snap.value,
+                            snap.done,
+                            st.result[1],
+                            snap.extras() or None,
+                        ]
+                    ),  # type: ignore[union-attr]
                     db=meta,
                 )
             if feed and (self._feed_on or self.listeners.active):
@@ -588,7 +630,10 @@ class Fleet:
                 continue
             slot, log = st.slot, st.slot.log
             log.roots, log.length, log.byte_length = st.result
-            slot.snapshot = st.snapshot
+            prev, slot.snapshot = slot.snapshot, st.snapshot
+            new = st.snapshot
+            if new is not None and (new.timers or new.invocations):
+                self.scheduler.watch(mid, slot.kind, prev, new)
             slot.header = st.header
             if st.new:
                 self._cache[mid] = slot
@@ -605,7 +650,7 @@ class Fleet:
                 self._feed_cond.notify_all()
 
 
-def restore(txn: Any, dbs: Any, mid: str, kind: Kind, log: fs.LogState) -> _Slot:
+def restore(txn: Any, dbs: Any, mid: str, kind: Kind, log: fs.LogState, extras: Any = None) -> _Slot:
     """A machine's record from its log: the last entry (and its header, to check the definition)."""
     n = log.length
     last = decode(n - 1, bytes(fs.read_block(txn, dbs, log.lid, n - 1) or b""))
@@ -616,7 +661,7 @@ def restore(txn: Any, dbs: Any, mid: str, kind: Kind, log: fs.LogState) -> _Slot
     )
     chart = kind.chart
     try:
-        snap = chart.snapshot_from(last.state, last.context, last.done)
+        snap = chart.snapshot_from(last.state, last.context, last.done, extras)
     except MachineError as exc:
         raise DefinitionMismatch(
             f"machine {mid!r}: its state does not exist in kind {kind.name!r} ({exc})"
@@ -640,7 +685,9 @@ def list_machines(store: Store, kind: str | None = None, state: str | None = Non
                 continue
             if state is not None and not Snapshot(row[2], {}).matches(state):
                 continue
-            out.append(MachineInfo(mid, row[0], row[1], row[2], row[3], row[4]))
+            out.append(
+                MachineInfo(mid, row[0], row[1], row[2], row[3], row[4], row[5] if len(row) > 5 else None)
+            )
     return out
 
 

@@ -1,0 +1,141 @@
+"""The fleet's one scheduler: delayed transitions and invoked services of every machine, and their recovery."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from corelog import Store
+from corelog.machine import Fleet, MachineError
+
+T0 = 1_700_000_000_000
+
+WAITER = {
+    "id": "waiter",
+    "initial": "idle",
+    "states": {
+        "idle": {"on": {"START": "waiting"}},
+        "waiting": {"after": {"100": "expired"}, "on": {"ANSWER": "answered", "POKE": "waiting"}},
+        "expired": {},
+        "answered": {},
+    },
+}
+FETCH = {
+    "id": "fetch",
+    "initial": "idle",
+    "context": {"user": None, "error": None},
+    "states": {
+        "idle": {"on": {"GO": "loading"}},
+        "loading": {
+            "invoke": {
+                "src": "fetchUser",
+                "input": {"id": 42},
+                "retry": {"attempts": 3, "backoff": 1},
+                "onDone": {"target": "ready", "actions": "save"},
+                "onError": {"target": "failed", "actions": "fail"},
+            }
+        },
+        "ready": {},
+        "failed": {},
+    },
+}
+FETCH_ACTIONS = {"save": lambda c, e: {"user": e.data}, "fail": lambda c, e: {"error": e.data}}
+
+
+def until(pred, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def test_timers_fire_once_from_one_scheduler_and_cancelled_ones_never(tmp_path):
+    now = [T0]
+    with Fleet(Store(tmp_path / "s", sync=False), clock=lambda: now[0]) as f:
+        f.register("waiter", WAITER)
+        for i in range(50):
+            f.send(f"w{i}", "START")
+        f.send("w0", "ANSWER")  # leaves the state: its timer is cancelled
+        now[0] += 60
+        f.send("w1", "POKE")  # a self-transition keeps the timer (no re-entry)
+        assert f.snapshot("w1").timers == {"xstate.after.100.waiter.waiting": T0 + 100}
+        assert f.scheduler.pending >= 50 and threading.active_count() < 20  # no thread per machine
+        now[0] += 50
+        assert until(lambda: f.snapshot("w49").value == "expired")
+        assert until(lambda: all(f.snapshot(f"w{i}").value == "expired" for i in range(1, 50)))
+        time.sleep(0.1)
+        assert f.snapshot("w0").value == "answered"
+        assert [e.event.type for e in f.history("w2") if e.event] == [
+            "START",
+            "xstate.after.100.waiter.waiting",
+        ]
+    f.store.close()
+
+
+def test_pending_timers_survive_a_restart(tmp_path):
+    now = [T0]
+    store = Store(tmp_path / "s", sync=False)
+    with Fleet(store, clock=lambda: now[0]) as f:
+        f.register("waiter", WAITER)
+        f.send("a", "START")
+        f.send("b", "START")
+        f.send("b", "ANSWER")
+    now[0] += 500  # overdue while nothing ran
+    with Fleet(store, clock=lambda: now[0]) as f:
+        f.register("waiter", WAITER)
+        assert f.recovered == (1, 0)
+        assert until(lambda: f.snapshot("a").value == "expired")
+        assert f.snapshot("b").value == "answered"
+    store.close()
+
+
+def test_invoked_service_retries_then_its_outcome_is_an_event(tmp_path):
+    calls: list = []
+
+    def flaky(inp):
+        calls.append(inp)
+        if len(calls) < 3:
+            raise ConnectionError("try again")
+        return {"id": inp["id"], "name": "Ada"}
+
+    with Fleet(Store(tmp_path / "s", sync=False)) as f:
+        f.register("fetch", FETCH, FETCH_ACTIONS, services={"fetchUser": flaky})
+        f.send("u", "GO")
+        assert until(lambda: f.snapshot("u").value == "ready")
+        assert f.snapshot("u").context["user"] == {"id": 42, "name": "Ada"} and len(calls) == 3
+    f.store.close()
+    with Fleet(Store(tmp_path / "t", sync=False)) as f:
+        f.register("fetch", FETCH, FETCH_ACTIONS, services={"fetchUser": lambda inp: 1 / 0})
+        f.send("u", "GO")
+        assert until(lambda: f.snapshot("u").value == "failed")
+        assert "ZeroDivisionError" in f.snapshot("u").context["error"]["message"]
+    f.store.close()
+    with pytest.raises(MachineError, match="fetchUser"):
+        Fleet(Store(tmp_path / "x", sync=False)).register("fetch", FETCH, FETCH_ACTIONS)
+
+
+def test_an_invocation_in_flight_at_close_runs_again_on_open(tmp_path):
+    gate, started = threading.Event(), threading.Event()
+
+    def stuck(inp):
+        started.set()
+        gate.wait(10)
+        return "late"
+
+    store = Store(tmp_path / "s", sync=False)
+    with Fleet(store) as f:
+        f.register("fetch", FETCH, FETCH_ACTIONS, services={"fetchUser": stuck})
+        f.send("u", "GO")
+        assert started.wait(10)
+    gate.set()  # its outcome arrives after the close: dropped, nothing recorded
+    time.sleep(0.05)
+    with Fleet(store) as f:
+        f.register("fetch", FETCH, FETCH_ACTIONS, services={"fetchUser": lambda inp: "again"})
+        assert f.recovered == (0, 1)
+        assert until(lambda: f.snapshot("u").value == "ready")
+        assert f.snapshot("u").context["user"] == "again"
+    store.close()
