@@ -166,7 +166,7 @@ def deliveries(tmp: str, n: int, e: int) -> float:
 
 def scale(path: str, m: int) -> dict:
     """In a fresh process: m machines, one event each; peak RSS; restore of random evicted machines."""
-    from corelog.machine import _fleet as fl
+    from corelog.machine import _fleet_records as fl
     from corelog.machine import _fleet_store as fs
 
     f = fleet_at(path, sync=True, cache_size=min(10_000, m // 4))

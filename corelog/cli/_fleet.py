@@ -13,7 +13,7 @@ from rich.table import Table
 from corelog import Store
 from corelog.errors import StoreLocked
 from corelog.machine import _fleet_store as fs
-from corelog.machine._fleet import list_machines
+from corelog.machine._fleet_records import list_machines
 
 from ._app import cli
 from ._common import UsageProblem, console, open_store, value, when

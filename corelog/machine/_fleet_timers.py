@@ -106,7 +106,7 @@ class Scheduler:
     # --- running -----------------------------------------------------------------------
 
     def _send(self, mid: str, event: str, data: Any = None, due: int | None = None) -> None:
-        from ._fleet import _Send
+        from ._fleet_records import _Send
 
         op = _Send(mid, None, event, data, None)
         op.due = due

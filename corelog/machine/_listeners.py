@@ -110,7 +110,7 @@ class _Runner:
             self._write_meta([(self.ckey, fs.U64.pack(pos))], [])
             self.saved = max(self.saved, pos)
             return
-        from ._fleet import _Group
+        from ._fleet_records import _Group
 
         def done(op: Any) -> None:
             self.pending = False
