@@ -65,16 +65,24 @@ def fleet_ls(store: str, kind: str | None, state: str | None, as_json: bool, lim
 @fleet.command("history")
 @click.argument("store")
 @click.argument("machine")
+@click.option("-n", "--last", type=click.IntRange(min=1), default=None, help="Only the last N entries.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines (one entry each) instead of a table.")
 @click.pass_context
-def fleet_history(ctx: click.Context, store: str, machine: str, as_json: bool) -> None:
-    """Every entry of one MACHINE (by id): time, event, state, context change."""
+def fleet_history(ctx: click.Context, store: str, machine: str, last: int | None, as_json: bool) -> None:
+    """Every entry of one MACHINE (by id): time, event, state, context change (as `corelog log`)."""
     with open_store(store) as s:
         if (fs.LOG_PREFIX + machine) not in s:
-            raise UsageProblem(
-                f"no fleet machine {machine!r} in {store}; `corelog fleet ls {store}` lists them"
-            )
-    ctx.invoke(log_cmd, store=store, log=fs.LOG_PREFIX + machine, start=0, stop=None, as_json=as_json)
+            raise UsageProblem(f"no fleet machine {machine!r} in {store}; `corelog fleet ls {store}` lists them")
+    ctx.invoke(
+        log_cmd,
+        store=store,
+        log=fs.LOG_PREFIX + machine,
+        start=None,
+        stop=None,
+        last=last,
+        show_all=last is None,
+        as_json=as_json,
+    )
 
 
 @fleet.command("listeners")
