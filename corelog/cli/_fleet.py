@@ -72,7 +72,9 @@ def fleet_history(ctx: click.Context, store: str, machine: str, last: int | None
     """Every entry of one MACHINE (by id): time, event, state, context change (as `corelog log`)."""
     with open_store(store) as s:
         if (fs.LOG_PREFIX + machine) not in s:
-            raise UsageProblem(f"no fleet machine {machine!r} in {store}; `corelog fleet ls {store}` lists them")
+            raise UsageProblem(
+                f"no fleet machine {machine!r} in {store}; `corelog fleet ls {store}` lists them"
+            )
     ctx.invoke(
         log_cmd,
         store=store,

@@ -268,7 +268,11 @@ class Fleet:
         """
         op = self._make_send(mid, event, data, kind, None)
         self._submit(op)
-        return lambda timeout=None: self._wait(op, timeout)
+
+        def wait(timeout: float | None = None) -> Snapshot:
+            return self._wait(op, timeout)
+
+        return wait
 
     async def asend(self, mid: str, event: Any, data: Any = None, *, kind: str | None = None) -> Snapshot:
         """``send`` for trio: the commit happens in the writer thread, the event loop keeps running.
@@ -397,12 +401,13 @@ class Fleet:
             kind = self._kinds[kname]
             log = fs.new_log_state(self._seed, fs.LOG_PREFIX + op.mid)
             return _Slot(op.mid, kind, log, None, 0)
-        kind = self._kinds.get(row[0])
-        if kind is None:
+        known = self._kinds.get(row[0])
+        if known is None:
             raise UnknownKind(f"machine {op.mid!r} is a {row[0]!r}, a kind this fleet has not registered")
-        log = fs.load_log_state(txn, self._dbs, self._seed, row[1])
-        if log is None or log.length == 0:
+        state = fs.load_log_state(txn, self._dbs, self._seed, row[1])
+        if state is None or state.length == 0:
             raise MachineError(f"the log of machine {op.mid!r} is missing or empty; the store is damaged")
+        kind, log = known, state
         slot = restore(txn, self._dbs, op.mid, kind, log, row[5] if len(row) > 5 else None)
         self._cache[op.mid] = slot
         return slot
@@ -505,6 +510,7 @@ class Fleet:
                     fs.create_log(txn, self.store, log)
                 st.result = fs.append(txn, dbs, log, st.blocks)  # type: ignore[attr-defined]
                 snap = st.snapshot
+                assert snap is not None
                 txn.put(
                     fs.machine_key(mid),
                     fs.pack(

@@ -132,7 +132,8 @@ def read_node(txn: lmdb.Transaction, dbs: Any, lid: int, index: int) -> Node:
 
 
 def read_block(txn: lmdb.Transaction, dbs: Any, lid: int, index: int) -> bytes | None:
-    return txn.get(KEY.pack(lid, BLOCK, index), db=dbs.data)
+    raw = txn.get(KEY.pack(lid, BLOCK, index), db=dbs.data)
+    return None if raw is None else bytes(raw)
 
 
 def create_log(txn: lmdb.Transaction, store: Any, st: LogState) -> None:
@@ -177,7 +178,7 @@ def append(txn: lmdb.Transaction, dbs: Any, st: LogState, blocks: list[bytes]) -
 
 def index_row(txn: lmdb.Transaction, dbs: Any, mid: str) -> list | None:
     raw = txn.get(machine_key(mid), db=dbs.meta)
-    return None if raw is None else unpack(raw)
+    return None if raw is None else unpack(bytes(raw))
 
 
 def iter_index(txn: lmdb.Transaction, dbs: Any, start: str = ""):
@@ -185,10 +186,11 @@ def iter_index(txn: lmdb.Transaction, dbs: Any, start: str = ""):
     cur = txn.cursor(db=dbs.meta)
     if not cur.set_range(M_PREFIX + start.encode()):
         return
-    for k, v in cur:
+    for kb, vb in cur:
+        k, v = bytes(kb), bytes(vb)
         if not k.startswith(M_PREFIX):
             break
-        yield bytes(k[len(M_PREFIX) :]).decode(), unpack(v)
+        yield k[len(M_PREFIX) :].decode(), unpack(v)
 
 
 def last_seq(txn: lmdb.Transaction, dbs: Any) -> int:
@@ -202,7 +204,8 @@ def read_feed(txn: lmdb.Transaction, dbs: Any, after: int, limit: int) -> list[t
     cur = txn.cursor(db=dbs.meta)
     if not cur.set_range(feed_key(after + 1)):
         return out
-    for k, v in cur:
+    for kb, vb in cur:
+        k, v = bytes(kb), bytes(vb)
         if not k.startswith(F_PREFIX) or len(out) >= limit:
             break
         out.append((U64.unpack(k[len(F_PREFIX) :])[0], unpack(v)))
@@ -213,10 +216,11 @@ def cursors(txn: lmdb.Transaction, dbs: Any) -> dict[str, int]:
     out = {}
     cur = txn.cursor(db=dbs.meta)
     if cur.set_range(C_PREFIX):
-        for k, v in cur:
+        for kb, vb in cur:
+            k, v = bytes(kb), bytes(vb)
             if not k.startswith(C_PREFIX):
                 break
-            out[bytes(k[len(C_PREFIX) :]).decode()] = U64.unpack(v)[0]
+            out[k[len(C_PREFIX) :].decode()] = U64.unpack(v)[0]
     return out
 
 
@@ -226,10 +230,11 @@ def dead_letters(txn: lmdb.Transaction, dbs: Any, listener: str | None = None) -
     out = []
     cur = txn.cursor(db=dbs.meta)
     if cur.set_range(prefix):
-        for k, v in cur:
+        for kb, vb in cur:
+            k, v = bytes(kb), bytes(vb)
             if not k.startswith(prefix):
                 break
-            name, _, seq = bytes(k[len(D_PREFIX) :]).partition(b"\x00")
+            name, _, seq = k[len(D_PREFIX) :].partition(b"\x00")
             row = unpack(v)
             row["listener"] = name.decode()
             row["seq"] = U64.unpack(seq)[0]

@@ -145,7 +145,7 @@ class _Runner:
         want = self.pos + 1
         for first, last, rows in reversed(self.fleet._recent):
             if first <= want <= last:
-                out = []
+                out: list[tuple[int, Change | None]] = []
                 for row in rows[want - first :]:
                     mid, st, index, prev, new, ev, seq = row
                     kind = st.slot.kind.name
