@@ -77,7 +77,7 @@ def raw_fsync(path: str, n: int) -> float:
 def casern(n: int, e: int) -> dict | str:
     if not shutil.which("node") or not shutil.which("npm"):
         return "node/npm not installed"
-    src = ANCHORS / "casern"
+    src = Path(os.environ.get("CORELOG_ANCHORS", ANCHORS)) / "casern"  # ../shared/anchors beside the clone
     if not src.exists():
         return f"{src} not found"
     work = WORK / "casern"
