@@ -81,7 +81,12 @@ def test_sigkill_under_load_loses_no_ack_and_no_listener_call(tmp_path, record_p
         try:
             assert proc.stdout is not None
             assert proc.stdout.readline().strip() == "ready", proc.stderr.read() if proc.stderr else ""
-            time.sleep(rng.uniform(0.4, 1.6))
+            deadline = time.monotonic() + 60  # under load: at least one round acknowledged, then a random moment
+            while time.monotonic() < deadline and proc.poll() is None:
+                if os.path.exists(acked) and os.path.getsize(acked) > 0:
+                    break
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.05, 1.0))
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         finally:
             proc.send_signal(signal.SIGKILL)
