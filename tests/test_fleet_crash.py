@@ -81,7 +81,8 @@ def test_sigkill_under_load_loses_no_ack_and_no_listener_call(tmp_path, record_p
         try:
             assert proc.stdout is not None
             assert proc.stdout.readline().strip() == "ready", proc.stderr.read() if proc.stderr else ""
-            deadline = time.monotonic() + 60  # under load: at least one round acknowledged, then a random moment
+            # under load: wait for one acknowledged round, then kill at a random moment
+            deadline = time.monotonic() + 60
             while time.monotonic() < deadline and proc.poll() is None:
                 if os.path.exists(acked) and os.path.getsize(acked) > 0:
                     break
