@@ -319,7 +319,9 @@ class Fleet:
         k = self._kinds.get(info.kind)
         if k is not None:
             try:
-                return k.chart.snapshot_from(entry.state, entry.context, entry.done, info.extras)
+                return k.chart.snapshot_from(
+                    entry.state, entry.context, entry.done, entry.extras or info.extras
+                )
             except MachineError:
                 pass
         return entry.snapshot

@@ -115,7 +115,8 @@ def restore(txn: Any, dbs: Any, mid: str, kind: Kind, log: fs.LogState, extras: 
     )
     chart = kind.chart
     try:
-        snap = chart.snapshot_from(last.state, last.context, last.done, extras)
+        # the entry records timers/invocations/history/output (the index row has a copy)
+        snap = chart.snapshot_from(last.state, last.context, last.done, last.extras or extras)
     except MachineError as exc:
         raise DefinitionMismatch(
             f"machine {mid!r}: its state does not exist in kind {kind.name!r} ({exc})"
