@@ -96,20 +96,21 @@ def test_pending_timers_survive_a_restart(tmp_path):
 def test_invoked_service_retries_then_its_outcome_is_an_event(tmp_path):
     calls: list = []
 
-    def flaky(inp):
-        calls.append(inp)
+    def flaky(inp, context, key):
+        calls.append((inp, key))
         if len(calls) < 3:
             raise ConnectionError("try again")
-        return {"id": inp["id"], "name": "Ada"}
+        return {"id": inp["id"], "name": "Ada"}  # the key is the same on every retry
 
     with Fleet(Store(tmp_path / "s", sync=False)) as f:
         f.register("fetch", FETCH, FETCH_ACTIONS, services={"fetchUser": flaky})
         f.send("u", "GO")
         assert until(lambda: f.snapshot("u").value == "ready")
         assert f.snapshot("u").context["user"] == {"id": 42, "name": "Ada"} and len(calls) == 3
+        assert len({key for _, key in calls}) == 1 and calls[0][1] == "0:1:0.fetch.loading"  # fork 0, entry 1
     f.store.close()
     with Fleet(Store(tmp_path / "t", sync=False)) as f:
-        f.register("fetch", FETCH, FETCH_ACTIONS, services={"fetchUser": lambda inp: 1 / 0})
+        f.register("fetch", FETCH, FETCH_ACTIONS, services={"fetchUser": lambda inp, ctx, key: 1 / 0})
         f.send("u", "GO")
         assert until(lambda: f.snapshot("u").value == "failed")
         assert "ZeroDivisionError" in f.snapshot("u").context["error"]["message"]
@@ -121,7 +122,7 @@ def test_invoked_service_retries_then_its_outcome_is_an_event(tmp_path):
 def test_an_invocation_in_flight_at_close_runs_again_on_open(tmp_path):
     gate, started = threading.Event(), threading.Event()
 
-    def stuck(inp):
+    def stuck(inp, ctx, key):
         started.set()
         gate.wait(10)
         return "late"
@@ -134,7 +135,7 @@ def test_an_invocation_in_flight_at_close_runs_again_on_open(tmp_path):
     gate.set()  # its outcome arrives after the close: dropped, nothing recorded
     time.sleep(0.05)
     with Fleet(store) as f:
-        f.register("fetch", FETCH, FETCH_ACTIONS, services={"fetchUser": lambda inp: "again"})
+        f.register("fetch", FETCH, FETCH_ACTIONS, services={"fetchUser": lambda inp, ctx, key: "again"})
         assert f.recovered == (0, 1)
         assert until(lambda: f.snapshot("u").value == "ready")
         assert f.snapshot("u").context["user"] == "again"

@@ -48,7 +48,7 @@ from ._fleet_records import (
     machine_history,
     restore,
 )
-from ._interpreter import Event, Snapshot, Statechart
+from ._interpreter import Event, Snapshot, Statechart, stamp_invocations
 from ._runtime import as_event, now_ms
 from .errors import (
     ActionFailed,
@@ -440,6 +440,8 @@ class Fleet:
                 f"machine {op.mid!r} ({st.slot.kind.name}) failed on {op.etype!r}: {type(exc).__name__}: {exc}; "
                 "nothing was recorded"
             ) from exc
+        if new.invocations:  # new invocations get their idempotency key: this entry's index and fork
+            new = stamp_invocations(new, st.slot.log.length + len(st.blocks) + len(add), st.slot.log.fork)
         add.append(encode_transition(ev, new, header))
         st.blocks.extend(add)
         st.snapshot, st.header = new, header

@@ -193,6 +193,17 @@ def iter_index(txn: lmdb.Transaction, dbs: Any, start: str = ""):
         yield k[len(M_PREFIX) :].decode(), unpack(v)
 
 
+def last_context(txn: lmdb.Transaction, dbs: Any, key: bytes) -> Any:
+    """The context in the last entry of the log with ``key`` (for a service restarted on open)."""
+    raw = txn.get(key, db=dbs.logs)
+    if raw is None:
+        return None
+    lid = msgpack.unpackb(raw)["id"]
+    head = read_head(txn, dbs, lid)
+    block = read_block(txn, dbs, lid, head[1] - 1) if head and head[1] else None
+    return None if block is None else unpack(block).get("context")
+
+
 def last_seq(txn: lmdb.Transaction, dbs: Any) -> int:
     raw = txn.get(SEQ_KEY, db=dbs.meta)
     return 0 if raw is None else U64.unpack(raw)[0]

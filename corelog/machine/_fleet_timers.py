@@ -8,13 +8,15 @@ snapshot; leaving it removes them. The fleet records that part of the snapshot
 in the machine's index row (same transaction as the entry), and after every
 commit hands each changed machine's old and new snapshot to this scheduler:
 
-- a new or re-armed timer goes into ONE heap for all machines; one thread sleeps
+- a new or re-armed timer goes into ONE heap for all machines (the statecharts
+  work's ``TimerHeap``, lazy deletion); one thread sleeps
   until the earliest is due and sends its event. The send carries the due time it
   was armed with, and the writer drops it (nothing recorded) if the machine's
   timer has since been cancelled or re-armed, so a stale heap entry never fires;
-- a new invocation runs its service ``fn(input)`` in a small bounded thread pool;
-  the outcome is sent as ``xstate.done.actor.<id>`` (data: the result) or
-  ``xstate.error.actor.<id>`` (data: ``{"message": ...}``), retried with the
+- a new invocation runs its service ``fn(input, context, key)`` (``key``: the
+  invocation's idempotency key) in a small bounded thread pool; the outcome is
+  sent as ``xstate.done.actor.<id>`` (data: the result) or
+  ``xstate.error.actor.<id>`` (data: ``{"error", "message"}``), retried with the
   invoke's ``retry`` policy first. An outcome that arrives after the state was
   left is refused by the interpreter and records nothing.
 
@@ -25,7 +27,6 @@ call in flight at a crash runs again: at least once, as with listeners.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import threading
 import time
@@ -33,7 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from . import _fleet_store as fs
-from ._interpreter import Snapshot
+from ._interpreter import Snapshot, invocation_key
+from ._scheduler import TimerHeap, _retry_delays
 
 if TYPE_CHECKING:
     from ._fleet import Fleet
@@ -44,8 +46,7 @@ _log = logging.getLogger("corelog.fleet")
 class Scheduler:
     def __init__(self, fleet: Fleet, workers: int = 4):
         self.fleet = fleet
-        self._heap: list[tuple[int, int, str, str]] = []
-        self._n = 0
+        self._timers = TimerHeap()  # the statecharts work's heap: every machine's timers, lazy deletion
         self._cond = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -57,32 +58,24 @@ class Scheduler:
 
     def watch(self, mid: str, kind: Any, prev: Snapshot | None, new: Snapshot) -> None:
         """Arm what ``new`` starts that ``prev`` did not (called after each commit)."""
-        old_t = prev.timers if prev is not None else {}
-        for ev, due in new.timers.items():
-            if due is not None and old_t.get(ev) != due:
-                self.arm(mid, ev, due)
-        old_i = prev.invocations if prev is not None else {}
-        for iid, inv in new.invocations.items():
-            if iid not in old_i:
-                self.invoke(mid, kind, iid, inv)
-
-    def arm(self, mid: str, event: str, due: int) -> None:
-        with self._cond:
-            self._n += 1
-            heapq.heappush(self._heap, (due, self._n, mid, event))
-            if self._heap[0][1] == self._n:
+        if new.timers or (prev is not None and prev.timers):
+            with self._cond:
+                self._timers.sync(mid, new)
                 self._cond.notify()
+        old = prev.invocations if prev is not None else {}
+        for iid, inv in new.invocations.items():
+            if iid not in old:
+                self.invoke(mid, kind, iid, inv, new.context)
 
-    def invoke(self, mid: str, kind: Any, iid: str, inv: Any) -> None:
+    def invoke(self, mid: str, kind: Any, iid: str, inv: Any, context: Any = None) -> None:
         fn = kind.services.get(inv.get("src"))
         if fn is None:
-            self._send(
-                mid, f"xstate.error.actor.{iid}", {"message": f"no service {inv.get('src')!r} registered"}
-            )
+            error = {"error": "MachineError", "message": f"no service {inv.get('src')!r} registered"}
+            self._send(mid, f"xstate.error.actor.{iid}", error)
             return
         self.invoked += 1
         d = getattr(kind.chart, "invokes", {}).get(iid)
-        self._pool.submit(self._run_service, mid, iid, fn, inv, (d.retry if d is not None else None) or {})
+        self._pool.submit(self._run_service, mid, iid, fn, inv, context, d.retry if d is not None else None)
 
     def recover(self, only: str | None = None) -> tuple[int, int]:
         """Re-arm every pending timer and restart every running invocation in the store
@@ -94,13 +87,18 @@ class Scheduler:
                 extras = row[5] if len(row) > 5 else None
                 if not extras or row[0] not in kinds or (only is not None and row[0] != only):
                     continue
-                for ev, due in (extras.get("timers") or {}).items():
-                    if due is not None:
-                        self.arm(mid, ev, due)
-                        timers += 1
-                for iid, inv in (extras.get("invocations") or {}).items():
-                    self.invoke(mid, kinds[row[0]], iid, inv)
-                    invocations += 1
+                pending = {e: d for e, d in (extras.get("timers") or {}).items() if d is not None}
+                if pending:
+                    with self._cond:
+                        self._timers.sync(mid, Snapshot(row[2], {}, row[3], None, {}, pending))
+                        self._cond.notify()
+                    timers += len(pending)
+                running = extras.get("invocations") or {}
+                if running:
+                    context = fs.last_context(txn, self.fleet._dbs, row[1])
+                    for iid, inv in running.items():
+                        self.invoke(mid, kinds[row[0]], iid, inv, context)
+                        invocations += 1
         return timers, invocations
 
     # --- running -----------------------------------------------------------------------
@@ -115,23 +113,24 @@ class Scheduler:
         except Exception:  # closed: recovery re-arms it next time
             pass
 
-    def _run_service(self, mid: str, iid: str, fn: Any, inv: Any, retry: Any) -> None:
-        attempts = max(1, int(retry.get("attempts", 1)))
-        delay = float(retry.get("backoff", 100)) / 1000
-        factor = float(retry.get("factor", 2))
-        cap = float(retry.get("max", 30_000)) / 1000
-        for attempt in range(1, attempts + 1):
+    def _run_service(self, mid: str, iid: str, fn: Any, inv: Any, context: Any, retry: Any) -> None:
+        """``fn(input, context, key)``, as the statecharts driver calls services; ``key`` is the
+        invocation's idempotency key (the same on every retry and after a restart)."""
+        key = invocation_key(iid, inv)
+        delays = _retry_delays(retry)
+        for attempt in range(len(delays) + 1):
             if self._stop:
                 return
             try:
-                result = fn(inv.get("input"))
-            except Exception as exc:
-                if attempt == attempts:
-                    self._send(mid, f"xstate.error.actor.{iid}", {"message": f"{type(exc).__name__}: {exc}"})
-                    return
-                time.sleep(min(cap, delay))
-                delay *= factor
-                continue
+                result = fn(inv.get("input"), context, key)
+            except Exception as exc:  # a failing service is data: recorded as the error event
+                if attempt < len(delays):
+                    time.sleep(delays[attempt])
+                    continue
+                self._send(
+                    mid, f"xstate.error.actor.{iid}", {"error": type(exc).__name__, "message": str(exc)}
+                )
+                return
             self._send(mid, f"xstate.done.actor.{iid}", result)
             return
 
@@ -140,18 +139,17 @@ class Scheduler:
         while True:
             with self._cond:
                 while not self._stop:
-                    if self._heap:
-                        wait = (self._heap[0][0] - clock()) / 1000
-                        if wait <= 0:
-                            break
-                        self._cond.wait(min(wait, 0.05))  # a test clock may jump: look again soon
-                    else:
-                        self._cond.wait(0.5)
+                    nxt = self._timers.next_due()
+                    if nxt is not None and nxt <= clock():
+                        break
+                    # a test clock may jump: look again soon
+                    self._cond.wait(0.5 if nxt is None else min((nxt - clock()) / 1000, 0.05))
                 if self._stop:
                     return
-                due, _, mid, event = heapq.heappop(self._heap)
-            self.fired += 1
-            self._send(mid, event, None, due)
+                due = self._timers.pop_due(clock())
+            for mid, event, at in due:
+                self.fired += 1
+                self._send(mid, event, None, at)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="corelog-fleet-scheduler", daemon=True)
@@ -169,4 +167,6 @@ class Scheduler:
 
     @property
     def pending(self) -> int:
-        return len(self._heap)
+        """Timers armed (across all machines)."""
+        with self._cond:
+            return len(self._timers)
