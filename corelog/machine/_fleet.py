@@ -512,7 +512,7 @@ class Fleet:
                 log = st.slot.log
                 if st.new and log.lid == 0:
                     fs.create_log(txn, self.store, log)
-                st.result = fs.append(txn, dbs, log, st.blocks)  # type: ignore[attr-defined]
+                st.result = fs.append(txn, dbs, log, st.blocks)
                 snap = st.snapshot
                 assert snap is not None
                 txn.put(
@@ -526,7 +526,7 @@ class Fleet:
                             st.result[1],
                             snap.extras() or None,
                         ]
-                    ),  # type: ignore[union-attr]
+                    ),
                     db=meta,
                 )
             if feed and (self._feed_on or self.listeners.active):

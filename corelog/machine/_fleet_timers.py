@@ -149,7 +149,7 @@ class Scheduler:
                 due = self._timers.pop_due(clock())
             for mid, event, at in due:
                 self.fired += 1
-                self._send(mid, event, None, at)
+                self._send(str(mid), event, None, at)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="corelog-fleet-scheduler", daemon=True)
