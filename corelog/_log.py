@@ -81,6 +81,8 @@ class Head(NamedTuple):
 
 
 def _blocks_arg(data: bytes | bytearray | memoryview | Iterable[bytes]) -> list[bytes]:
+    if type(data) is bytes and len(data) <= MAX_BLOCK_SIZE:  # the common case, quickly
+        return [data]
     if isinstance(data, bytes | bytearray | memoryview):
         blocks = [bytes(data)]
     elif isinstance(data, str):

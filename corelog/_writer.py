@@ -223,8 +223,43 @@ class Writer:
             lock.acquire()  # released when our part is done or we are promoted
             if part.status == _DONE:
                 return part.outcome()
-        self._lead(part)
+            self._lead(part)
+            return part.outcome()
+        # the writer was idle: commit our part alone, at once (the common uncontended case)
+        try:
+            changed = self._commit_one(part)
+        except BaseException:
+            self._release_lead()
+            raise
+        if changed is None:  # it needs the general path (e.g. a conflict to record)
+            self._lead(part)
+            return part.outcome()
+        self._release_lead()
+        for lg in changed:
+            lg._notify()
         return part.outcome()
+
+    def _release_lead(self) -> None:
+        with self._mu:
+            if self._queue and not self._closed:
+                nxt = self._queue.pop(0)
+                nxt.status = _LEAD
+                wake = nxt.wake
+            else:
+                self._handoff_closed()
+                return
+        wake()  # type: ignore[misc]
+
+    def _handoff_closed(self) -> None:
+        """With ``_mu`` held and nobody to promote: fail what is queued (closed) and go idle."""
+        for p in self._queue:
+            p.error = self._closed_error()
+            p.status = _DONE
+            p.wake()  # type: ignore[misc]
+        self._queue.clear()
+        self._busy = False
+        if self._closed:  # close() may be waiting for the writer to go idle
+            self._idle.notify_all()
 
     async def run_async(self, log: Log | None, fn: PartFn) -> Any:
         """``run`` for trio tasks: waits without a thread; a leader commits in a worker thread."""
@@ -365,23 +400,7 @@ class Writer:
             p.status = _DONE
             if p is not leader and p.wake is not None:
                 p.wake()
-        with self._mu:
-            if self._queue and not self._closed:
-                nxt = self._queue.pop(0)
-                nxt.status = _LEAD
-                wake = nxt.wake
-            else:
-                for p in self._queue:  # closed: fail whatever is still queued
-                    p.error = self._closed_error()
-                    p.status = _DONE
-                    p.wake()  # type: ignore[misc]
-                self._queue.clear()
-                self._busy = False
-                if self._closed:  # close() may be waiting for the writer to go idle
-                    self._idle.notify_all()
-                wake = None
-        if wake is not None:
-            wake()
+        self._release_lead()
 
     # --- explicit batches --------------------------------------------------------------
 

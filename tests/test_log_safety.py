@@ -242,3 +242,68 @@ def test_reorg_drops_what_changed_and_nothing_else(make_store):
     assert list(rep) == list(w)[:8]
     rep.apply(w.proof(8, 14, have=8))
     assert list(rep) == list(w) and rep.audit().ok
+
+
+# --- property: replicas follow any history of appends and truncations ------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), st.integers(1, 9)),
+        st.tuples(st.just("truncate"), st.integers(0, 100)),
+        st.tuples(st.just("sync"), st.integers(0, 100)),
+        st.tuples(st.just("stale"), st.integers(0, 100)),
+    ),
+    min_size=1,
+    max_size=14,
+)
+
+
+def _common(rep, w):
+    n = 0
+    for a, b in zip(rep, w, strict=False):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=_ops)
+def test_replica_follows_any_history(tmp_path_factory, ops):
+    root = tmp_path_factory.mktemp("prop")
+    with Store(root / "w", sync=False) as ws, Store(root / "r", sync=False) as rs:
+        w = ws.get("log")
+        rep = rs.get(key=w.key)
+        old_proofs = []
+        counter = 0
+        for op, arg in ops:
+            if op == "append":
+                w.append([b"b%d" % (counter + i) for i in range(arg)])
+                counter += arg
+                old_proofs.append(w.proof(0, w.length))
+            elif op == "truncate":
+                w.truncate(arg % (w.length + 1))
+            elif op == "stale" and old_proofs:
+                before = (rep.head(), list(rep))
+                proof = old_proofs[arg % len(old_proofs)]
+                stale = proof.fork < rep.fork or (proof.fork == rep.fork and proof.length <= rep.length)
+                try:
+                    rep.apply(proof)  # an old head: ignored; a newer one (for the replica): taken
+                except InvalidProof:
+                    pass
+                if stale:
+                    assert (rep.head(), list(rep)) == before
+            elif op == "sync":
+                # a peer claims any prefix up to what really is common; the replica never loses more
+                common = _common(rep, w) if rep.fork <= w.fork else 0
+                have = arg % (common + 1)
+                assert rep.apply(w.proof(have, w.length, have=have)) in (True, False)
+                assert list(rep) == list(w) and rep.head() == w.head()
+            assert rep.conflict is None
+            kept = list(rep)
+            assert kept == list(w)[: len(kept)] or rep.fork < w.fork
+        rep.apply(w.proof(0, w.length))
+        assert list(rep) == list(w) and rep.audit().ok and w.audit().ok

@@ -317,3 +317,30 @@ def test_readme_durability_example_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), {"Store": Store})
     with Store(tmp_path / "data") as s:
         assert s.get("user-0").length == 11 and s.get("user-99").length == 10
+
+
+async def test_close_while_trio_tasks_append(tmp_path):
+    s = Store(tmp_path / "s", sync=False)
+    logs = [s.get(f"l{i}") for i in range(20)]
+    outcomes = []
+
+    async def task(log):
+        n = 0
+        while True:
+            try:
+                await log.append_async(b"%d" % n)
+                n += 1
+            except StoreClosed:
+                outcomes.append(n)
+                return
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            for log in logs:
+                nursery.start_soon(task, log)
+            await trio.sleep(0.2)
+            await trio.to_thread.run_sync(s.close)
+    assert len(outcomes) == 20 and sum(outcomes) > 0
+    with Store(tmp_path / "s") as s2:
+        for log in logs:
+            assert s2.get(log.name).audit().ok
