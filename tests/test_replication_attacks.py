@@ -348,3 +348,94 @@ async def test_hostile_peers_never_stop_a_server_from_serving_others(make_store,
     assert sum(isinstance(e, ProtocolError) for e in errors) >= 2
     assert not any(isinstance(e, RemoteError) and "Done" in str(e) for e in errors)
     assert Done  # (imported for symmetry with the protocol tests)
+
+
+async def test_no_handshake_at_all_times_out(victim):
+    _, rep = victim
+    a, b = trio.testing.lockstep_stream_pair()
+    with trio.fail_after(5):
+        with pytest.raises(SyncTimeout, match="handshake"):
+            await replicate(a, [rep], initiator=True, live=False, **{**FAST, "handshake_timeout": 0.5})
+    assert rep.contiguous_length == 100
+
+
+async def test_ping_flood_without_reading_is_cut(writer):
+    ws, log = writer
+    a, b = trio.testing.lockstep_stream_pair()  # zero buffering: the victim's Pongs back up at once
+    evil = Evil(a, initiator=True)
+    errors = []
+
+    async def server():
+        try:
+            await replicate(b, ws, initiator=False, live=True, **FAST)
+        except Exception as exc:
+            errors.append(exc)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server)
+            await evil.handshake()
+            await evil.send(Hello(1, 4 * MB, 16))
+            await evil.receive(lambda m: isinstance(m, Hello))
+            with trio.move_on_after(3):
+                await evil.send(*[Ping(i + 1) for i in range(200)])  # and never read the Pongs
+            while not errors:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert isinstance(errors[0], ProtocolError) and "Pings" in str(errors[0])
+
+
+async def test_bogus_opens_keep_bounded_state_and_a_channel_cap(writer):
+    from corelog.replication import Session
+
+    ws, log = writer
+    a, b = trio.testing.memory_stream_pair()
+    evil = Evil(a, initiator=True)
+    session = Session(b, ws, initiator=False, max_rejected=100, max_channels=3000, **FAST)
+    errors = []
+
+    async def run():
+        try:
+            await session.run()
+        except ProtocolError as exc:
+            errors.append(exc)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            await evil.handshake()
+            await evil.send(
+                Hello(1, 4 * MB, 16), *[Open(i, os.urandom(32), os.urandom(32)) for i in range(2000)]
+            )
+            await evil.send(Ping(0))
+            await evil.receive(lambda m: isinstance(m, Pong))
+            rep = session.replicator
+            assert rep.stats.rejected_opens == 2000 and len(rep._rejected) == 100
+            await evil.send(*[Open(2000 + i, os.urandom(32), os.urandom(32)) for i in range(1001)])
+            got = await evil.receive(lambda m: isinstance(m, Error))
+            assert any(isinstance(m, Error) and "channels" in m.message for m in got)
+            nursery.cancel_scope.cancel()
+    assert errors and "3000 channels" in str(errors[0])
+
+
+async def test_server_connection_cap_refuses_extra_peers_and_serves_again_later(writer, make_store):
+    ws, log = writer
+    from corelog.replication import serve_tcp
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(
+            lambda task_status: serve_tcp(ws, max_connections=2, task_status=task_status, **FAST)
+        )
+        held = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
+        await trio.sleep(0.1)
+        extra = await trio.open_tcp_stream("127.0.0.1", port)
+        with trio.fail_after(5):
+            assert await extra.receive_some(100) == b""  # closed at once, nothing said
+        for s in held:
+            await s.aclose()
+        await trio.sleep(0.1)
+        rep = make_store("late").get(key=log.key)
+        with trio.fail_after(10):
+            await connect_tcp([rep], "127.0.0.1", port, live=False)
+        assert rep.contiguous_length == 300
+        nursery.cancel_scope.cancel()

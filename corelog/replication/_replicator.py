@@ -113,6 +113,8 @@ class _Channel:
     fruitless: int = 0
     retry_at: float = 0.0
     announced: tuple | None = None  # the last head we sent on this channel
+    suspect: BaseException | None = None  # an InvalidProof being checked for equivocation
+    probe: int | None = None  # the request id of that check
 
 
 @dataclass
@@ -138,6 +140,7 @@ class Commit:
     gap: bool = False  # the proof starts past what we hold (an earlier answer was clipped)
     error: BaseException | None = None
     size: int = 0  # bytes it holds (counted against Limits.max_backlog)
+    probe: bool = False  # the self-contained proof asked for to tell equivocation from forgery
 
     def run(self) -> None:
         log, proof = self.log, self.proof
@@ -672,13 +675,14 @@ class Replicator:
 
     def _on_data(self, ch: _Channel, msg: Data) -> None:
         ch.inflight.pop(msg.id, None)
+        probe = msg.id == ch.probe
         if ch.closed_reason:
             return
         proof = Proof.build(
             msg.fork, msg.length, msg.signature, msg.start, msg.blocks, msg.nodes, msg.have, msg.manifest
         )
         ch.committing += 1
-        work = Commit(ch.log, proof, ch)
+        work = Commit(ch.log, proof, ch, probe=probe)
         work.size = sum(len(b) for b in msg.blocks) + 48 * len(msg.nodes)
         self.backlog += work.size
         self._commits.append(work)
@@ -689,6 +693,27 @@ class Replicator:
         ch = work.channel
         ch.committing -= 1
         exc = work.error
+        if work.probe:
+            suspect, ch.suspect, ch.probe = ch.suspect, None, None
+            if not isinstance(exc, Conflict):
+                raise exc or suspect  # not two histories: the earlier proof was simply bad
+        elif (
+            isinstance(exc, InvalidProof)
+            and work.proof.have > 0
+            and work.proof.fork == ch.log.fork
+            and ch.suspect is None
+            and self.conn.can_request
+        ):
+            # A proof that fails against our stored nodes may come from a writer that signed two
+            # histories. Ask for block 0 with a self-contained proof: the log layer compares its
+            # nodes with ours and records the conflict; if it is not one, the peer is at fault.
+            dkey = ch.log.discovery_key
+            ch.suspect = exc
+            ch.probe = self.conn.next_request_id
+            self._out.append(self.conn.request(dkey, ch.log.fork, 0, 0, 1))
+            ch.inflight[ch.probe] = (0, 1)
+            self._touch(ch)
+            return
         if isinstance(exc, Conflict):
             self._close_conflict(ch, exc)
         elif isinstance(exc, NotWritable):

@@ -65,6 +65,7 @@ from .errors import ProtocolError, SyncIncomplete, SyncTimeout
 
 RECEIVE_SIZE = 256 * 1024
 READ_BATCH = 1024 * 1024  # answers built per thread hop (bytes, roughly)
+INLINE_READ = 16 * 1024  # answers this small are read on the event loop (live updates)
 _log = logging.getLogger("corelog.replication")
 
 
@@ -289,7 +290,10 @@ class Session:
                 while budget > 0 and (more := rep.next_read()) is not None:
                     reads.append(more)
                     budget -= more.estimate
-                await trio.to_thread.run_sync(_run_all, reads)
+                if READ_BATCH - budget <= INLINE_READ:
+                    _run_all(reads)  # a few small blocks: an LMDB read is cheaper than a thread hop
+                else:
+                    await trio.to_thread.run_sync(_run_all, reads)
                 out = b"".join([rep.read_done(r) for r in reads])
                 if out:
                     await self._send(out)
