@@ -109,6 +109,25 @@ class Log:
     A Store hands out one Log object per log; it is safe to share between threads.
     """
 
+    __slots__ = (
+        "__weakref__",
+        "_db",
+        "_env",
+        "_hkey",
+        "_manifest",
+        "_raw",
+        "_secret",
+        "_st",
+        "_store",
+        "_version",
+        "_waiters",
+        "_watchers",
+        "discovery_key",
+        "id",
+        "key",
+        "name",
+    )
+
     def __init__(self, store: Store, log_id: int, key: bytes, record: dict, state: LogState | None = None):
         self._store = store
         self._env: lmdb.Environment = store._env

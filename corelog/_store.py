@@ -97,7 +97,7 @@ class Store:
         self.readonly = readonly
         self.map_size = map_size
         self._logs: dict[bytes, Log] = {}
-        self._by_dkey: dict[bytes, bytes] = {}
+        self._by_dkey: dict[bytes, bytes] = {}  # only for old stores without the dkeys index
         self._lock_fd: int | None = None
         self._closed = False
         self._mutex = threading.RLock()
@@ -332,7 +332,6 @@ class Store:
             if log is None or log.id != record["id"] or (record.get("writable") and not log.owned):
                 log = Log(self, record["id"], key, record, state)
                 self._logs[key] = log
-                self._by_dkey[log.discovery_key] = key
             return log
 
     @staticmethod
