@@ -102,7 +102,10 @@ class Fleet:
         self._cond = threading.Condition()
         self._feed_cond = threading.Condition()
         self._done = threading.Condition()
-        self._recent: collections.deque[tuple[int, int, list]] = collections.deque(maxlen=256)
+        # the last batches' changes, handed to listeners in memory (bounded: older ones are read from the feed)
+        self._recent: collections.deque[tuple[int, int, list]] = collections.deque()
+        self._recent_rows = 0
+        self.recent_max_rows = 65_536
         self._writer: threading.Thread | None = None
         self._running = False
         self._closed = False
@@ -578,6 +581,9 @@ class Fleet:
         if feed and len(feed[-1]) > 6:
             # hand the batch's changes to the listeners in memory (they read the feed only to catch up)
             self._recent.append((feed[0][6], feed[-1][6], feed))
+            self._recent_rows += len(feed)
+            while self._recent_rows > self.recent_max_rows and len(self._recent) > 1:
+                self._recent_rows -= len(self._recent.popleft()[2])
             with self._feed_cond:
                 self._seq = feed[-1][6]
                 self._feed_cond.notify_all()
