@@ -173,7 +173,8 @@ def compile_definition(
     if not isinstance(definition, Mapping):
         raise DefinitionError([("", f"a definition is a dict, got {type(definition).__name__}")])
     _is_json(dict(definition), "", problems)
-    machine_id = definition.get("id") if isinstance(definition.get("id"), str) else "machine"
+    raw_id = definition.get("id")
+    machine_id: str = raw_id if isinstance(raw_id, str) else "machine"
     delays = delays or {}
     actions = actions or {}
     guards = guards or {}

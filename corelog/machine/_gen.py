@@ -76,9 +76,9 @@ def _collect(chart: Statechart) -> dict[str, list[str]]:
     for n in chart._nodes:
         for a in (*n.entry, *n.exit):
             add(actions, a.name)
-        for a in n.after:
-            if isinstance(a.delay, str):
-                add(delays, a.delay)
+        for after in n.after:
+            if isinstance(after.delay, str):
+                add(delays, after.delay)
         for ev, ts in [*n.on.items(), ("", n.always)]:
             if ev and not ev.startswith("xstate."):
                 add(events, ev)

@@ -195,7 +195,8 @@ class Statechart:
         )
         self.definition = definition
         self.hash = definition_hash(definition)
-        self.id: str = definition.get("id") if isinstance(definition.get("id"), str) else "machine"
+        raw_id = definition.get("id")
+        self.id: str = raw_id if isinstance(raw_id, str) else "machine"
         self.actions = dict(actions or {})
         self.guards = dict(guards or {})
         self.delays = dict(delays or {})
@@ -274,7 +275,8 @@ class Statechart:
         work = _Work(set(config_in), ctx, snapshot, event.time)
         if consumed:
             work.timers.pop(event.type, None)
-            work.invocations.pop(consumed, None)
+            if isinstance(consumed, str):
+                work.invocations.pop(consumed, None)
         if selected:
             self._microstep(selected, work, event)
         steps = self._settle(work, event)

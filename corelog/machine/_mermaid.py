@@ -59,7 +59,8 @@ def to_mermaid(definition: Mapping[str, Any], current: Any = None) -> str:
     root = Statechart(definition, implementations=False).root
     raw_root = definition
     wrap_root = root.type == "parallel" or bool(root.on) or bool(root.always)
-    machine_id = definition.get("id") if isinstance(definition.get("id"), str) else "machine"
+    raw_id = definition.get("id")
+    machine_id: str = raw_id if isinstance(raw_id, str) else "machine"
 
     def raw_of(node) -> Mapping:
         r = raw_root
@@ -441,10 +442,9 @@ def from_mermaid(text: str, machine_id: str | None = None) -> dict[str, Any]:
     if not seen_header:
         raise MermaidError(1, "empty diagram: expected 'stateDiagram-v2'")
     if len(stack) > 1:
-        raise MermaidError(
-            stack[-1].owner.line,
-            f"composite state {stack[-1].owner.id!r} opened here is not closed with '}}'",
-        )
+        owner = stack[-1].owner
+        assert owner is not None
+        raise MermaidError(owner.line, f"composite state {owner.id!r} opened here is not closed with '}}'")
     definition = _Builder(states, root, machine_id or title).build()
     if payloads:
         definition.setdefault("meta", {})["payloads"] = payloads
@@ -667,12 +667,12 @@ class _Builder:
                     )
                 oev, oguard, oacts = self._parse(o.label, o.line)
                 g = oguard or (oev if oev and oev != "else" else None)
-                cand: dict[str, Any] = {"target": self._target(e.src, o.dst, o.line)}
+                option: dict[str, Any] = {"target": self._target(e.src, o.dst, o.line)}
                 if g:
-                    cand["guard"] = g
+                    option["guard"] = g
                 if acts or oacts:
-                    cand["actions"] = acts + oacts
-                cands.append(cand)
+                    option["actions"] = acts + oacts
+                cands.append(option)
             cands.sort(key=lambda c: "guard" not in c)  # the default (else) is tried last
             self._add(raw, src, ev, cands, e.line)
             return

@@ -145,7 +145,7 @@ class TimerHeap:
         return self._heap[0][0] if self._heap else None
 
     def pop_due(self, now: int) -> list[tuple[Hashable, str, int]]:
-        out = []
+        out: list[tuple[Hashable, str, int]] = []
         heap = self._heap
         while True:
             self._clean()
