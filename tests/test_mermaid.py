@@ -305,3 +305,11 @@ def test_export_marks_current_states_and_imports_ignore_classes():
     text = to_mermaid(d, "left")
     assert "class left current" in text
     assert canon(from_mermaid(text)) == canon(d)
+
+
+@pytest.mark.parametrize("name", ["SHALLOW", "DEEP", "PARALLEL", "TIMED", "INVOKING"])
+def test_export_of_history_timer_and_invoke_charts_round_trips(name):
+    import tests.test_statecharts as charts
+
+    d = getattr(charts, name)
+    assert canon(from_mermaid(to_mermaid(d))) == canon(d), to_mermaid(d)

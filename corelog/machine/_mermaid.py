@@ -259,6 +259,7 @@ class _State:
     line: int
     kind: str = "state"  # state | choice | fork | join
     label: str | None = None
+    key: str | None = None  # the state's key when it differs from its Mermaid id
     scope: _Scope | None = None  # the scope it is declared in
     inner: _Scope | None = None  # its own scope when composite
     section: int = 0
@@ -372,7 +373,10 @@ def from_mermaid(text: str, machine_id: str | None = None) -> dict[str, Any]:
         if m:
             s = state(sid, n)
             if label is not None and label != sid:
-                s.label = label
+                if label.isidentifier() and sid.endswith("__" + label):
+                    s.key = label  # to_mermaid's path-based id for a key used in several places
+                else:
+                    s.label = label
             if marker:
                 kind = marker[2:-2].lower()
                 if kind not in ("choice", "fork", "join"):
@@ -539,6 +543,9 @@ class _Builder:
             fork.kind, fork.inner = "state", inner
             self._force_regions.add(id(inner))
 
+    def _key(self, sid: str) -> str:
+        return self.states[sid].key or sid
+
     def _scope(self, scope: _Scope, raw: dict, path: str) -> None:
         members = [sid for sec in scope.sections for sid in sec]
         if len(scope.sections) > 1:
@@ -546,6 +553,10 @@ class _Builder:
             regions: dict[str, Any] = {}
             forced = id(scope) in self._force_regions
             for k, sec in enumerate(scope.sections):
+                hist = [
+                    s for s in sec if self.states[s].history
+                ]  # history states belong to the parallel state
+                sec = [s for s in sec if s not in hist]
                 real = [s for s in sec if self.states[s].kind == "state"]
                 if len(real) == 1 and not forced:  # a section of one state: that state is the region
                     regions.update(self._states(real, path))
@@ -558,6 +569,7 @@ class _Builder:
                     inits = [x for x in scope.initial if x[0] in sec]
                     self._fill(_Scope(scope.owner, [sec], inits, []), sub, rp, sec)
                     regions[key] = sub
+                regions.update(self._states(hist, path))
             raw["states"] = regions
         else:
             self._fill(scope, raw, path, members)
@@ -572,9 +584,9 @@ class _Builder:
             raise MermaidError(scope.initial[1][1], "a scope has one initial state ([*] --> x)")
         if scope.initial:
             sid, ln = scope.initial[0]
-            if sid not in raw["states"]:
+            if self._key(sid) not in raw["states"]:
                 raise MermaidError(ln, f"initial state {sid!r} is not declared in this composite")
-            raw["initial"] = sid
+            raw["initial"] = self._key(sid)
         else:
             raw["initial"] = next(k for k, v in raw["states"].items() if v.get("type") != "history")
 
@@ -582,7 +594,8 @@ class _Builder:
         out: dict[str, Any] = {}
         for sid in ids:
             s = self.states[sid]
-            p = f"{path}.{sid}" if path else sid
+            key = self._key(sid)
+            p = f"{path}.{key}" if path else key
             self.paths[sid] = p
             raw: dict[str, Any] = {}
             self.raws[sid] = raw
@@ -592,7 +605,7 @@ class _Builder:
             elif s.inner is not None:
                 self._scope(s.inner, raw, p)
             self._state_extras(s, raw)
-            out[sid] = raw
+            out[key] = raw
         return out
 
     def _state_extras(self, s: _State, raw: dict) -> None:
@@ -615,7 +628,7 @@ class _Builder:
         sp, dp = self.paths[src], self.paths[dst]
         parent = sp.rpartition(".")[0]
         if dp.rpartition(".")[0] == parent:
-            return dst
+            return self._key(dst)
         mid = self.machine_id or "machine"
         return f"#{mid}.{dp}"
 
