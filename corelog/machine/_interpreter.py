@@ -53,6 +53,7 @@ from .errors import EndlessLoop, EventNotAccepted, MachineError
 INIT_EVENT = "xstate.init"
 _EMPTY: Mapping[str, Any] = {}
 _NO = object()
+PLAN_CACHE = 4096  # cached microstep plans per chart (bounded: charts with huge state spaces just recompute)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +213,9 @@ class Statechart:
         self._has_final = any(n.type == "final" for n in self._nodes)
         self.invokes = {d.id: d for n in self._nodes for d in n.invoke}
         self._domains: dict[Transition, StateNode | None] = {}
+        # (configuration, transitions) -> (states exited, states entered): both are fixed by the pair
+        # unless a target is a history state
+        self._plans: dict[tuple, tuple[list[StateNode], list[StateNode]]] = {}
         self._dynamic = {  # transitions targeting a history state: their effective targets vary
             t
             for n in self._nodes
@@ -561,9 +565,15 @@ class Statechart:
 
     def _microstep(self, transitions: list[Transition], work: _Work, event: Event) -> None:
         config = work.config
-        exiting = sorted(
-            self._exit_set(transitions, config, work.history), key=lambda n: n.order, reverse=True
-        )
+        dynamic = bool(self._dynamic) and any(t in self._dynamic for t in transitions)
+        key = None if dynamic else (frozenset(config), tuple(transitions))
+        plan = self._plans.get(key) if key is not None else None
+        if plan is None:
+            exiting = sorted(
+                self._exit_set(transitions, config, work.history), key=lambda n: n.order, reverse=True
+            )
+        else:
+            exiting = plan[0]
         for node in exiting:  # history is recorded before anything leaves (SCXML exitStates)
             for h in node.histories.values():
                 if h.history == "deep":
@@ -575,8 +585,11 @@ class Statechart:
             self._run(node.exit, work.ctx, event)
             self._stop(node, work)
             config.discard(node)
-        for t in sorted(transitions, key=lambda t: t.source.order):
+        for t in sorted(transitions, key=lambda t: t.source.order) if len(transitions) > 1 else transitions:
             self._run(t.actions, work.ctx, event)
+        if plan is not None:
+            self._enter_sorted(plan[1], work, event)
+            return
         to_enter: set[StateNode] = set()
         for t in transitions:
             domain = self._domain(t, work.history)
@@ -584,11 +597,14 @@ class Statechart:
                 continue
             for tg in t.targets:
                 self._add_descendants(tg, to_enter, work)
-            for tg in self._effective_targets(t, work.history) if t in self._dynamic else t.targets:
+            for tg in self._effective_targets(t, work.history) if dynamic else t.targets:
                 self._add_ancestors(tg, domain, to_enter, work)
             if domain.type == "parallel":  # like XState v5: the domain's other regions are re-entered
                 self._fill_regions(domain, to_enter, work)
-        self._enter(to_enter, work, event)
+        entering = sorted(to_enter - config, key=lambda n: n.order)
+        if key is not None and len(self._plans) < PLAN_CACHE:  # same configuration + transitions: same sets
+            self._plans[key] = (exiting, entering)
+        self._enter_sorted(entering, work, event)
 
     def _stop(self, node: StateNode, work: _Work) -> None:
         for a in node.after:
@@ -640,9 +656,12 @@ class Statechart:
         return int(ms)
 
     def _enter(self, to_enter: set[StateNode], work: _Work, event: Event) -> None:
+        self._enter_sorted(sorted(to_enter - work.config, key=lambda n: n.order), work, event)
+
+    def _enter_sorted(self, entering: list[StateNode], work: _Work, event: Event) -> None:
         config = work.config
         completed: set[StateNode] = set()
-        for node in sorted(to_enter - config, key=lambda n: n.order):
+        for node in entering:
             config.add(node)
             self._run(node.entry, work.ctx, event)
             for a in node.after:
