@@ -321,3 +321,20 @@ def test_sigkill_during_an_invocation_then_reopen_completes_it(tmp_path):
     assert state == "ready" and context["user"] == {"name": "Ada"}
     assert events == ["xstate.done.actor.0.w.loading"]
     assert keys == [first_key] == ["0:0:0.w.loading"]
+
+
+def test_an_unhandled_event_that_fires_an_always_transition_is_recorded(store):
+    d = {
+        "initial": "idle",
+        "states": {"idle": {"always": {"target": "busy", "guard": "ping"}}, "busy": {}},
+    }
+    m = Machine(store.get("a"), Statechart(d, guards={"ping": lambda ctx, ev: ev.type == "PING"}))
+    try:
+        m.send("OTHER")
+    except EventNotAccepted:
+        pass
+    else:
+        raise AssertionError("OTHER changes nothing: it must be refused")
+    assert len(m.history) == 1  # nothing recorded
+    m.send("PING")  # no state handles PING, but the always guard (given PING) passes
+    assert m.state == "busy" and [e.event.type for e in m.history[1:]] == ["PING"]
