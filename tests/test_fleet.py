@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import trio
@@ -319,3 +320,33 @@ def test_listener_resumes_from_its_cursor_and_the_feed_is_trimmed(tmp_path):
         left = sum(1 for k, _ in txn.cursor(db=store._dbs.meta) if bytes(k).startswith(b"fleet/f/"))
     assert left < 101  # rows every listener is done with are deleted
     store.close()
+
+
+REPLAY_IMPL = {"actions": CHAT_IMPL}  # for `corelog audit --replay tests.test_fleet:REPLAY_IMPL`
+
+
+def test_a_fleet_machine_replicates_and_audits_by_replay_like_any_machine_log(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from corelog.cli import cli
+
+    path = tmp_path / "s"
+    with Fleet(Store(path, sync=False), clock=clock) as f:
+        f.register("chat", CHAT, CHAT_IMPL)
+        f.send("c1", "INQUIRY", {"name": "ann"})
+        for _ in range(5):
+            f.send("c1", "MSG")
+        log = f.log("c1")
+        assert f.store.find(log.discovery_key).key == log.key  # a replication server finds it
+        with Store(tmp_path / "replica", sync=False) as other:  # a verified download, as replication does
+            replica = other.get(key=log.key)
+            replica.apply(log.proof(0, log.length))
+            assert replica.length == 7 and replica.audit().ok
+            assert Machine(replica).context["turns"] == 5  # a read-only Machine follows the replica
+            assert other.find(log.discovery_key) is not None
+    f.store.close()
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    result = CliRunner().invoke(
+        cli, ["audit", str(path), "fleet:c1", "--replay", "tests.test_fleet:REPLAY_IMPL"]
+    )
+    assert result.exit_code == 0, result.output
