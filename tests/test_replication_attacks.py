@@ -439,3 +439,26 @@ async def test_server_connection_cap_refuses_extra_peers_and_serves_again_later(
             await connect_tcp([rep], "127.0.0.1", port, live=False)
         assert rep.contiguous_length == 300
         nursery.cancel_scope.cancel()
+
+
+async def test_per_peer_cap_keeps_one_address_from_taking_every_slot(writer, make_store):
+    ws, log = writer
+    from corelog.replication import serve_tcp
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(
+            lambda task_status: serve_tcp(ws, max_per_peer=2, task_status=task_status, **FAST)
+        )
+        held = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
+        await trio.sleep(0.1)
+        extra = await trio.open_tcp_stream("127.0.0.1", port)
+        with trio.fail_after(5):
+            assert await extra.receive_some(100) == b""  # a third from the same address: refused
+        await held[0].aclose()
+        await trio.sleep(0.1)
+        rep = make_store("fair").get(key=log.key)
+        with trio.fail_after(10):
+            await connect_tcp([rep], "127.0.0.1", port, live=False)  # a freed slot serves again
+        assert rep.contiguous_length == 300
+        await held[1].aclose()
+        nursery.cancel_scope.cancel()

@@ -27,9 +27,12 @@ h11's ``_state.py``::
 
 ``Head``/``Request``/``Data``/``NoData`` are legal only on an OPEN channel.
 Flow control: a side may have at most ``max_inflight`` requests outstanding on
-the connection (the *receiver's* announced limit); a Data or NoData that
-answers no outstanding request is unsolicited, and frames over ``max_frame``
-are refused before they are buffered. Any violation by the peer raises
+the connection (the *receiver's* announced limit, which the sender caps at its
+own ``max_requests``: an announced number is never trusted as is); a Data or
+NoData that answers no outstanding request is unsolicited; frames over
+``max_frame`` are refused before they are buffered, frames are decoded with
+bounded msgpack (see ``_messages.decode``) and every integer must be below
+2**53; a peer may open at most ``max_channels`` channels. Any violation by the peer raises
 ``ProtocolError`` from ``next_event``; the caller sends the ``Error`` message
 that ``error_frame`` builds and closes the transport. A local misuse raises
 ``LocalProtocolError`` from ``send`` and changes nothing.
@@ -239,9 +242,11 @@ class Connection:
                 self._next_number = msg.channel + 1
             self._state[dkey] = new
             return frame
-        dkey = self._by_local_number.get(msg.channel)  # type: ignore[attr-defined]
-        if dkey is None:
-            raise LocalProtocolError(f"channel {msg.channel} was never opened")  # type: ignore[attr-defined]
+        number: int = getattr(msg, "channel")  # noqa: B009 (every other message has a channel)
+        found = self._by_local_number.get(number)
+        if found is None:
+            raise LocalProtocolError(f"channel {number} was never opened")
+        dkey = found
         if isinstance(msg, Close):
             new = self._transition(dkey, ("send", Close), local=True)
             frame = encode(msg)
@@ -292,7 +297,7 @@ class Connection:
 
     # --- receiving ------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes from the transport; ``b""`` means the peer closed it."""
         if not data:
             self._eof = True
@@ -351,9 +356,11 @@ class Connection:
             self._remote_number[dkey] = msg.channel
             self._by_remote_number[msg.channel] = dkey
             return
-        dkey = self._by_remote_number.get(msg.channel)  # type: ignore[attr-defined]
-        if dkey is None:
-            raise ProtocolError(f"{type(msg).__name__} on channel {msg.channel}, which the peer never opened")  # type: ignore[attr-defined]
+        number: int = getattr(msg, "channel")  # noqa: B009 (every other message has a channel)
+        found = self._by_remote_number.get(number)
+        if found is None:
+            raise ProtocolError(f"{type(msg).__name__} on channel {number}, which the peer never opened")
+        dkey = found
         if isinstance(msg, Close):
             self._state[dkey] = self._transition(dkey, ("recv", Close), local=False)
             self._drop_requests(dkey)

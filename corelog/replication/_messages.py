@@ -186,7 +186,8 @@ class Done(Message):
 
 def encode(msg: Message) -> bytes:
     """One frame: u32 length || msgpack([code, *fields])."""
-    body = msgpack.packb([msg.CODE, *[getattr(msg, f) for f in msg.__slots__]], use_bin_type=True)  # type: ignore[attr-defined]
+    names: tuple[str, ...] = msg.__slots__
+    body = msgpack.packb([msg.CODE, *[getattr(msg, f) for f in names]], use_bin_type=True)
     return FRAME_HEADER.pack(len(body)) + body
 
 
@@ -287,7 +288,7 @@ class FrameDecoder:
         self._buf = bytearray()
         self._pos = 0
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         if self._pos and self._pos > len(self._buf) // 2:
             del self._buf[: self._pos]
             self._pos = 0

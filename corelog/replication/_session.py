@@ -29,7 +29,8 @@ Where each byte waits:
 * as a partial frame in the Connection's decoder (at most ``max_frame``);
 * as Commits (received Data, at most the requests we have in flight, which the
   peer cannot exceed) until the **storage** task verifies and commits them in a
-  worker thread, in order, a batch per thread hop;
+  worker thread, in order, a batch per thread hop, grouped in ``store.batch()``
+  transactions (the store's group-commit writer: one fsync per group);
 * as small Request records (at most our announced ``max_inflight``) until the
   **writer** is free: only then is the range read and the Data frame built, so
   answers are produced exactly as fast as the peer drains them, one frame at a

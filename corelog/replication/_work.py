@@ -1,0 +1,146 @@
+"""Per-connection state and storage work of the Replicator: limits, channels, stats, Commit, Read.
+
+``Commit`` and ``Read`` are the storage work items the sans-IO Replicator hands to its driver:
+``run()`` may block (verification, fsync, range reads), so the driver calls it off the event loop
+and gives the item back (``Replicator.commit_done`` / ``read_done``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from corelog import Log, Proof
+from corelog.errors import OutOfRange
+
+from ._messages import DEFAULT_MAX_ARRAY, DEFAULT_MAX_FRAME, Head, Request
+
+DEFAULT_BATCH_BYTES = 512 * 1024
+DEFAULT_BATCH_BLOCKS = 4096
+_FRAME_SLACK = 4096  # room for a Data frame's fields besides blocks and nodes
+
+
+@dataclass
+class Limits:
+    """Every bound of one connection; the defaults are safe for an internet-facing server."""
+
+    max_frame: int = DEFAULT_MAX_FRAME  # largest frame we accept (announced in Hello)
+    max_inflight: int = 64  # requests the peer may have outstanding with us (announced)
+    max_requests: int = 64  # cap on the peer's announced max_inflight: requests we send at once
+    max_channels: int = 16384  # channels the peer may open on one connection
+    max_rejected: int = 1024  # unproven Opens remembered (for logs added later), oldest dropped
+    max_pings: int = 16  # Pongs owed and not yet written before the peer counts as flooding
+    max_array_len: int = DEFAULT_MAX_ARRAY  # elements of one msgpack array in a frame
+    max_fruitless: int = 6  # request windows in a row with nothing usable before giving up
+    backoff: float = 0.05  # first retry delay after a fruitless window (doubles each time)
+    batch_bytes: int = DEFAULT_BATCH_BYTES  # bytes asked for per request
+    batch_blocks: int = DEFAULT_BATCH_BLOCKS  # blocks asked for / served per request
+    max_backlog: int = 8 * 1024 * 1024  # received Data bytes awaiting commit before reading pauses
+
+
+@dataclass
+class _Channel:
+    log: Log
+    remote_head: Head | None = None
+    inflight: dict[int, tuple[int, int]] = field(default_factory=dict)  # request id -> (start, end)
+    next_start: int = 0
+    closed_reason: str | None = None
+    committing: int = 0  # Data handed to the driver and not committed yet
+    window_mark: tuple[int, int] = (0, 0)  # (fork, contiguous) when the request window opened
+    fruitless: int = 0
+    retry_at: float = 0.0
+    announced: tuple | None = None  # the last head we sent on this channel
+    suspect: BaseException | None = None  # an InvalidProof being checked for equivocation
+    probe: int | None = None  # the request id of that check
+
+
+@dataclass
+class Stats:
+    blocks_received: int = 0
+    blocks_sent: int = 0
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    requests_sent: int = 0
+    conflicts: list[bytes] = field(default_factory=list)
+    rejected_opens: int = 0
+    failures: dict[bytes, str] = field(default_factory=dict)  # log key -> why the channel gave up
+
+
+@dataclass(eq=False)
+class Commit:
+    """Storage work: verify and commit one received proof. ``run()`` may block (call it off the loop)."""
+
+    log: Log
+    proof: Proof
+    channel: _Channel
+    result: bool | None = None  # Log.apply's answer; None when skipped
+    gap: bool = False  # the proof starts past what we hold (an earlier answer was clipped)
+    error: BaseException | None = None
+    size: int = 0  # bytes it holds (counted against Limits.max_backlog)
+    probe: bool = False  # the self-contained proof asked for to tell equivocation from forgery
+
+    def run(self) -> None:
+        log, proof = self.log, self.proof
+        try:
+            if proof.start > log.contiguous_length and proof.fork == log.fork:
+                self.gap = True
+                return
+            self.result = log.apply(proof)
+        except BaseException as exc:  # handed back to the replicator in the loop thread
+            self.error = exc
+
+
+@dataclass(eq=False)
+class Read:
+    """Storage work: the range read answering one peer Request. ``run()`` may block."""
+
+    log: Log
+    request: Request
+    channel: _Channel
+    number: int
+    frame_limit: int
+    batch_blocks: int
+    estimate: int = 0  # bytes the answer will hold, roughly (for batching reads)
+    proof: Proof | None = None
+    reason: str | None = None  # NoData reason
+    error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:
+            self.error = exc
+
+    def _run(self) -> None:
+        log, msg = self.log, self.request
+        fork, contig = log.fork, log.contiguous_length
+        if log.conflict:
+            self.reason = "conflicted"
+            return
+        if msg.fork > fork:
+            self.reason = "our fork is older"
+            return
+        if msg.fork == fork:
+            have = start = msg.start
+        else:
+            have = start = log.common_prefix(msg.fork, msg.contiguous)
+        end = min(contig, start + max(1, msg.end - msg.start), start + self.batch_blocks)
+        if start > contig or (start == end and msg.fork == fork):
+            self.reason = "nothing to send from there"
+            return
+        try:
+            proof = log.proof(start, end, have=have)
+            limit = self.frame_limit - _FRAME_SLACK
+            while _proof_size(proof) > limit and end > start + 1:  # clip to the peer's frame limit
+                end = start + max(1, (end - start) // 2)
+                proof = log.proof(start, end, have=have)
+        except OutOfRange:
+            self.reason = "range not held"
+            return
+        if _proof_size(proof) > limit:
+            self.reason = "a block is larger than your frame limit"
+            return
+        self.proof = proof
+
+
+def _proof_size(proof: Proof) -> int:
+    return sum(len(b) + 5 for b in proof.blocks) + 48 * len(proof.nodes)
