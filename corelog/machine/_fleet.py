@@ -4,7 +4,9 @@ Theory of operation
 -------------------
 A :class:`Fleet` owns one writer thread. ``send`` (any thread) and ``await
 asend`` (trio) hand an operation to it and wait; the writer takes every queued
-operation at once (a *batch*), opens ONE write transaction, runs each machine's
+operation at once (a *batch*, at most ``max_batch``) and runs it as ONE part of
+the store's group-commit writer (``corelog._writer``: one LMDB transaction,
+shared with whatever else the store commits meanwhile). Inside it, it runs each machine's
 transition on its committed snapshot in queue order (so each machine runs to
 completion, one event after another, while different machines share the
 batch), writes every machine's new blocks under one signature per machine, the
@@ -19,7 +21,12 @@ loaded machine is restored from its log in O(1) (the last entry holds the whole
 snapshot). Only the writer thread touches the cache.
 
 Listeners (``_listeners``) each run in a thread of their own, reading the
-durable change feed from their own durable cursor; see that module.
+durable change feed from their own durable cursor; timers and invoked services
+of every machine are run by one scheduler (``_fleet_timers``). What is stored
+where: ``_fleet_store``.
+
+Do not call the fleet from inside an action or guard (they run in the writer
+thread, which would wait for itself); listeners and services may call it.
 """
 
 from __future__ import annotations
