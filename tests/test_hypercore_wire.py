@@ -336,7 +336,8 @@ def test_proofs_grow_and_refuse(core):
     g = generate(8, core.get_node, block=(3, 3))
     trusted = {7: core.get_node(7)}
     learnt = verify_block_path(3, core.get(3), g.node, trusted.get)
-    assert learnt[3] == core.get_node(3)
+    assert learnt is not None and learnt[3] == core.get_node(3)
+    assert verify_block_path(3, core.get(3), g.node, {}.get) is None  # ends at a node we do not hold
     with pytest.raises(ProofError, match="does not match"):
         verify_block_path(3, core.get(3) + b"!", g.node, trusted.get)
     with pytest.raises(ProofError, match="not the sibling"):

@@ -92,6 +92,10 @@ class Peer:
         self._pending: dict[int, bytes] = {}
         self._pending_bytes = 0
         self._known: dict[int, Node] = {}
+        # nodes that answers in flight will bring (so later requests ask for fewer), and
+        # blocks that arrived before the answer bringing the node their path ends at
+        self._promised: set[int] = set()
+        self._unverified: dict[int, m.DataBlock] = {}
         self._cursor = 0
         self._want_sent = -1
         self._no_data = 0
@@ -309,6 +313,8 @@ class Peer:
         self._pending.clear()
         self._pending_bytes = 0
         self._known.clear()
+        self._promised.clear()
+        self._unverified.clear()
         self._upgrade = None
         self._seed_known()
 
@@ -350,7 +356,7 @@ class Peer:
         return None
 
     def _has_node(self, x: int, contig: int) -> bool:
-        return x in self._known or _flat.leaf_span(x)[1] <= contig
+        return x in self._known or x in self._promised or _flat.leaf_span(x)[1] <= contig
 
     def _missing_nodes(self, i: int, length: int, contig: int) -> int:
         head = 2 * length
@@ -389,11 +395,26 @@ class Peer:
         avg = max(1, head.byte_length // max(1, head.length))
         window = max(1, min(self.proto.window, MAX_PENDING_BYTES // avg))
         i = max(self._cursor, contig)
+        # requests go out as one batch frame: a JS responder then reads their blocks in one storage batch
+        self.proto.mux.cork()
+        try:
+            self._request_blocks(i, limit, window, head, contig)
+        finally:
+            self.proto.mux.uncork()
+
+    def _request_blocks(self, i: int, limit: int, window: int, head, contig: int) -> None:
         while len(self.inflight) < window and i < limit and self._pending_bytes < MAX_PENDING_BYTES:
             if i not in self._pending:
                 rid = self._new_id()
                 self.inflight[rid] = i
-                self.send(m.Request(rid, head.fork, block=(i, self._missing_nodes(i, head.length, contig))))
+                k = self._missing_nodes(i, head.length, contig)
+                x = 2 * i
+                self._promised.add(x)
+                for _ in range(k):
+                    self._promised.add(_flat.sibling(x))
+                    x = _flat.parent(x)
+                    self._promised.add(x)
+                self.send(m.Request(rid, head.fork, block=(i, k)))
             i += 1
         self._cursor = i
 
@@ -415,6 +436,8 @@ class Peer:
             self._no_data += 1
             self.remote_have = min(self.remote_have, index)
             self._cursor = min(self._cursor, index)
+            self._promised.clear()  # what that answer would have brought will not come
+            self._retry_unverified()
         else:
             return
         if self._no_data > 4 * MAX_QUEUED_REQUESTS:
@@ -438,12 +461,46 @@ class Peer:
         head = self.log.head()
         if d.fork != head.fork:
             return
-        learnt = verify_block_path(index, d.block.value, d.block.nodes, self._trusted)
+        if not self._verify(d.block):
+            if len(self._unverified) >= 2 * self.proto.window:
+                raise WireError("too many blocks whose proofs end at nodes nobody sent")
+            self._unverified[index] = d.block
+            if not self.inflight:
+                self._retry_unverified()
+            return
+        progress = True
+        while progress and self._unverified:  # earlier arrivals that this answer completes
+            progress = False
+            for i, blk in list(self._unverified.items()):
+                if self._verify(blk):
+                    del self._unverified[i]
+                    progress = True
+        if self._unverified and not self.inflight:
+            self._retry_unverified()
+
+    def _verify(self, blk: m.DataBlock) -> bool:
+        learnt = verify_block_path(blk.index, blk.value, blk.nodes, self._trusted)
+        if learnt is None:
+            return False
         self._known.update(learnt)
-        self._pending[index] = d.block.value
-        self._pending_bytes += len(d.block.value)
+        self._pending[blk.index] = blk.value
+        self._pending_bytes += len(blk.value)
         self.blocks_received += 1
         self.proto.dirty.add(self)
+        return True
+
+    def _retry_unverified(self) -> None:
+        """Ask again, with full proofs, for blocks whose proofs relied on answers that never came."""
+        if not self._unverified:
+            return
+        head = self.log.head()
+        contig = self.log.contiguous_length
+        self._promised.clear()
+        for i in sorted(self._unverified):
+            rid = self._new_id()
+            self.inflight[rid] = i
+            self.send(m.Request(rid, head.fork, block=(i, self._missing_nodes(i, head.length, contig))))
+        self._unverified.clear()
 
     def commit(self) -> None:
         """Commit the contiguous verified blocks held in memory (one Log.apply per run)."""
@@ -473,8 +530,10 @@ class Peer:
                 raise ProofError(f"downloaded blocks [{s}, {e}) failed verification: {exc}") from None
             for j in range(s, e):
                 self._pending_bytes -= len(self._pending.pop(j))
-            for x in [x for x in self._known if _flat.leaf_span(x)[1] <= e and _flat.depth(x) < 1]:
+            # nodes inside the committed prefix are in the store now: keep the maps small
+            for x in [x for x in self._known if _flat.leaf_span(x)[1] <= e]:
                 del self._known[x]
+            self._promised = {x for x in self._promised if _flat.leaf_span(x)[1] > e}
 
     def _apply_upgrade(self, d: m.Data) -> None:
         u = d.upgrade

@@ -121,8 +121,11 @@ def _upgrade(get, node, frm: int, to: int, sub_tree: int, p: Generated) -> list[
 
 def verify_block_path(
     index: int, value: bytes, nodes: list[Node], trusted: Callable[[int], Node | None]
-) -> dict[int, Node]:
-    """Hash block ``index`` up its siblings to a trusted node; returns every node on the way."""
+) -> dict[int, Node] | None:
+    """Hash block ``index`` up its siblings to a trusted node; returns every node on the way.
+
+    None when the path ends at a node we do not hold (yet): the caller may wait for it.
+    """
     cur = Node(2 * index, len(value), _crypto.leaf_hash(value))
     learnt = {cur.index: cur}
     for n in nodes:
@@ -133,7 +136,7 @@ def verify_block_path(
         learnt[cur.index] = cur
     top = trusted(cur.index)
     if top is None:
-        raise ProofError(f"block {index}: its proof ends at node {cur.index}, which we do not trust")
+        return None
     if top != cur:
         raise ProofError(f"block {index} does not match the signed tree (tampered block or proof)")
     return learnt

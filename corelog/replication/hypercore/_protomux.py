@@ -114,6 +114,11 @@ class Mux:
         out, self._out = self._out, []
         return out
 
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting in frames and in the open batch."""
+        return self._batch_size + sum(len(f) for f in self._out)
+
     def cork(self) -> None:
         self._corks += 1
         if self._batch is None:
