@@ -359,3 +359,33 @@ def test_decoders_never_crash(type_, payload):
         mux.receive(payload)
     except MuxError:
         pass
+
+
+def test_two_sans_io_protocols_replicate_and_announce_at_once(make_store):
+    from corelog.replication.hypercore import Protocol
+
+    w = make_store().get("w")
+    w.append([b"e%d" % i for i in range(300)])
+    replica = make_store().get(key=w.key)
+    reader, writer = Protocol(True), Protocol(False, w.store)
+    reader.open(replica)
+
+    def pump() -> None:
+        for _ in range(1000):
+            x, y = reader.data_to_send(), writer.data_to_send()
+            if not x and not y:
+                return
+            writer.receive_data(x)
+            reader.receive_data(y)
+        raise AssertionError("no quiescence")
+
+    pump()
+    assert replica.contiguous_length == 300 and replica.head().tree_hash == w.head().tree_hash
+    assert reader.done
+    w.append(b"live")
+    writer.local_changed(w)
+    out = writer.data_to_send()
+    assert out  # the announcement is ready at once, not on the next read
+    reader.receive_data(out)
+    pump()
+    assert replica.contiguous_length == 301 and replica.get(300) == b"live"

@@ -95,7 +95,11 @@ class Protocol:
     def local_changed(self, log: Log) -> None:
         peer = self.peers.get(log.discovery_key)
         if peer is not None and peer.opened:
-            self._guard(peer.local_changed)
+            self._guard(self._local_changed, peer)
+
+    def _local_changed(self, peer: Peer) -> None:
+        peer.local_changed()
+        self._flush()
 
     def keepalive(self) -> None:
         if self.stream.can_send:
