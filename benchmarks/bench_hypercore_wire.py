@@ -51,6 +51,7 @@ async def main(n: int, size: int, live: int) -> None:
         await jr.acmd(connect=writer.port)
         got = await jr.acmd(timeout=600, wait=[0, n, 0, 600000, 2, True])
         js_js = time.perf_counter() - t
+        print(f"JS <- JS: {js_js:.1f} s", file=sys.stderr, flush=True)
         assert got["contiguousLength"] == n, got
 
         # 2. JS reader <- corelog writer
@@ -66,6 +67,7 @@ async def main(n: int, size: int, live: int) -> None:
                 await jr2.acmd(connect=port)
                 got = await jr2.acmd(timeout=600, wait=[0, n, 0, 600000, 2, True])
                 py_js = time.perf_counter() - t
+                print(f"JS <- corelog: {py_js:.1f} s", file=sys.stderr, flush=True)
                 assert got["treeHash"] == log.head().tree_hash.hex(), got
 
                 # 3a. live append -> JS reader (corelog writer)
@@ -84,6 +86,7 @@ async def main(n: int, size: int, live: int) -> None:
             t = time.perf_counter()
             await connect_hypercore(replica, "127.0.0.1", writer.port)
             js_py = time.perf_counter() - t
+            print(f"corelog <- JS: {js_py:.1f} s", file=sys.stderr, flush=True)
             assert replica.contiguous_length == n
             assert replica.head().tree_hash.hex() == writer.ready["cores"][0]["treeHash"]
 
