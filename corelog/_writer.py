@@ -265,6 +265,7 @@ class Writer:
         """``run`` for trio tasks: waits without a thread; a leader commits in a worker thread."""
         import trio
 
+        await trio.lowlevel.checkpoint_if_cancelled()  # cancelled already: nothing is written
         batch: _Batch | None = getattr(self._local, "batch", None)
         part = _Part(log, fn)
         if batch is not None:
@@ -292,8 +293,11 @@ class Writer:
                     await event.wait()
             if part.status == _DONE:
                 return part.outcome()
-        # the commit runs to its end even if we are cancelled (to_thread is not abandoned)
-        await trio.to_thread.run_sync(self._lead, part)
+        # we hold the writer: the commit must run (shielded, or a cancellation arriving
+        # now would leave the writer busy forever); its outcome is returned, and a
+        # cancellation surfaces at the caller's next checkpoint
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._lead, part)
         return part.outcome()
 
     # --- leading -------------------------------------------------------------------

@@ -344,3 +344,57 @@ async def test_close_while_trio_tasks_append(tmp_path):
     with Store(tmp_path / "s") as s2:
         for log in logs:
             assert s2.get(log.name).audit().ok
+
+
+async def test_trio_cancellation_never_wedges_the_writer(store):
+    log = store.get("c")
+    with trio.CancelScope() as cs:
+        cs.cancel()
+        await log.append_async(b"never")  # cancelled on entry: nothing is written
+    assert log.length == 0
+    # many tasks cancelled at random points while leading or queued: each append is all or nothing
+    for round_ in range(20):
+        async with trio.open_nursery() as n:
+            for i in range(10):
+                n.start_soon(log.append_async, b"%d-%d" % (round_, i))
+            await trio.sleep(0)
+            n.cancel_scope.cancel()
+    with trio.fail_after(10):  # the writer is still free
+        assert await log.append_async(b"after") == log.length
+    assert log.audit().ok and store._writer._busy is False
+
+
+async def test_trio_task_promoted_to_leader_while_cancelled_still_commits(store):
+    log = store.get("p")
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_part(txn, state):  # a commit in progress while the task queues behind it
+        entered.set()
+        release.wait(10)
+        return None, state
+
+    def hold():
+        store._writer.run(None, slow_part)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    entered.wait(5)
+    cs = trio.CancelScope()
+    got = []
+
+    async def appender():
+        with cs:
+            got.append(await log.append_async(b"x"))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            n.start_soon(appender)
+            while not store._writer._queue:
+                await trio.sleep(0.001)
+            part = store._writer._queue[0]
+            release.set()
+            t.join(10)  # blocks this thread: that commit ends and promotes the queued task
+            assert part.status == 2  # _LEAD
+            cs.cancel()  # ...and only then is that task cancelled
+    assert store._writer._busy is False and log.length == 1 and got == [1]
+    assert await log.append_async(b"y") == 2
