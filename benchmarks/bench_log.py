@@ -263,7 +263,7 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    print_table("corelog log benchmark", rows)
+    print_table("corelog log benchmark", rows, quick=args.quick)
 
 
 if __name__ == "__main__":

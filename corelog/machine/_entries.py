@@ -22,7 +22,7 @@ import msgpack
 
 from ._frozen import freeze
 from ._interpreter import Event, Snapshot
-from .errors import NotAMachineLog
+from .errors import NotAMachineLog, UnserializableContext
 
 HEADER_TYPE = "corelog/machine"
 VERSION = 1
@@ -36,7 +36,7 @@ def check_json(value: Any, path: str = "context") -> None:
 def encode_header(definition: dict, definition_hash: str, snapshot: Snapshot, time: int) -> bytes:
     """The header entry; UnserializableContext if the context is not JSON (a frozen one is)."""
     freeze(snapshot.context)
-    return msgpack.packb(
+    return _pack(
         {
             "type": HEADER_TYPE,
             "version": VERSION,
@@ -46,8 +46,7 @@ def encode_header(definition: dict, definition_hash: str, snapshot: Snapshot, ti
             "context": snapshot.context,
             "time": time,
             **_extras(snapshot),
-        },
-        use_bin_type=True,
+        }
     )
 
 
@@ -65,7 +64,34 @@ def encode_transition(event: Event, snapshot: Snapshot, header: int) -> bytes:
     entry.update(_extras(snapshot))
     if header:
         entry["header"] = header
-    return msgpack.packb(entry, use_bin_type=True)
+    return _pack(entry)
+
+
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what msgpack can encode
+
+
+def _pack(entry: dict) -> bytes:
+    """msgpack bytes; an integer msgpack cannot hold is an UnserializableContext naming where it is."""
+    try:
+        return msgpack.packb(entry, use_bin_type=True)
+    except OverflowError:
+        where = _huge_int(entry, "") or "a value"
+        raise UnserializableContext(
+            f"{where} is an integer outside -2**63..2**64-1, which cannot be recorded; store it as a string "
+            "(or a float). Nothing was appended"
+        ) from None
+
+
+def _huge_int(value: Any, path: str) -> str | None:
+    """The path of the first integer msgpack cannot encode (cold path: only after an OverflowError)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return path if not INT_MIN <= value <= INT_MAX else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        found = _huge_int(v, f"{path}.{k}" if isinstance(k, str) else f"{path}[{k}]")
+        if found:
+            return found.lstrip(".")
+    return None
 
 
 EXTRA_KEYS = ("output", "history", "timers", "invocations")

@@ -221,7 +221,13 @@ class Coremachine(_Reads):
         return self.snapshots().__aiter__()
 
     async def pipe_from(self, receive_channel: trio.MemoryReceiveChannel) -> None:
-        """Send every event arriving on ``receive_channel`` (until it closes)."""
+        """Send every event arriving on ``receive_channel`` (until it closes).
+
+        An event the machine rejects (``EventNotAccepted``, a failing guard or action, a context
+        or event data that cannot be recorded) records nothing and raises out of ``pipe_from``:
+        the pipe ends there (the receive channel is closed, the events before it stay recorded).
+        To skip rejected events, loop over the channel and catch the errors of ``send`` yourself.
+        """
         async with receive_channel:
             async for item in receive_channel:
                 await self.send(item)

@@ -682,6 +682,17 @@ class WebRTCStream(trio.abc.Stream):
 # --- connecting -------------------------------------------------------------------------------
 
 
+def _require_aiortc() -> None:
+    """WebRTC is an optional extra: say how to get it instead of a bare ModuleNotFoundError."""
+    try:
+        import aiortc  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            f"WebRTC needs aiortc, which is not installed ({exc}); install the extra: "
+            "pip install 'corelog[webrtc]' (or pip install aiortc)"
+        ) from exc
+
+
 async def connect_webrtc(
     signaling: Signaling,
     *,
@@ -710,6 +721,7 @@ async def connect_webrtc(
         raise ValueError(f"receive_window must be between 1024 and {_MAX_GRANT}")
     if high_water < 0:
         raise ValueError("high_water must be >= 0")
+    _require_aiortc()
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
     if loopback_only:

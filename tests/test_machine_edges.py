@@ -1,0 +1,47 @@
+"""What users meet at the machine's edges: numbers msgpack cannot hold, and a rejected event in pipe_from."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from corelog.machine import Coremachine, Machine
+from corelog.machine.errors import EventNotAccepted, UnserializableContext
+
+SETTER = {
+    "id": "setter",
+    "initial": "on",
+    "context": {"n": 0},
+    "states": {"on": {"on": {"SET": {"actions": "set"}, "OFF": "off"}}, "off": {}},
+}
+ACTIONS = {"set": lambda ctx, ev: ctx.update(n=ev.data)}
+
+
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [(2**80, "event.data"), (-(2**70), "event.data"), ({"a": [1, 2**64]}, "event.data.a[1]")],
+)
+def test_an_integer_msgpack_cannot_hold_is_a_clear_error_and_records_nothing(store, data, where):
+    m = Machine(store.get("m"), SETTER, actions=ACTIONS)
+    m.send("SET", 1)
+    before = (m.log.length, m.log.head())
+    with pytest.raises(
+        UnserializableContext, match=rf"{where.replace('[', '.').replace(']', '.')} is an integer"
+    ):
+        m.send("SET", data)
+    assert (m.log.length, m.log.head()) == before and dict(m.context) == {"n": 1}
+    m.send("SET", 2**64 - 1)  # the largest that fits is recorded
+    assert m.context["n"] == 2**64 - 1
+
+
+async def test_pipe_from_ends_at_a_rejected_event_keeping_what_came_before(store):
+    cm = Coremachine(store.get("c"), SETTER, actions=ACTIONS)
+    send, receive = trio.open_memory_channel(10)
+    for event in [("SET", 1), ("SET", 2), "NOPE", ("SET", 3)]:
+        send.send_nowait(event)
+    with pytest.raises(EventNotAccepted):
+        await cm.pipe_from(receive)
+    assert [e.event.type for e in cm.history[1:]] == ["SET", "SET"] and cm.context["n"] == 2
+    with pytest.raises(trio.BrokenResourceError):  # the pipe closed its end: the producer learns it ended
+        send.send_nowait(("SET", 4))
+    await cm.aclose()
