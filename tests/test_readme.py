@@ -4,7 +4,7 @@
   being this interpreter; what they leave behind must be git-ignored (stores go under ``stores/``);
 - python blocks are complete programs, run twice in the same scratch directory; a ``print(...)  # text``
   line promises that output line; or they are fragments, announced as such in the sentence before the block,
-  naming the example file that holds every line of them;
+  naming the complete program in examples/ (run by test_examples.py), which uses every name the fragment calls;
 - the first block is the set-up command and the test command, and .ci/run runs exactly those.
 """
 
@@ -115,11 +115,13 @@ def _fragment_source(before: str) -> Path | None:
 def test_readme_python_block_runs_or_is_a_fragment_of_an_example(index, tmp_path):
     code, before = PYTHON[index]
     source = _fragment_source(before)
-    if source is not None:
-        text = " ".join(source.read_text().split())
-        for line in code.splitlines():
-            stmt = line.split("  #")[0].strip()
-            assert not stmt or stmt in text, f"fragment line {stmt!r} is not in {source.name}"
+    if source is not None:  # every name the fragment calls is used by the complete program
+        text = source.read_text()
+        calls = "\n".join(line.split("#")[0] for line in code.splitlines())  # comments may name other APIs
+        for name in sorted(set(re.findall(r"(\w+)\(", calls))):
+            assert re.search(rf"\b{name}\b", text), (
+                f"the fragment calls {name}(), which {source.name} never uses"
+            )
         return
     expected = [m.group(1).strip() for m in re.finditer(r"^\s*print\(.*\)\s+# (.*)$", code, re.M)]
     program = tmp_path / "block.py"
