@@ -16,15 +16,13 @@ reader in another process always sees a consistent, committed head (and its
 
 from __future__ import annotations
 
-import logging
-import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import lmdb
 
 from . import _apply, _audit, _crypto, _flat
+from ._changes import Changes
 from ._keys import (
     BLOCK,
     FORK_VALUE,
@@ -39,7 +37,6 @@ from ._keys import (
     node_key,
 )
 from ._tree import MAX_BLOCK_SIZE, MAX_LENGTH, Node, Proof, Verified, append_nodes, needed_nodes, parent_node
-from ._wakers import thread_waker, trio_waker
 from ._writer import LogState
 from .errors import (
     BlockNotAvailable,
@@ -58,9 +55,6 @@ if TYPE_CHECKING:
     from ._store import Store
 
 __all__ = ["HEAD", "Head", "Log", "block_key", "check_key", "head_key", "node_key"]
-
-_log = logging.getLogger("corelog")
-_POLL = 0.02  # seconds between head re-reads when waiting on a read-only store
 
 
 class Head(NamedTuple):
@@ -102,7 +96,7 @@ def _blocks_arg(data: bytes | bytearray | memoryview | Iterable[bytes]) -> list[
     return blocks
 
 
-class Log:
+class Log(Changes):
     """A signed, append-only Merkle log (Hypercore 11 format) stored in a :class:`Store`.
 
     Get one with ``store.get(name)`` (writable) or ``store.get(key=...)`` (replica).
@@ -119,9 +113,6 @@ class Log:
         "_secret",
         "_st",
         "_store",
-        "_version",
-        "_waiters",
-        "_watchers",
         "discovery_key",
         "id",
         "key",
@@ -534,116 +525,6 @@ class Log:
         record = {**st.record, **changes}
         txn.put(self.key, self._store._pack_record(record), db=self._store._dbs.logs)
         return st._replace(record=record)
-
-    # --- change versions ----------------------------------------------------------
-
-    def wait_changed(self, since: int, timeout: float | None = None) -> int:
-        """Block until ``version > since`` (or ``timeout`` seconds pass); returns ``version``.
-
-        Usage: ``v = log.version`` ... ``v = log.wait_changed(v)``. Raises
-        StoreClosed if the store closes meanwhile. On a read-only store it
-        re-reads the head every 20 ms (another process writes it).
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if self._store.readonly:
-            while self.version <= since:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    break
-                time.sleep(_POLL if remaining is None else min(_POLL, remaining))
-            return self._version
-        wake, lock = thread_waker()
-        if not self._add_waiter(since, wake):
-            return self._version
-        acquired = lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
-        if not acquired:
-            self._remove_waiter(wake)
-        if self._version <= since and self._store._closed:
-            raise StoreClosed(f"the store at {self._store.path} was closed while waiting")
-        return self._version
-
-    async def wait_changed_async(self, since: int) -> int:
-        """``wait_changed`` for trio: no thread is parked; cancel it with a cancel scope."""
-        import trio
-
-        if self._store.readonly:
-            while self.version <= since:
-                await trio.sleep(_POLL)
-            return self._version
-        wake, event = trio_waker()
-        if not self._add_waiter(since, wake):
-            return self._version
-        try:
-            await event.wait()
-        finally:
-            self._remove_waiter(wake)
-        if self._version <= since and self._store._closed:
-            raise StoreClosed(f"the store at {self._store.path} was closed while waiting")
-        return self._version
-
-    def _add_waiter(self, since: int, wake: Callable[[], None]) -> bool:
-        with self._store._watch_mu:
-            if self._version > since:
-                return False
-            if self._store._closed:
-                raise StoreClosed(f"the store at {self._store.path} is closed")
-            if self._waiters is None:
-                self._waiters = []
-            self._waiters.append(wake)
-            return True
-
-    def _remove_waiter(self, wake: Callable[[], None]) -> None:
-        with self._store._watch_mu:
-            if self._waiters is not None:
-                try:
-                    self._waiters.remove(wake)
-                except ValueError:
-                    pass
-
-    def _wake_all(self) -> None:
-        with self._store._watch_mu:
-            waiters, self._waiters = self._waiters, None
-        for wake in waiters or ():
-            wake()
-
-    def watch(self, callback: Callable[[Log], None]) -> Callable[[], None]:
-        """Call ``callback(log)`` after every committed change; returns an unsubscribe function.
-
-        Prefer ``version`` with ``wait_changed``/``wait_changed_async``. A bound
-        method is held weakly (its object may be dropped without unsubscribing);
-        any other callable strongly, until unsubscribed. Called in the committing
-        thread after the commit; keep it short; exceptions are logged.
-        """
-        ref: Any = weakref.WeakMethod(callback) if hasattr(callback, "__self__") else None
-        token = id(ref if ref is not None else callback)
-        with self._store._watch_mu:
-            if self._watchers is None:
-                self._watchers = {}
-            self._watchers[token] = ref if ref is not None else (lambda cb=callback: cb)
-
-        def unsubscribe() -> None:
-            with self._store._watch_mu:
-                if self._watchers is not None:
-                    self._watchers.pop(token, None)
-
-        return unsubscribe
-
-    def _notify(self) -> None:
-        if not self._watchers:
-            return
-        with self._store._watch_mu:
-            items = list(self._watchers.items())
-        for token, ref in items:
-            cb = ref()
-            if cb is None:
-                with self._store._watch_mu:
-                    if self._watchers is not None:
-                        self._watchers.pop(token, None)
-                continue
-            try:
-                cb(self)
-            except Exception:  # a watcher must never break the writer
-                _log.exception("log watcher %r failed", cb)
 
     # --- proofs ----------------------------------------------------------------
 
