@@ -45,3 +45,38 @@ async def test_pipe_from_ends_at_a_rejected_event_keeping_what_came_before(store
     with pytest.raises(trio.BrokenResourceError):  # the pipe closed its end: the producer learns it ended
         send.send_nowait(("SET", 4))
     await cm.aclose()
+
+
+def _tamper(path, log_id: int, index: int) -> None:
+    """Flip one byte of block ``index`` straight in LMDB (no Store open), as disk damage or an attacker would."""
+    import lmdb
+
+    from corelog._log import block_key
+
+    env = lmdb.open(str(path), max_dbs=8)
+    data = env.open_db(b"data")
+    with env.begin(write=True, db=data) as txn:
+        key = block_key(log_id, index)
+        block = bytearray(txn.get(key))
+        block[-2] ^= 0x01
+        txn.put(key, bytes(block))
+    env.close()
+
+
+@pytest.mark.parametrize("index", [0, 3])  # the header, the last entry: what the machine restores from
+def test_a_machine_refuses_to_continue_on_a_damaged_log(tmp_path, index):
+    from corelog import Store
+    from corelog.errors import Corrupt
+
+    path = tmp_path / "s"
+    with Store(path, sync=False) as s:
+        m = Machine(s.get("m"), SETTER, actions=ACTIONS)
+        for n in (1, 2, 3):
+            m.send("SET", n)
+        log_id, length = m.log.id, m.log.length
+    _tamper(path, log_id, index)
+    with Store(path, sync=False) as s:
+        assert not s.get("m").audit().ok
+        with pytest.raises(Corrupt, match=rf"entry {index} .* Merkle leaf.*corelog audit"):
+            Machine(s.get("m"), SETTER, actions=ACTIONS)
+        assert s.get("m").length == length  # nothing appended

@@ -90,6 +90,43 @@ def append_at(log: Log, entry: bytes, expected: int) -> int:
         raise _Moved from None
 
 
+def verify_restore(log: Log) -> None:
+    """Refuse to continue a machine whose signed tree or restore entries do not verify: O(log n).
+
+    Checks that the stored roots hash to the signed head's tree hash under a valid signature (what
+    the next append extends and re-signs), and that the last entry and its header (what the machine
+    restores from) match their Merkle leaves. Damage in older entries does not change the state the
+    machine continues from; ``Log.audit()`` / ``corelog audit`` find it.
+    """
+    from corelog import _crypto
+    from corelog.errors import Corrupt
+
+    n = log.contiguous_length
+    if n == 0:
+        return
+    head = log.head()
+    public = log.public_key
+    hint = f"run `corelog audit {log.store.path}` for details; the log is left as it is"
+    if _crypto.tree_hash(log.roots()) != head.tree_hash or (
+        public is not None and not _crypto.verify(head.signable(log.key), head.signature, public)
+    ):
+        raise Corrupt(f"the signed tree of log {log.name or log.key.hex()} does not verify: {hint}")
+    last = log.get(n - 1)
+    indexes = {n - 1}
+    try:
+        indexes.add(decode(n - 1, last).header)
+    except NotAMachineLog:
+        pass  # not a machine log: the runtime says so itself
+    for i in sorted(indexes):
+        data = log.get(i)
+        node = log.get_node(2 * i)
+        if node.size != len(data) or node.hash != _crypto.leaf_hash(data):
+            raise Corrupt(
+                f"entry {i} of log {log.name or log.key.hex()} does not match its Merkle leaf, so the machine "
+                f"cannot continue from it: {hint}"
+            )
+
+
 def frozen_entry(entry: HistoryEntry) -> tuple[Any, FrozenDict]:
     try:
         return freeze(entry.state, "state"), freeze(entry.context)
@@ -146,6 +183,8 @@ class LogCore:
         self._writing = False
         self.head = Recorded(-1, log.fork)
         with self.lock:
+            if not self.readonly and log.writable:
+                verify_restore(log)
             self.refresh_locked()
 
     # --- the recorded head ---------------------------------------------------------------
