@@ -80,3 +80,24 @@ def test_a_machine_refuses_to_continue_on_a_damaged_log(tmp_path, index):
         with pytest.raises(Corrupt, match=rf"entry {index} .* Merkle leaf.*corelog audit"):
             Machine(s.get("m"), SETTER, actions=ACTIONS)
         assert s.get("m").length == length  # nothing appended
+
+
+async def test_subscribe_yields_recorded_entries_as_the_readme_says(store):
+    from corelog.machine import HistoryEntry, Snapshot
+
+    cm = Coremachine(store.get("s"), SETTER, actions=ACTIONS)
+    await cm.send("SET", 1)
+    entries = []
+    with trio.fail_after(10):
+        async for entry in cm.subscribe(from_index=0):  # replayed history: the header, then SET
+            entries.append(entry)
+            if len(entries) == 2:
+                break
+    assert all(isinstance(e, HistoryEntry) for e in entries)
+    assert (
+        [e.index for e in entries] == [0, 1]
+        and entries[1].event.type == "SET"
+        and entries[1].context["n"] == 1
+    )
+    assert isinstance(cm.snapshot, Snapshot)
+    await cm.aclose()
