@@ -127,20 +127,38 @@ def test_dropped_machines_leave_nothing_behind(store):
     assert live_cores(store) == 0 and not log._watchers
 
 
-async def test_dropped_coremachines_leave_no_watcher(store):
+async def test_coremachines_and_their_subscribers_leave_nothing_behind(store):
     log = store.get("m")
     keep = Coremachine(log, COUNTER, **COUNTER_IMPL)
     await keep.send("START", 0)
-    assert len(log._watchers) == 1  # one per core (the trio faces' wake-up), not one per object
-    for _ in range(500):
-        cm = Coremachine(log, COUNTER, **COUNTER_IMPL)
-        await cm.send("INCREMENT")
-    del cm
-    assert len(log._watchers) == 1 and len(keep._face.core._wakers) == 1
-    assert (await keep.send("INCREMENT")).context["counter"] == 501
-    del keep
+    with trio.fail_after(20):
+        for _ in range(500):  # opened, sent to, dropped without aclose()
+            cm = Coremachine(log, COUNTER, **COUNTER_IMPL)
+            await cm.send("INCREMENT")
+        del cm
+        assert not log._watchers and live_cores(store) == 1
+        # subscribers wait on the log's change version; closing their machines ends them and
+        # leaves no waiter on the log
+        seen = []
+        async with trio.open_nursery() as nursery:
+            cms = [Coremachine(log, COUNTER, **COUNTER_IMPL) for _ in range(50)]
+
+            async def follow(c):
+                async for snap in c:
+                    seen.append(snap.context["counter"])
+
+            for c in cms:
+                nursery.start_soon(follow, c)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(log._waiters) == 50
+            await keep.send("INCREMENT")
+            await trio.testing.wait_all_tasks_blocked()
+            for c in cms:
+                await c.aclose()
+        assert seen == [501] * 50 and not log._waiters
+    del keep, cms, c
     gc.collect()
-    assert not log._watchers and live_cores(store) == 0
+    assert not log._watchers and not log._waiters and live_cores(store) == 0
 
 
 async def test_coremachines_and_a_thread_share_one_log(store):

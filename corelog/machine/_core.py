@@ -22,11 +22,12 @@ Readers never wait for a writer: ``current()`` returns the recorded head,
 catching up first (when the lock is free) if the log moved without the core
 (a replica being fed, another process writing a read-only store).
 
-Change notification is written once here: ``TrioWaker`` wakes the tasks of
-one trio run from any thread. A core holds its wakers weakly and registers a
-single, weakly bound watcher on the log only once a trio face exists; nothing
-the core registers outlives it. (When the log layer's change versions land,
-``_watch`` becomes a wait on them; the seams are ``append_at`` and ``_watch``.)
+The core registers nothing on the log: readers compare the log's length and
+fork with the recorded head, and trio subscribers wait on the log's change
+version (``Log.wait_changed_async``, the log layer's one thread-to-trio
+handoff), so a dropped machine leaves nothing behind. Commits go through the
+store's writer, which coalesces concurrent ones (group commit): the trio face
+awaits ``append_async`` (no thread parked per waiting send).
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ import threading
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-import trio
 
 from corelog import Log
 from corelog.errors import LengthMismatch
@@ -134,53 +133,16 @@ def frozen_entry(entry: HistoryEntry) -> tuple[Any, FrozenDict]:
         raise NotAMachineLog(f"entry {entry.index} holds a non-JSON value ({exc})") from None
 
 
-class TrioWaker:
-    """Wakes the tasks of one trio run from any thread: ``event`` is replaced on every ``notify()``."""
-
-    __slots__ = ("__weakref__", "_thread", "_token", "event")
-
-    def __init__(self) -> None:
-        self._token = trio.lowlevel.current_trio_token()
-        self._thread = threading.get_ident()
-        self.event = trio.Event()
-
-    def _fire(self) -> None:
-        ev, self.event = self.event, trio.Event()
-        ev.set()
-
-    def notify(self) -> None:
-        if threading.get_ident() == self._thread:
-            self._fire()
-        else:
-            try:
-                self._token.run_sync_soon(self._fire)
-            except trio.RunFinishedError:
-                pass
-
-
 class LogCore:
     """The per-log runtime shared by every machine object on the log (see the module docstring)."""
 
-    __slots__ = (
-        "__weakref__",
-        "_unwatch",
-        "_wakers",
-        "_writing",
-        "head",
-        "lock",
-        "log",
-        "readonly",
-        "version",
-    )
+    __slots__ = ("__weakref__", "head", "lock", "log", "readonly", "version")
 
     def __init__(self, log: Log):
         self.log = log
         self.lock = threading.Lock()
         self.readonly = log.store.readonly
         self.version = 0  # + 1 on every change of the recorded head
-        self._wakers: weakref.WeakSet[TrioWaker] = weakref.WeakSet()
-        self._unwatch: Any = None
-        self._writing = False
         self.head = Recorded(-1, log.fork)
         with self.lock:
             if not self.readonly and log.writable:
@@ -236,38 +198,23 @@ class LogCore:
         return self.head
 
     def set_locked(self, head: Recorded) -> None:
-        """Swap in a new recorded head (lock held) and wake every trio face."""
+        """Swap in a new recorded head (lock held)."""
         self.head = head
         self.version += 1
-        self.notify()
 
     def append_locked(self, entry: bytes, expected: int) -> int:
         """Compare-and-append (lock held); ``_Moved`` if the log is not ``expected`` long."""
-        self._writing = True
+        return append_at(self.log, entry, expected)
+
+    async def append_async_locked(self, entry: bytes, expected: int) -> int:
+        """``append_locked`` for trio: waits for the group commit without blocking the event loop.
+
+        Cancelled before its commit started, nothing is written; once started it completes.
+        """
         try:
-            return append_at(self.log, entry, expected)
-        finally:
-            self._writing = False
-
-    # --- wake-ups --------------------------------------------------------------------------
-
-    def notify(self) -> None:
-        for w in list(self._wakers):
-            w.notify()
-
-    def add_waker(self, waker: TrioWaker) -> None:
-        """Wake ``waker`` on every change (held weakly); watches the log for changes made elsewhere."""
-        self._wakers.add(waker)
-        if self._unwatch is None and not self.readonly:
-            ref = weakref.ref(self)
-
-            def on_change(log: Log) -> None:
-                core = ref()
-                if core is not None and not core._writing:
-                    core.notify()
-
-            self._unwatch = self.log.watch(on_change)
-            weakref.finalize(self, self._unwatch)
+            return await self.log.append_async(entry, expected_length=expected) - 1
+        except LengthMismatch:
+            raise _Moved from None
 
 
 # One core per log per store, held weakly: gone with the last machine object on the log.
@@ -299,4 +246,4 @@ def live_cores(store: Store) -> int:
         return 0 if cores is None else len(cores)
 
 
-__all__ = ["RETRIES", "LogCore", "Recorded", "TrioWaker", "append_at", "core_for", "live_cores"]
+__all__ = ["RETRIES", "LogCore", "Recorded", "append_at", "core_for", "live_cores"]

@@ -496,13 +496,8 @@ class _Face:
             raise OutOfRange("the header entry (index 0) cannot be cut: truncate(n) needs n >= 1")
         if n > h.index + 1:
             raise OutOfRange(f"cannot truncate to {n}: the history has {h.index + 1} entries")
-        core = self.core
-        core._writing = True
-        try:
-            self.log.truncate(n)
-        finally:
-            core._writing = False
-        h = core.refresh_locked()
+        self.log.truncate(n)
+        h = self.core.refresh_locked()
         self._fork = h.fork
         self._cursor, self._cursor_snapshot = None, None
         return self.head_snapshot(h)  # type: ignore[return-value]

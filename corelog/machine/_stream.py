@@ -6,12 +6,14 @@ one log are serialised in arrival order by a FIFO-fair ``trio.Lock`` per (run,
 log); the log's own lock (shared with every thread and object on the log) is
 then taken without blocking the event loop: at once if free, otherwise in a
 worker thread. The event runs in the trio thread; the commit runs inline when
-the store does not fsync and in a worker thread (bounded by a per-run
-``CapacityLimiter``) when it does, so concurrent sends of many machines reach
-the store's writer together and the event loop never waits for a disk.
+the store does not fsync, and when it does the send awaits the store writer's
+``append_async``: concurrent sends of many machines (any logs) are coalesced
+into one transaction and one fsync (group commit), no thread is parked per
+waiting send, and the event loop never waits for a disk.
 Readers never get a per-subscriber queue: a subscription is a cursor over the
-*log*, which is the buffer, woken by the core's ``TrioWaker``. A slow consumer
-therefore costs nothing but its position.
+*log*, which is the buffer, woken by the log's change version
+(``wait_changed_async``). A slow consumer therefore costs nothing but its
+position.
 """
 
 from __future__ import annotations
@@ -25,28 +27,27 @@ import trio
 
 from corelog import Log
 
-from ._core import RETRIES, LogCore, TrioWaker, _Moved
+from ._core import RETRIES, LogCore, _Moved
 from ._entries import HistoryEntry, decode
 from ._interpreter import Event, Snapshot, Statechart
 from ._runtime import _Face, _Reads, prepare_event
 from .errors import HeadMoved, MachineError
 
 _CHUNK = 256
-_POLL = 0.05  # seconds between looks at the log of a read-only store
-COMMIT_THREADS = 64  # commits (appends + fsync) in flight at once per trio run
 
-_LIMITERS: trio.lowlevel.RunVar = trio.lowlevel.RunVar("corelog_machine_limiters")
+_LIMITER: trio.lowlevel.RunVar = trio.lowlevel.RunVar("corelog_machine_lock_waits")
 _RUN_LOCKS: trio.lowlevel.RunVar = trio.lowlevel.RunVar("corelog_machine_locks")
 
 
-def _limiters() -> tuple[trio.CapacityLimiter, trio.CapacityLimiter]:
-    """This run's (commit, lock-wait) limiters: separate, so lock waiters never starve a lock holder."""
+def _lock_waits() -> trio.CapacityLimiter:
+    """This run's limiter for threads waiting on a log's lock held elsewhere (not trio's default
+    limiter, which the store writer's commits use: lock waiters never starve a lock holder)."""
     try:
-        return _LIMITERS.get()
+        return _LIMITER.get()
     except LookupError:
-        pair = (trio.CapacityLimiter(COMMIT_THREADS), trio.CapacityLimiter(256))
-        _LIMITERS.set(pair)
-        return pair
+        limiter = trio.CapacityLimiter(256)
+        _LIMITER.set(limiter)
+        return limiter
 
 
 def _run_lock(core: LogCore) -> trio.Lock:
@@ -73,8 +74,8 @@ class Coremachine(_Reads):
 
     ``await cm.send(...)``; ``async for snapshot in cm`` (every new snapshot);
     ``cm.subscribe(from_index=0)`` (replay, then live); ``pipe_from``/``pipe_to``.
-    Create it inside trio (it captures the trio token for thread-safe wake-ups).
-    ``offload`` (default: the store's ``sync``) commits in a worker thread.
+    Create it inside trio. ``offload`` (default: the store's ``sync``) commits through the store
+    writer's async path (group commit, off the event loop) instead of inline.
     """
 
     def __init__(
@@ -89,7 +90,7 @@ class Coremachine(_Reads):
         offload: bool | None = None,
     ):
         try:
-            self._waker = TrioWaker()
+            trio.lowlevel.current_trio_token()
         except RuntimeError:
             raise RuntimeError(
                 "create a Coremachine inside trio (e.g. in an async function run by trio.run); "
@@ -99,7 +100,7 @@ class Coremachine(_Reads):
         self._send_lock = _run_lock(face.core)
         self._closed = False
         self._offload = log.store.sync if offload is None else offload
-        face.core.add_waker(self._waker)
+        self._waits: set[trio.CancelScope] = set()  # subscribers waiting for a change (aclose ends them)
 
     async def send(self, event: str | Event | Mapping | tuple, data: Any = None) -> Snapshot:
         """Run ``event`` to completion and record it (serialised with other sends, in arrival order).
@@ -127,17 +128,14 @@ class Coremachine(_Reads):
                     return face.send_locked(etype, edata)
                 finally:
                     core.lock.release()
-            commits, waits = _limiters()
-            await _acquire(core.lock, waits)
+            await _acquire(core.lock, _lock_waits())
             try:
                 for _ in range(RETRIES):
                     h, new, entry = face.prepare_locked(etype, edata)  # pure: raises, changes nothing
                     try:
                         if self._offload:
-                            # a checkpoint before the thread starts (cancel: nothing done); then uncancellable
-                            index = await trio.to_thread.run_sync(
-                                core.append_locked, entry, h.length, abandon_on_cancel=False, limiter=commits
-                            )
+                            # cancelled before its commit starts: nothing done; once started it completes
+                            index = await core.append_async_locked(entry, h.length)
                         else:
                             index = core.append_locked(entry, h.length)
                     except _Moved:
@@ -180,14 +178,14 @@ class Coremachine(_Reads):
         The subscription is a cursor over the log, read in chunks of 256 entries; nothing is queued
         for it, so a slow consumer only lags. If the log is reorganised (truncated, or a replica
         following a higher fork) it rewinds to the first entry that changed and replays from there.
-        On a read-only store (written by another process) it polls the log every 50 ms.
-        Ends when the machine is closed.
+        It waits on the log's change version (on a read-only store, written by another process,
+        that polls the log). Ends when the machine is closed.
         """
         i = max(0, from_index)
         log = self.log
         fork = log.fork
         while not self._closed:
-            changed = self._waker.event
+            version = log.version  # before looking: a change after this wakes the wait below
             n, f = log.contiguous_length, log.fork
             if f != fork:
                 i = min(i, log.common_prefix(fork, i))
@@ -204,12 +202,13 @@ class Coremachine(_Reads):
                     if log.fork != fork:
                         break  # reorganised while we yielded: the rest of the batch may be stale
                 continue
-            if self._face.core.readonly:
-                # a read-only store gets no callbacks from the writing process: poll the log
-                with trio.move_on_after(_POLL):
-                    await changed.wait()
-            else:
-                await changed.wait()
+            with trio.CancelScope() as scope:
+                self._waits.add(scope)
+                try:
+                    if not self._closed:
+                        await log.wait_changed_async(version)
+                finally:
+                    self._waits.discard(scope)
 
     async def snapshots(self, from_index: int | None = None) -> AsyncIterator[Snapshot]:
         """Snapshots of entries from ``from_index`` (default: only new ones) on."""
@@ -246,18 +245,20 @@ class Coremachine(_Reads):
         if self._closed:
             return
         self._closed = True
-        self._waker.notify()
+        self._end_waits()
         with trio.CancelScope(shield=True):
             async with self._send_lock:  # the send in progress (if any) finishes first
                 pass
-        self._face.core._wakers.discard(self._waker)
-        self._waker.notify()
+        self._end_waits()
 
     def close(self) -> None:
         """Refuse further sends and end subscriptions without waiting (``aclose`` waits for a send)."""
         self._closed = True
-        self._face.core._wakers.discard(self._waker)
-        self._waker.notify()
+        self._end_waits()
+
+    def _end_waits(self) -> None:
+        for scope in list(self._waits):
+            scope.cancel()
 
     async def __aenter__(self) -> Coremachine:
         return self
@@ -266,4 +267,4 @@ class Coremachine(_Reads):
         await self.aclose()
 
 
-__all__ = ["COMMIT_THREADS", "Coremachine"]
+__all__ = ["Coremachine"]
