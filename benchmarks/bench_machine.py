@@ -1,18 +1,24 @@
-"""Machine benchmarks, with the raw log append measured in the same run.
+"""Machine benchmarks, with raw baselines (corelog appends, plain LMDB, one Ed25519 sign) in the same run.
 
 Plain script: ``python benchmarks/bench_machine.py [--quick] [--no-js]``. Prints a table.
 Statechart rows (issue 13, ``--statecharts`` runs only them): pure transition() on a chart with
 history and ``after`` >= 100,000/s; 10,000 pending timers fire within 5 ms of due (p99), CPU
 reported; Mermaid import of a 200-state diagram < 50 ms.
 Targets (issue 3): send sync=False >= 15,000 events/s; pure transition() >= 100,000/s;
-send sync=True >= 0.7 x raw durable single append; reopen+restore at 1,000,000 entries
-< 10 ms; subscriber via ``async for`` >= 10,000 snapshots/s. With node available, runs
-coremachine (../shared/anchors) in the same run and prints the ratio.
+reopen+restore at 1,000,000 entries < 10 ms; subscriber via ``async for`` >= 10,000
+snapshots/s. Issue 8: 1,000 machines in one sync=True store, 10 events each sent
+concurrently from trio tasks >= 6 x the raw LMDB put+fsync commit rate; one machine
+sync=True >= 0.9 x raw durable append; one machine sync=False >= 0.75 x the "raw LMDB
+put+commit + one sign" limit; 100,000 machines created in one store >= 5,000/s, with the
+RSS per live machine. With node available, runs coremachine (../shared/anchors) in the
+same run and prints the ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import os
 import shutil
 import statistics
 import sys
@@ -20,7 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import lmdb
 import msgpack
+import nacl.bindings
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -82,6 +90,80 @@ def cm_sends(path: Path, n: int, sync: bool, offload: bool) -> float:
             return n / dt
 
     return trio.run(main)
+
+
+def raw_lmdb(path: Path, n: int, sync: bool, sign: bool = False) -> float:
+    """Plain LMDB: one put and one commit per op (fsync'd if ``sync``); ``sign``: plus one Ed25519 sign."""
+    path.mkdir(parents=True)
+    env = lmdb.open(str(path), map_size=1 << 30, sync=sync, metasync=sync)
+    _, secret = nacl.bindings.crypto_sign_seed_keypair(b"\x07" * 32)
+    message = b"\x01" * 112  # what a log signs: key, tree hash, length, fork and a namespace
+    try:
+        t = time.perf_counter()
+        for i in range(n):
+            if sign:
+                nacl.bindings.crypto_sign(message, secret)
+            with env.begin(write=True) as txn:
+                txn.put(i.to_bytes(8, "big"), ENTRY)
+        return n / (time.perf_counter() - t)
+    finally:
+        env.close()
+
+
+def many_machines(path: Path, machines: int, each: int) -> tuple[float, float]:
+    """``machines`` Coremachines in one sync=True store, ``each`` events apiece from concurrent trio tasks.
+
+    Returns (events/s, events per LMDB commit): the store writer coalesces concurrent sends.
+    """
+
+    async def main() -> tuple[float, float]:
+        with Store(path, sync=True) as s:
+            with s.batch():  # creating them is not what is measured
+                cms = [Coremachine(s.get(f"m{i}"), COUNTER, **IMPL) for i in range(machines)]
+            commits = s._writer.commits
+
+            async def drive(cm: Coremachine) -> None:
+                await cm.send("START", 0)
+                for _ in range(each - 1):
+                    await cm.send("INCREMENT")
+
+            t = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                for cm in cms:
+                    nursery.start_soon(drive, cm)
+            dt = time.perf_counter() - t
+            assert all(cm.context["counter"] == each - 1 for cm in cms)
+            events = machines * each
+            return events / dt, events / max(1, s._writer.commits - commits)
+
+    return trio.run(main)
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def create_many(path: Path, n: int, batch: int) -> tuple[float, float]:
+    """Create ``n`` machines in one sync=False store (``batch`` per ``store.batch()``, 0: no batch).
+
+    Returns (machines/s, RSS bytes per live machine: all are kept alive and open).
+    """
+    with Store(path, sync=False) as s:
+        gc.collect()
+        before = rss()
+        live: list[Machine] = []
+        t = time.perf_counter()
+        if batch:
+            for k in range(0, n, batch):
+                with s.batch():
+                    live.extend(Machine(s.get(f"m{i}"), COUNTER, **IMPL) for i in range(k, min(n, k + batch)))
+        else:
+            live.extend(Machine(s.get(f"m{i}"), COUNTER, **IMPL) for i in range(n))
+        dt = time.perf_counter() - t
+        per = (rss() - before) / n
+        assert len(live) == n and live[-1].state == "idle"
+        return n / dt, per
 
 
 def pure(n: int) -> float:
@@ -288,6 +370,10 @@ def statechart_rows(p, quick: bool) -> list[tuple[str, str, str]]:
     return rows
 
 
+def ok(ratio: float, target: float) -> str:
+    return f"{ratio:.2f} x (>= {target}) {'OK' if ratio >= target else 'MISS'}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -297,6 +383,8 @@ def main() -> None:
     n = 5_000 if args.quick else 30_000
     n_sync = 300 if args.quick else 2_000
     big = 50_000 if args.quick else 1_000_000
+    fleet = 200 if args.quick else 1_000
+    created = 10_000 if args.quick else 100_000
     root = Path(tempfile.mkdtemp(prefix="corelog-machine-bench-"))
     rows = []
     try:
@@ -309,14 +397,24 @@ def main() -> None:
             print_table("corelog statechart benchmark", statechart_rows(p, args.quick))
             return
 
-        raw = max(raw_append(p("raw"), n, False) for _ in range(2))
+        # one machine, sync=False: interleaved with its baselines, medians of 3
+        runs = [
+            (
+                raw_append(p("raw"), n, False),
+                raw_lmdb(p("lmdbs"), n, False, sign=True),
+                sends(p("send"), n, False),
+            )
+            for _ in range(3)
+        ]
+        raw, limit, r = (statistics.median(x[i] for x in runs) for i in range(3))
         rows.append(("raw log append (1 entry, sync=False)", f"{raw:,.0f} /s", "baseline"))
-        r = max(sends(p("send"), n, False) for _ in range(3))
+        rows.append(("raw LMDB put+commit + one Ed25519 sign", f"{limit:,.0f} /s", "baseline (the limit)"))
         rows.append(
             (
                 "send, counter machine, sync=False",
                 f"{r:,.0f} events/s",
-                f">= 15,000 {'OK' if r >= 15_000 else 'MISS'} ({r / raw:.2f} x raw append)",
+                f"{ok(r / limit, 0.75)} the limit; {r / raw:.2f} x raw append; "
+                f">= 15,000/s {'OK' if r >= 15_000 else 'MISS'}",
             )
         )
         r = max(pure(100_000) for _ in range(3))
@@ -333,27 +431,47 @@ def main() -> None:
                 sends(p("sendd"), n_sync, True),
                 cm_sends(p("cmt"), n_sync, True, True),
                 cm_sends(p("cmi"), n_sync, True, False),
+                raw_lmdb(p("lmdbd"), n_sync, True),
+                *many_machines(p("fleet"), fleet, 10),
             )
             for _ in range(3)
         ]
-        rawd, r, cmt, cmi = (statistics.median(x[i] for x in runs) for i in range(4))
+        rawd, r, cmt, cmi, lmdbd, many, per_commit = (statistics.median(x[i] for x in runs) for i in range(7))
         rows.append(("raw log append (1 entry, sync=True)", f"{rawd:,.0f} /s", "baseline"))
+        rows.append(("send, sync=True", f"{r:,.0f} events/s", f"{ok(r / rawd, 0.9)} raw durable append"))
         rows.append(
             (
-                "send, sync=True",
-                f"{r:,.0f} events/s",
-                f"{r / rawd:.2f} x raw durable (>= 0.7) {'OK' if r / rawd >= 0.7 else 'MISS'}",
-            )
-        )
-        rows.append(
-            (
-                "Coremachine send, sync=True, append in a thread",
+                "Coremachine send, sync=True (append_async)",
                 f"{cmt:,.0f} events/s",
                 f"{cmt / rawd:.2f} x raw",
             )
         )
         rows.append(
             ("Coremachine send, sync=True, append inline", f"{cmi:,.0f} events/s", f"{cmi / rawd:.2f} x raw")
+        )
+        rows.append(("raw LMDB put+fsync commit", f"{lmdbd:,.0f} /s", "baseline"))
+        rows.append(
+            (
+                f"{fleet:,} Coremachines, sync=True, 10 events each, concurrent",
+                f"{many:,.0f} events/s",
+                f"{ok(many / lmdbd, 6)} raw LMDB fsync commits; {per_commit:.1f} events per commit",
+            )
+        )
+        rate, per = create_many(p("create"), created, 0)
+        rows.append(
+            (
+                f"create {created:,} machines, one store (sync=False)",
+                f"{rate:,.0f} /s",
+                f">= 5,000 {'OK' if rate >= 5_000 else 'MISS'}; RSS {per / 1024:.1f} KiB per live machine",
+            )
+        )
+        rate, per = create_many(p("createb"), created, 1_000)
+        rows.append(
+            (
+                f"create {created:,} machines, store.batch() of 1,000",
+                f"{rate:,.0f} /s",
+                f">= 5,000 {'OK' if rate >= 5_000 else 'MISS'}; RSS {per / 1024:.1f} KiB per live machine",
+            )
         )
         ms = reopen(p("big"), big)
         rows.append(

@@ -16,7 +16,6 @@ or action sees them, and a definition given as a dict is copied on load.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time as _time
 from collections import OrderedDict
@@ -170,6 +169,22 @@ _CHARTS_LOCK = threading.Lock()
 _CHARTS_MAX = 256
 
 
+_FROZEN_DEFINITIONS: OrderedDict[str, Any] = OrderedDict()
+
+
+def frozen_definition(chart: Statechart) -> FrozenDict:
+    """The chart's definition as a read-only copy, made once per definition hash."""
+    with _CHARTS_LOCK:
+        frozen = _FROZEN_DEFINITIONS.get(chart.hash)
+    if frozen is None:
+        frozen = freeze(copy_json(chart.definition))
+        with _CHARTS_LOCK:
+            _FROZEN_DEFINITIONS[chart.hash] = frozen
+            if len(_FROZEN_DEFINITIONS) > _CHARTS_MAX:
+                _FROZEN_DEFINITIONS.popitem(last=False)
+    return frozen
+
+
 def _impl_key(impl: Mapping[str, Callable] | None) -> tuple:
     return tuple(sorted((k, id(v)) for k, v in impl.items())) if impl else ()
 
@@ -180,17 +195,16 @@ def compile_chart(
     """A chart for a copy of ``definition`` (later changes to the caller's dict change nothing)."""
     if not isinstance(definition, Mapping):
         return Statechart(definition, actions, guards)  # raises DefinitionError
-    copied = copy_json(definition)
-    try:
-        key = (definition_hash(copied), _impl_key(actions), _impl_key(guards))
+    try:  # the canonical JSON hash of the caller's dict: a cached chart holds a copy made earlier
+        key = (definition_hash(definition), _impl_key(actions), _impl_key(guards))
     except Exception:  # not JSON: let the compiler report every problem
-        return Statechart(copied, actions, guards)
+        return Statechart(copy_json(definition), actions, guards)
     with _CHARTS_LOCK:
         chart = _CHARTS.get(key)
         if chart is not None:
             _CHARTS.move_to_end(key)
             return chart
-    chart = Statechart(copied, actions, guards)
+    chart = Statechart(copy_json(definition), actions, guards)
     with _CHARTS_LOCK:
         _CHARTS[key] = chart
         if len(_CHARTS) > _CHARTS_MAX:
@@ -262,7 +276,7 @@ class _Face:
                 snap.done,
                 index,
                 chart.hash,
-                freeze(copy_json(chart.definition)),
+                frozen_definition(chart),
                 snap,
                 chart,
                 snap.extras() or None,
@@ -292,7 +306,7 @@ class _Face:
                 snap.done,
                 index,
                 chart.hash,
-                freeze(copy_json(chart.definition)),
+                frozen_definition(chart),
                 snap,
                 chart,
                 snap.extras() or None,
@@ -504,10 +518,14 @@ class _Face:
 
 
 def frozen_snapshot(snap: Snapshot) -> Snapshot:
-    """``snap`` with its value, context and output frozen (read-only copies: shared, never changed)."""
-    value = snap.value if type(snap.value) is str else freeze(snap.value, "state")
-    output = None if snap.output is None else freeze(snap.output, "output")
-    return dataclasses.replace(snap, value=value, context=freeze(snap.context), output=output)
+    """``snap``, fresh from the interpreter and not yet handed out, with its value, context and
+    output frozen in place (read-only copies: shared by every reader, never changed)."""
+    if type(snap.value) is not str:
+        object.__setattr__(snap, "value", freeze(snap.value, "state"))
+    if snap.output is not None:
+        object.__setattr__(snap, "output", freeze(snap.output, "output"))
+    object.__setattr__(snap, "context", freeze(snap.context))
+    return snap
 
 
 def prepare_event(event: Any, data: Any) -> tuple[str, Any]:
