@@ -218,7 +218,7 @@ async def drive(machine: Any, services: Mapping[str, Service] | None = None) -> 
     running: dict[str, trio.CancelScope] = {}
     async with trio.open_nursery() as nursery:
         while True:
-            changed = machine._waker.event  # replaced on every change of the log's head
+            version = machine.log.version  # before looking: any later change ends the wait below
             snap = machine.snapshot
             if snap.done:
                 nursery.cancel_scope.cancel()
@@ -245,7 +245,7 @@ async def drive(machine: Any, services: Mapping[str, Service] | None = None) -> 
                 continue
             nd = next_due(snap)
             with trio.move_on_after(math.inf if nd is None else max(0.0, (nd - now) / 1000)):
-                await changed.wait()
+                await machine.log.wait_changed_async(version)
 
 
 async def _run_scoped(scope: trio.CancelScope, *args: Any) -> None:
