@@ -241,3 +241,21 @@ def test_sync_stores_share_a_core_only_within_one_store(tmp_path):
         assert m1._face.core is not m2._face.core
         m1.send("START", 1)
         assert m2.state == "idle"
+
+
+def test_sends_inside_a_store_batch_commit_together_or_not_at_all(store):
+    m = Machine(store.get("c"), COUNTER, **COUNTER_IMPL)
+    commits = store._writer.commits
+    with store.batch():
+        m.send("START", 0)
+        for _ in range(5):
+            m.send("INCREMENT")
+        assert m.context["counter"] == 5
+    assert store._writer.commits == commits + 1 and len(m.log) == 7 and m.context["counter"] == 5
+    with pytest.raises(RuntimeError, match="rolled back"):
+        with store.batch():
+            m.send("INCREMENT")
+            assert m.context["counter"] == 6
+            raise RuntimeError("rolled back")
+    assert len(m.log) == 7 and m.context["counter"] == 5  # the head follows the log back
+    assert m.send("INCREMENT").context["counter"] == 6 and replays(m.log, COUNTER_IMPL)

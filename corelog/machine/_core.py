@@ -152,9 +152,15 @@ class LogCore:
     # --- the recorded head ---------------------------------------------------------------
 
     def current(self) -> Recorded:
-        """The recorded head, caught up with the log first unless a send is being recorded."""
+        """The recorded head, caught up with the log first unless a send is being recorded.
+
+        Inside ``store.batch()`` in this thread the head may be ahead of the committed log (the
+        batch's sends are not committed yet; reads of the log see the last commit): trusted as is.
+        """
         h = self.head
         log = self.log
+        if log.store._writer.in_batch():
+            return h
         if (log.contiguous_length != h.index + 1 or log.fork != h.fork) and self.lock.acquire(blocking=False):
             try:
                 self.refresh_locked()
@@ -162,10 +168,15 @@ class LogCore:
                 self.lock.release()
         return self.head
 
-    def refresh_locked(self) -> Recorded:
-        """Catch up with the log (lock held): O(1), reads the last entry and, if new, its header."""
+    def refresh_locked(self, force: bool = False) -> Recorded:
+        """Catch up with the log (lock held): O(1), reads the last entry and, if new, its header.
+
+        Inside ``store.batch()`` only when ``force``d (after a failed compare-and-append).
+        """
         log = self.log
         h = self.head
+        if not force and log.store._writer.in_batch():
+            return h
         n, fork = log.contiguous_length, log.fork
         if n == h.index + 1 and fork == h.fork:
             return h

@@ -457,9 +457,9 @@ class _Face:
                 "call live() to return, or truncate() to branch from here"
             )
 
-    def prepare_locked(self, etype: str, edata: Any) -> tuple[Recorded, Snapshot, bytes]:
+    def prepare_locked(self, etype: str, edata: Any, force: bool = False) -> tuple[Recorded, Snapshot, bytes]:
         """Catch up and run the transition on the recorded head (lock held); changes nothing on error."""
-        h = self.core.refresh_locked()
+        h = self.core.refresh_locked(force)
         chart = self.chart_for(h)
         if self.view_only_reason:
             raise MachineError(self.view_only_reason)
@@ -491,8 +491,8 @@ class _Face:
     def send_locked(self, etype: str, edata: Any) -> Snapshot:
         """prepare, compare-and-append, commit (lock held); on a moved log catch up and run again."""
         core = self.core
-        for _ in range(RETRIES):
-            h, new, entry = self.prepare_locked(etype, edata)
+        for attempt in range(RETRIES):
+            h, new, entry = self.prepare_locked(etype, edata, attempt > 0)
             try:
                 index = core.append_locked(entry, h.length)
             except _Moved:

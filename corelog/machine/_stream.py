@@ -130,8 +130,10 @@ class Coremachine(_Reads):
                     core.lock.release()
             await _acquire(core.lock, _lock_waits())
             try:
-                for _ in range(RETRIES):
-                    h, new, entry = face.prepare_locked(etype, edata)  # pure: raises, changes nothing
+                for attempt in range(RETRIES):
+                    h, new, entry = face.prepare_locked(
+                        etype, edata, attempt > 0
+                    )  # pure: raises, changes nothing
                     try:
                         if self._offload:
                             # cancelled before its commit starts: nothing done; once started it completes
