@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +59,7 @@ class Recorded:
     index: int
     fork: int
     value: Any = None
-    context: FrozenDict | None = None
+    context: Mapping[str, Any] | None = None  # a FrozenDict
     done: bool = False
     header_index: int = 0
     header_hash: str | None = None

@@ -227,8 +227,10 @@ class _Face:
         self.log = log
         self.clock = clock or now_ms
         self._actions, self._guards = actions, guards
-        given = definition if isinstance(definition, Statechart) else None
-        if definition is not None and given is None:
+        given: Statechart | None = None
+        if isinstance(definition, Statechart):
+            given = definition
+        elif definition is not None:
             given = compile_chart(definition, actions, guards)
         self._given = given
         self._chart: Statechart | None = given
@@ -285,7 +287,7 @@ class _Face:
 
     def _migrate_locked(self, chart: Statechart, h: Recorded) -> None:
         try:
-            snap = chart.snapshot_from(h.value, h.context, None, h.extras)
+            snap = chart.snapshot_from(h.value, h.context or {}, None, h.extras)
         except MachineError as exc:
             raise DefinitionMismatch(
                 f"cannot migrate: the current state does not exist in the new definition ({exc})"
@@ -320,6 +322,8 @@ class _Face:
         if h.header_hash == self._chart_hash or h.header_hash is None:
             return self._chart
         given = self._given
+        chart: Statechart | None
+        reason: str | None
         if given is not None and given.hash == h.header_hash:
             chart, reason = given, None
         elif h.chart is not None and h.chart.hash == h.header_hash and self._same_impl(h.chart):
