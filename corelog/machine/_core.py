@@ -162,7 +162,11 @@ class LogCore:
         log = self.log
         if log.store._writer.in_batch():
             return h
-        if (log.contiguous_length != h.index + 1 or log.fork != h.fork) and self.lock.acquire(blocking=False):
+        if log.contiguous_length != h.index + 1 or log.fork != h.fork:
+            if not self.lock.acquire(blocking=False):
+                # a send holds the lock (maybe awaiting its commit, already visible in the log): what
+                # the log holds now, read without the lock and without changing the shared head
+                return self.read(h)
             try:
                 self.refresh_locked()
             finally:
@@ -178,6 +182,14 @@ class LogCore:
         h = self.head
         if not force and log.store._writer.in_batch():
             return h
+        new = self.read(h)
+        if new is not h:
+            self.set_locked(new)
+        return new
+
+    def read(self, h: Recorded) -> Recorded:
+        """The log's head as a Recorded (``h`` itself if the log has not moved); changes nothing."""
+        log = self.log
         n, fork = log.contiguous_length, log.fork
         if n == h.index + 1 and fork == h.fork:
             return h
@@ -185,8 +197,7 @@ class LogCore:
         if fork != h.fork and header_kept:
             header_kept = h.header_index < log.common_prefix(h.fork, h.index + 1)
         if n == 0:
-            self.set_locked(Recorded(-1, fork))
-            return self.head
+            return Recorded(-1, fork)
         last = decode(n - 1, log.get(n - 1))
         if last.kind == "header":
             header = last
@@ -206,8 +217,7 @@ class LogCore:
                 if hh == h.header_hash and h.definition is not None
                 else freeze(header.definition)
             )
-        self.set_locked(Recorded(n - 1, fork, value, context, last.done, hi, hh, hd, extras=last.extras))
-        return self.head
+        return Recorded(n - 1, fork, value, context, last.done, hi, hh, hd, extras=last.extras)
 
     def set_locked(self, head: Recorded) -> None:
         """Swap in a new recorded head (lock held)."""
