@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import importlib
 import io
 import json
@@ -13,7 +14,7 @@ from typing import Any
 
 import click
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from corelog import Log
@@ -247,7 +248,8 @@ def _replay(
     """Re-run every recorded event; (index, description) of the first entry that differs, or None."""
     from corelog.machine import decode_entry
 
-    chart = snap = None
+    chart: Any = None
+    snap: Any = None
 
     def differs(index: int, what: str, recorded, replayed) -> tuple[int, str]:
         return index, (
@@ -263,6 +265,7 @@ def _replay(
         except NotAMachineLog as exc:
             return index, f"entry {index}: {exc}"
         if e.kind == "header":
+            assert e.definition is not None  # a header entry always carries its definition
             try:
                 chart = make_chart(e.definition)
             except DefinitionError as exc:
@@ -285,15 +288,26 @@ def _replay(
                     return differs(index, "initial snapshot", recorded, start)
             snap = recorded
             continue
+        event = e.event
+        if chart is None or event is None:
+            return index, f"entry {index}: an event entry before any header"
         try:
-            snap_next = chart.transition(snap, e.event)
+            snap_next = chart.transition(snap, event)
         except Exception as exc:
-            return index, f"entry {index} ({e.event.type}): replay raised {type(exc).__name__}: {exc}"
+            return index, f"entry {index} ({event.type}): replay raised {type(exc).__name__}: {exc}"
         recorded = e.snapshot
         if snap_next.value != e.state or dict(snap_next.context) != e.context or snap_next.done != e.done:
-            return differs(index, e.event.type, recorded, snap_next)
+            return differs(index, event.type, recorded, snap_next)
         snap = snap_next
     return None
+
+
+def _advance(bar: Progress, task: TaskID, done: int, total: int) -> None:
+    bar.update(task, completed=done, total=total)
+
+
+def _advance_to(bar: Progress, task: TaskID, index: int) -> None:
+    bar.update(task, completed=index + 1)
 
 
 @cli.command()
@@ -326,9 +340,7 @@ def audit(store: str, log: str | None, replay: str | None) -> None:
             for lg in logs:
                 label = lg.name or short(lg.key)
                 task = bar.add_task(f"audit {label}", total=lg.contiguous_length)
-                report = lg.audit(
-                    progress=lambda done, total, t=task: bar.update(t, completed=done, total=total)
-                )
+                report = lg.audit(progress=functools.partial(_advance, bar, task))
                 problems = [str(p) for p in report.problems]
                 first_bad = report.first_bad
                 replayed = "-"
@@ -339,7 +351,7 @@ def audit(store: str, log: str | None, replay: str | None) -> None:
                         replayed = "skipped (log damaged)"
                     else:
                         t2 = bar.add_task(f"replay {label}", total=lg.contiguous_length)
-                        found = _replay(lg, make_chart, lambda i, t=t2: bar.update(t, completed=i + 1))
+                        found = _replay(lg, make_chart, functools.partial(_advance_to, bar, t2))
                         replayed = "ok" if found is None else "DIFFERS"
                         if found:
                             first_bad, message = found

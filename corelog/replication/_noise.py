@@ -304,12 +304,13 @@ class NoiseXX:
             out += self._write_e()
         elif self._step == 1:  # <- e, ee, s, es
             out += self._write_e()
-            ss.mix_key(_dh(self._e[0], self._re))  # type: ignore[index,arg-type]  # ee
+            assert self._e is not None  # _write_e made it
+            ss.mix_key(_dh(self._e[0], self._re))  # ee
             out += ss.encrypt_and_hash(self._s[1])  # s
-            ss.mix_key(_dh(self._s[0], self._re))  # type: ignore[arg-type]  # es (responder side)
+            ss.mix_key(_dh(self._s[0], self._re))  # es (responder side)
         else:  # -> s, se
             out += ss.encrypt_and_hash(self._s[1])  # s
-            ss.mix_key(_dh(self._s[0], self._re))  # type: ignore[arg-type]  # se (initiator side)
+            ss.mix_key(_dh(self._s[0], self._re))  # se (initiator side)
         out += ss.encrypt_and_hash(payload)
         self._step += 1
         return bytes(out)
