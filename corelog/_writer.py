@@ -208,18 +208,8 @@ class Writer:
         if batch is not None:  # inside store.batch() in this thread: run now
             batch.run(part)
             return part.outcome()
-        with self._mu:
-            if self._closed:
-                raise self._closed_error()
-            if self._busy:
-                lock = threading.Lock()
-                lock.acquire()
-                part.wake = lock.release
-                self._queue.append(part)
-            else:
-                self._busy = True
-                part.status = _LEAD
-        if part.status != _LEAD:
+        lock = self._join(part)
+        if lock is not None:
             lock.acquire()  # released when our part is done or we are promoted
             if part.status == _DONE:
                 return part.outcome()
@@ -238,6 +228,22 @@ class Writer:
         for lg in changed:
             lg._notify()
         return part.outcome()
+
+    def _join(self, part: _Part) -> threading.Lock | None:
+        """Lead at once if the writer is idle (None), else queue ``part`` and return the held
+        lock that is released when it is done or promoted to lead."""
+        with self._mu:
+            if self._closed:
+                raise self._closed_error()
+            if not self._busy:
+                self._busy = True
+                part.status = _LEAD
+                return None
+            lock = threading.Lock()
+            lock.acquire()
+            part.wake = lock.release
+            self._queue.append(part)
+            return lock
 
     def _release_lead(self) -> None:
         with self._mu:
@@ -415,18 +421,8 @@ class Writer:
             yield  # nested: part of the enclosing batch
             return
         marker = _Part(None, lambda txn, st: (None, st))
-        with self._mu:
-            if self._closed:
-                raise self._closed_error()
-            if self._busy:
-                lock = threading.Lock()
-                lock.acquire()
-                marker.wake = lock.release
-                self._queue.append(marker)
-            else:
-                self._busy = True
-                marker.status = _LEAD
-        if marker.status != _LEAD:
+        lock = self._join(marker)
+        if lock is not None:
             lock.acquire()
             if marker.status == _DONE:  # the store closed while we waited
                 marker.outcome()

@@ -23,7 +23,7 @@ def serve_hypercore_command(store: str, host: str, port: int) -> None:
 
     from corelog.replication.hypercore import serve_hypercore
 
-    from ._net import _bind_problem, follow_writer
+    from ._net import follow_writer, run_server
 
     with open_store(store) as s:
 
@@ -42,13 +42,7 @@ def serve_hypercore_command(store: str, host: str, port: int) -> None:
                 click.echo(json.dumps(line))
                 sys.stdout.flush()
 
-        try:
-            trio.run(main)
-        except Exception as exc:
-            problem = _bind_problem(exc, host, port)
-            if problem is None:
-                raise
-            raise problem from None
+        run_server(main, host, port)
 
 
 def sync_hypercore_command(store: str, raw_key: bytes, host: str, port: int, live: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import click
@@ -36,6 +37,19 @@ async def follow_writer(store: Store, interval: float = FOLLOW_INTERVAL) -> None
                 seen[lg.key] = now
                 lg._notify()  # a spurious wake-up is harmless: sessions announce only what is new
         await trio.sleep(interval)
+
+
+def run_server(main: Callable[[], Awaitable[None]], host: str, port: int) -> None:
+    """``trio.run(main)``, turning a failure to bind ``host:port`` into a one-line usage error."""
+    import trio
+
+    try:
+        trio.run(main)
+    except Exception as exc:
+        problem = _bind_problem(exc, host, port)
+        if problem is None:
+            raise
+        raise problem from None
 
 
 def _bind_problem(exc: BaseException, host: str, port: int) -> UsageProblem | None:
@@ -80,13 +94,7 @@ def serve(store: str, host: str, port: int, hypercore: bool) -> None:
                 click.echo(f"serving {len(s.keys())} log(s) from {store} on {host}:{bound}")
                 sys.stdout.flush()
 
-        try:
-            trio.run(main)
-        except Exception as exc:
-            problem = _bind_problem(exc, host, port)
-            if problem is None:
-                raise
-            raise problem from None
+        run_server(main, host, port)
 
 
 def _parse_address(address: str) -> tuple[str, int]:

@@ -19,6 +19,7 @@ import trio
 
 from corelog import Log, Store
 from corelog.errors import CorelogError
+from corelog.replication._session import _single
 from corelog.replication.errors import ProtocolError
 
 from ._protocol import Protocol
@@ -155,18 +156,6 @@ class HypercoreSession:
     def _mark(self, log: Log) -> None:
         self._dirty.add(log)
         self._wake.set()
-
-
-def _single(group: BaseExceptionGroup) -> BaseException:
-    leaves: list[BaseException] = []
-
-    def walk(g: BaseExceptionGroup) -> None:
-        for e in g.exceptions:
-            walk(e) if isinstance(e, BaseExceptionGroup) else leaves.append(e)
-
-    walk(group)
-    real = [e for e in leaves if not isinstance(e, trio.Cancelled)]
-    return real[0] if len(real) == 1 else group
 
 
 async def replicate_hypercore(
