@@ -339,6 +339,12 @@ def test_log_and_export_refuse_tampered_entries(store, tmp_path):
         assert "LOCK" in p.stdout or '"LOCK"' in p.stdout  # the sound entries before it were shown
         assert "NOTE" not in p.stdout
     assert exe("log", bad, "counter").returncode == 0  # other logs of the store are fine
+    # into a file: nothing is left behind (no partial export), and a sound log is written whole
+    target = tmp_path / "out.jsonl"
+    one_line_error(exe("export", bad, "door", "-o", target), 1, "entry 3")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out")) == []
+    assert exe("export", path, "door", "-o", target).returncode == 0
+    assert target.read_text().count("\n") > 3 and not (tmp_path / "out.jsonl.partial").exists()
 
 
 # --- audit --replay on a log that is not a machine ------------------------------------------------------------

@@ -7,6 +7,7 @@ import functools
 import importlib
 import io
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -405,13 +406,17 @@ def export(store: str, log: str, fmt: str, output: str | None) -> None:
         lg = find_log(s, log)
         if not machine_header(lg):
             raise UsageProblem(f"log {log!r} is not a machine log")
-        if output:
+        # a file is written beside its target and renamed into place only when complete, so an
+        # export stopped by a damaged entry (or an error, or Ctrl-C) leaves no partial file behind
+        partial = f"{output}.partial" if output else None
+        if partial:
             try:
-                out = open(output, "w", newline="")
+                out = open(partial, "w", newline="")
             except OSError as exc:
                 raise UsageProblem(f"cannot write {output}: {exc.strerror or exc}") from None
         else:
             out = io.TextIOWrapper(sys.stdout.buffer, newline="")
+        complete = False
         try:
             if fmt == "jsonl":
                 for e in entries(lg, 0, None):
@@ -431,9 +436,14 @@ def export(store: str, log: str, fmt: str, output: str | None) -> None:
                             json.dumps(e.context, ensure_ascii=False),
                         ]
                     )
+            complete = True
         finally:
             out.flush()
-            if output:
+            if partial and output:
                 out.close()
+                if complete:
+                    os.replace(partial, output)
+                else:
+                    os.unlink(partial)
             else:
                 out.detach()
