@@ -115,6 +115,28 @@ class Snapshot:
             out["invocations"] = {k: dict(v) for k, v in self.invocations.items()}
         return out
 
+    @classmethod
+    def restored(
+        cls,
+        value: Any,
+        context: Any,
+        done: bool,
+        extras: Mapping[str, Any] | None,
+        config: frozenset = frozenset(),
+    ) -> Snapshot:
+        """The inverse of :meth:`extras`: a snapshot from a stored value, context, done flag and extras."""
+        x = extras or _EMPTY
+        return cls(
+            value,
+            context,
+            done,
+            x.get("output"),
+            x.get("history") or {},
+            x.get("timers") or {},
+            x.get("invocations") or {},
+            config,
+        )
+
     def to_dict(self) -> dict:
         return {"value": self.value, "context": self.context, "done": self.done, **self.extras()}
 
@@ -314,17 +336,7 @@ class Statechart:
         config = self._config_from_value(value)
         if done is None:
             done = self._has_final and self._in_final(config, self.root)
-        x = extras or _EMPTY
-        return Snapshot(
-            value,
-            context,
-            done,
-            x.get("output"),
-            x.get("history") or {},
-            x.get("timers") or {},
-            x.get("invocations") or {},
-            frozenset(config),
-        )
+        return Snapshot.restored(value, context, done, extras, frozenset(config))
 
     def output_of(self, snapshot: Snapshot) -> Any:
         """The machine's output (the root's ``output``) once it is done, else None."""

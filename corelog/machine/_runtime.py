@@ -269,21 +269,7 @@ class _Face:
         snap = frozen_snapshot(stamp_invocations(snap, 0, self.log.fork))
         entry = encode_header(dict(chart.definition), chart.hash, snap, t)
         index = self.core.append_locked(entry, 0)
-        self.core.set_locked(
-            Recorded(
-                index,
-                self.log.fork,
-                snap.value,
-                snap.context,
-                snap.done,
-                index,
-                chart.hash,
-                frozen_definition(chart),
-                snap,
-                chart,
-                snap.extras() or None,
-            )
-        )
+        self.core.set_locked(_header_recorded(index, self.log.fork, chart, snap))
 
     def _migrate_locked(self, chart: Statechart, h: Recorded) -> None:
         try:
@@ -299,21 +285,7 @@ class _Face:
             raise HeadMoved(
                 "the log grew while migrating; nothing was recorded: open the machine again"
             ) from None
-        self.core.set_locked(
-            Recorded(
-                index,
-                h.fork,
-                snap.value,
-                snap.context,
-                snap.done,
-                index,
-                chart.hash,
-                frozen_definition(chart),
-                snap,
-                chart,
-                snap.extras() or None,
-            )
-        )
+        self.core.set_locked(_header_recorded(index, h.fork, chart, snap))
 
     # --- the chart and snapshots -------------------------------------------------------------
 
@@ -362,16 +334,7 @@ class _Face:
                 return chart.snapshot_from(value, context, done, extras)
             except MachineError:
                 pass
-        x = extras or {}
-        return Snapshot(
-            value,
-            context,
-            done,
-            x.get("output"),
-            x.get("history") or {},
-            x.get("timers") or {},
-            x.get("invocations") or {},
-        )
+        return Snapshot.restored(value, context, done, extras)
 
     def head_snapshot(self, h: Recorded) -> Snapshot | None:
         if h.index < 0:
@@ -713,3 +676,20 @@ class Machine(_Reads):
 
 
 __all__ = ["History", "Machine", "as_event", "compile_chart", "definition_hash", "now_ms"]
+
+
+def _header_recorded(index: int, fork: int, chart: Statechart, snap: Snapshot) -> Recorded:
+    """What a header entry just appended at ``index`` records: the core's new head."""
+    return Recorded(
+        index,
+        fork,
+        snap.value,
+        snap.context,
+        snap.done,
+        index,
+        chart.hash,
+        frozen_definition(chart),
+        snap,
+        chart,
+        snap.extras() or None,
+    )
