@@ -110,7 +110,9 @@ def check_head(log: Log, head: Head) -> bool:
     return head.length > st.length
 
 
-def _mismatch(log: Log, txn: lmdb.Transaction, nodes: dict[int, Node], limit: int) -> int | None:
+def _mismatch(
+    log: Log, txn: lmdb.Transaction, nodes: dict[int, tuple[int, int, bytes]], limit: int
+) -> int | None:
     """The first node of ``nodes`` within ``[0, limit)`` that differs from the stored one."""
     get, lid, db = txn.get, log.id, log._db
     for x in sorted(nodes):

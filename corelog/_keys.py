@@ -37,8 +37,9 @@ def head_key(log_id: int) -> bytes:
     return _HEAD_KEY.pack(log_id, HEAD_KIND)
 
 
-def node_value(n: Node) -> bytes:
-    return NODE_VALUE.pack(n.size) + n.hash
+def node_value(n: tuple[int, int, bytes]) -> bytes:
+    """A node's stored value (``n`` is a Node or a plain (index, size, hash) tuple)."""
+    return NODE_VALUE.pack(n[1]) + n[2]
 
 
 def decode_node(index: int, value: bytes) -> Node:

@@ -102,6 +102,7 @@ def needed_nodes(length: int, have: int, start: int, end: int) -> list[int]:
 
     for r in _flat.full_roots(length):
         walk(r)
+    walk = None  # type: ignore[assignment]  # (it refers to itself: break the cycle, see verify)
     return out
 
 
@@ -200,7 +201,8 @@ class Verified(NamedTuple):
 
     roots: list[Node]
     tree_hash: bytes
-    nodes: dict[int, Node]  # every node computed or received (not the ones looked up)
+    nodes: dict[int, tuple[int, int, bytes]]  # every node computed or received (not the ones looked
+    # up), as (index, size, hash): a Node or a plain tuple, which compares equal to the Node
     byte_length: int
 
 
@@ -228,12 +230,16 @@ def verify(
         raise InvalidProof(
             "proof carries the wrong set of nodes for its range; it does not match the signed head"
         )
-    given = {n.index: n for n in proof.nodes}
-    learnt: dict[int, Node] = dict(given)
+    # Nodes computed here are plain (index, size, hash) tuples: CPython stops tracking exact tuples
+    # of ints and bytes at their first collection, whereas every Node (a tuple subclass) stays
+    # tracked, so thousands of them per proof were promoted into the oldest generation and made the
+    # cyclic collector run full passes often (long pauses in whichever thread triggers them).
+    learnt: dict[int, tuple[int, int, bytes]] = {n.index: n for n in proof.nodes}
     blocks = proof.blocks
     leaf_hash = _crypto.leaf_hash
+    parent_hash = _crypto.parent_hash
 
-    def resolve(x: int) -> Node:
+    def resolve(x: int) -> tuple[int, int, bytes]:
         n = learnt.get(x)
         if n is not None:
             return n
@@ -245,14 +251,26 @@ def verify(
             return n
         if lo == hi - 1:  # a leaf inside [start, end)
             data = blocks[lo - start]
-            n = Node(x, len(data), leaf_hash(data))
+            n = (x, len(data), leaf_hash(data))
         else:
             left, right = _flat.children(x)
-            n = parent_node(resolve(left), resolve(right))
+            ln, rn = resolve(left), resolve(right)
+            size = ln[1] + rn[1]
+            if size > MAX_BYTES:
+                raise InvalidProof(
+                    f"a tree node of {size} bytes is over the {MAX_BYTES}-byte limit: forged sizes"
+                )
+            n = (x, size, parent_hash(size, ln[2], rn[2]))
         learnt[x] = n
         return n
 
-    roots = [resolve(r) for r in _flat.full_roots(length)]
+    try:
+        roots = [Node(*resolve(r)) for r in _flat.full_roots(length)]
+    finally:
+        # resolve() refers to itself through its closure cell: drop that reference cycle, or
+        # everything the closure holds (learnt nodes, blocks, the caller's transaction) waits for
+        # the cyclic garbage collector
+        resolve = None  # type: ignore[assignment]
     th = _crypto.tree_hash(roots)
     if not _crypto.verify(_crypto.signable(key, th, length, proof.fork), proof.signature, public_key):
         raise InvalidProof(
