@@ -37,6 +37,7 @@ from ._keys import (
     node_key,
 )
 from ._tree import MAX_BLOCK_SIZE, MAX_LENGTH, Node, Proof, Verified, append_nodes, needed_nodes, parent_node
+from ._wakers import wake_all
 from ._writer import LogState
 from .errors import (
     BlockNotAvailable,
@@ -197,16 +198,19 @@ class Log(Changes):
             return StoreClosed(f"the store at {self._store.path} is closed; reopen it to read")
         return exc
 
-    def _publish(self, st: LogState) -> None:
-        """Install a committed state (the writer calls this after the commit) and wake waiters."""
+    def _publish(self, st: LogState, wakes: list[Callable[[], None]] | None = None) -> None:
+        """Install a committed state (the writer calls this after the commit) and wake waiters
+        (or hand them to ``wakes``, for the writer to wake with its callers in one go)."""
         self._st = st
         self._manifest = st.record.get("manifest")
         with self._store._watch_mu:
             self._version += 1
             waiters, self._waiters = self._waiters, None
         if waiters:
-            for wake in waiters:
-                wake()
+            if wakes is None:
+                wake_all(waiters)
+            else:
+                wakes.extend(waiters)
 
     def _put_head(self, txn: lmdb.Transaction, st: LogState) -> None:
         txn.put(
@@ -407,6 +411,9 @@ class Log(Changes):
     def _sign(self, root_hash: bytes, length: int, fork: int) -> bytes:
         return _crypto.sign(_crypto.signable(self.key, root_hash, length, fork), self._secret)  # type: ignore[arg-type]
 
+    def _signable(self, st: LogState) -> bytes:
+        return _crypto.signable(self.key, st.tree_hash, st.length, st.fork)
+
     def _check_complete(self, st: LogState) -> None:
         if st.contig < st.length:
             raise IncompleteLog(
@@ -427,7 +434,7 @@ class Log(Changes):
         blocks = _blocks_arg(data)
         self._check_writable()
         return self._store._writer.run(
-            self, lambda txn, st: self._append_part(txn, st, blocks, expected_length)
+            self, lambda txn, st: self._append_part(txn, st, blocks, expected_length), True
         )
 
     async def append_async(self, data: bytes | Iterable[bytes], *, expected_length: int | None = None) -> int:
@@ -442,7 +449,7 @@ class Log(Changes):
         blocks = _blocks_arg(data)
         self._check_writable()
         return await self._store._writer.run_async(
-            self, lambda txn, st: self._append_part(txn, st, blocks, expected_length)
+            self, lambda txn, st: self._append_part(txn, st, blocks, expected_length), True
         )
 
     def _append_part(
@@ -462,21 +469,39 @@ class Log(Changes):
         length = start + len(blocks)
         if length >= MAX_LENGTH:
             raise OutOfRange(f"a log holds fewer than {MAX_LENGTH} blocks")
-        new_nodes, roots = append_nodes(list(st.roots), start, blocks)
-        lid, pack, db = self.id, KEY.pack, self._db
-        if len(blocks) == 1:
-            txn.put(pack(lid, BLOCK, start), blocks[0], db=db)
-            for n in new_nodes:
-                txn.put(pack(lid, NODE, n.index), NODE_VALUE.pack(n.size) + n.hash, db=db)
+        lid, pack, db, put = self.id, KEY.pack, self._db, txn.put
+        # nothing above writes; nothing below raises but lmdb.Error: the writer's "flat" part
+        if len(blocks) == 1:  # the common case, without lists: block, leaf, the parents it completes
+            block = blocks[0]
+            size = len(block)
+            h = _crypto.leaf_hash(block)
+            x = 2 * start
+            put(pack(lid, BLOCK, start), block, db=db)
+            put(pack(lid, NODE, x), NODE_VALUE.pack(size) + h, db=db)
+            roots = st.roots
+            merges = ((start + 1) & ~start).bit_length() - 1
+            if merges:
+                keep = len(roots) - merges
+                parent_hash = _crypto.parent_hash
+                for left in reversed(roots[keep:]):  # the roots it completes, right to left
+                    size += left.size
+                    x = (left.index + x) >> 1
+                    h = parent_hash(size, left.hash, h)
+                    put(pack(lid, NODE, x), NODE_VALUE.pack(size) + h, db=db)
+                roots = (*roots[:keep], Node(x, size, h))
+            else:
+                roots = (*roots, Node(x, size, h))
+            byte_length = st.byte_length + len(block)
         else:
+            new_nodes, root_list = append_nodes(list(st.roots), start, blocks)
             cur = txn.cursor(db=db)
             cur.putmulti([(pack(lid, BLOCK, i), b) for i, b in enumerate(blocks, start)])
             cur.putmulti([(pack(lid, NODE, n.index), NODE_VALUE.pack(n.size) + n.hash) for n in new_nodes])
-        byte_length = st.byte_length + sum(map(len, blocks))
-        new = LogState(
-            st.fork, length, length, byte_length, _crypto.tree_hash(roots), None, tuple(roots), st.record
+            roots = tuple(root_list)
+            byte_length = st.byte_length + sum(map(len, blocks))
+        return length, LogState(
+            st.fork, length, length, byte_length, _crypto.tree_hash(roots), None, roots, st.record
         )
-        return length, new
 
     def truncate(self, length: int) -> None:
         """Cut the log to ``length`` blocks: fork + 1, re-signed, one transaction."""

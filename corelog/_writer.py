@@ -42,8 +42,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import lmdb
 
+from . import _crypto
 from ._tree import Node
-from ._wakers import trio_waker
+from ._wakers import trio_waker, wake_all
 from .errors import CorelogError, StoreClosed, StoreFull
 
 if TYPE_CHECKING:
@@ -64,6 +65,13 @@ class LogState(NamedTuple):
     record: dict[str, Any]
 
 
+def signed(st: LogState, signature: bytes) -> LogState:
+    """``st`` with its signature (faster than ``_replace``)."""
+    return LogState(
+        st.fork, st.length, st.contig, st.byte_length, st.tree_hash, signature, st.roots, st.record
+    )
+
+
 class Followup(Exception):
     """Raised by a part: roll its writes back, run ``then`` in their place, fail with ``error``."""
 
@@ -79,11 +87,12 @@ PartFn = Callable[[lmdb.Transaction, Any], tuple[Any, Any]]
 
 
 class _Part:
-    __slots__ = ("log", "fn", "result", "error", "status", "wake")
+    __slots__ = ("log", "fn", "flat", "result", "error", "status", "wake")
 
-    def __init__(self, log: Log | None, fn: PartFn):
+    def __init__(self, log: Log | None, fn: PartFn, flat: bool = False):
         self.log = log
         self.fn = fn
+        self.flat = flat  # it raises only before its first write (or an lmdb.Error): see _Batch.run_flat
         self.result: Any = None
         self.error: BaseException | None = None
         self.status = _QUEUED
@@ -148,6 +157,32 @@ class _Batch:
         if log is not None and new is not st:
             self.states[log.id] = (log, new)
 
+    def run_flat(self, part: _Part) -> BaseException | None:
+        """Run a *flat* part in the batch transaction itself (no nested transaction).
+
+        A flat part raises an ordinary error only before it writes anything, so
+        that error is its caller's alone. Anything else (an ``lmdb.Error``, which
+        spoils the transaction, or an interrupt) is returned: the caller aborts
+        the batch and runs it again with nested transactions.
+        """
+        log = part.log
+        assert log is not None
+        entry = self.states.get(log.id)
+        st = entry[1] if entry is not None else log._st
+        try:
+            result, new = part.fn(self.txn, st)
+        except (lmdb.Error, Followup) as exc:
+            return exc
+        except Exception as exc:
+            part.error = exc
+            return None
+        except BaseException as exc:
+            return exc
+        part.result = result
+        if new is not st:
+            self.states[log.id] = (log, new)
+        return None
+
     def _undo(self, txn: lmdb.Transaction, nested: bool) -> None:
         """Roll a failed part back: its nested transaction, or (a lone part) the whole one."""
         txn.abort()
@@ -156,15 +191,22 @@ class _Batch:
             self.txn = self.store._env.begin(write=True)
 
     def commit(self) -> list[tuple[Log, LogState]]:
-        """Sign and write every touched head, commit; returns what to publish."""
-        out = []
+        """Sign and write every touched head, commit; returns what to publish.
+
+        The heads are signed together (``_crypto.sign_many``: on the spare cores).
+        """
+        out = list(self.states.values())
         try:
-            for log, st in self.states.values():
-                if st.signature is None:
-                    sig = log._sign(st.tree_hash, st.length, st.fork)
-                    st = st._replace(signature=sig)
+            unsigned = [i for i, (_, st) in enumerate(out) if st.signature is None]
+            if unsigned:
+                sigs = _crypto.sign_many(
+                    [out[i][0]._signable(out[i][1]) for i in unsigned],
+                    [out[i][0]._secret for i in unsigned],  # type: ignore[misc]
+                )
+                for i, sig in zip(unsigned, sigs, strict=True):
+                    out[i] = (out[i][0], signed(out[i][1], sig))
+            for log, st in out:
                 log._put_head(self.txn, st)
-                out.append((log, st))
             self.txn.commit()
         except BaseException:
             self.txn.abort()
@@ -193,7 +235,9 @@ class Writer:
         self._busy = False
         self._queue: list[_Part] = []
         self._closed = False
-        self._local = threading.local()
+        self._batch: _Batch | None = None  # the open store.batch() ...
+        self._batch_tid = 0  # ... and the thread it belongs to
+        self._wakes: list[Callable[[], None]] = []  # the leader's: log waiters to wake with its parts
         self.commits = 0  # LMDB write transactions committed (tests and benchmarks read it)
 
     # --- submitting -------------------------------------------------------------
@@ -201,11 +245,15 @@ class Writer:
     def _closed_error(self) -> StoreClosed:
         return StoreClosed(f"the store at {self._store.path} is closed; reopen it to write")
 
-    def run(self, log: Log | None, fn: PartFn) -> Any:
-        """Run ``fn(txn, pending_state) -> (result, new_state)`` in a group commit; wait for it."""
-        batch: _Batch | None = getattr(self._local, "batch", None)
-        part = _Part(log, fn)
-        if batch is not None:  # inside store.batch() in this thread: run now
+    def run(self, log: Log | None, fn: PartFn, flat: bool = False) -> Any:
+        """Run ``fn(txn, pending_state) -> (result, new_state)`` in a group commit; wait for it.
+
+        ``flat``: ``fn`` (for ``log``, not None) raises only before its first write, or an
+        ``lmdb.Error``; it may then share the batch transaction without a nested one.
+        """
+        batch = self._batch
+        part = _Part(log, fn, flat)
+        if batch is not None and self._batch_tid == threading.get_ident():  # inside store.batch(): run now
             batch.run(part)
             return part.outcome()
         lock = self._join(part)
@@ -224,7 +272,10 @@ class Writer:
         if changed is None:  # it needs the general path (e.g. a conflict to record)
             self._lead(part)
             return part.outcome()
+        wakes, self._wakes = self._wakes, []
         self._release_lead()
+        if wakes:
+            wake_all(wakes)
         for lg in changed:
             lg._notify()
         return part.outcome()
@@ -267,14 +318,14 @@ class Writer:
         if self._closed:  # close() may be waiting for the writer to go idle
             self._idle.notify_all()
 
-    async def run_async(self, log: Log | None, fn: PartFn) -> Any:
+    async def run_async(self, log: Log | None, fn: PartFn, flat: bool = False) -> Any:
         """``run`` for trio tasks: waits without a thread; a leader commits in a worker thread."""
         import trio
 
         await trio.lowlevel.checkpoint_if_cancelled()  # cancelled already: nothing is written
-        batch: _Batch | None = getattr(self._local, "batch", None)
-        part = _Part(log, fn)
-        if batch is not None:
+        batch = self._batch
+        part = _Part(log, fn, flat)
+        if batch is not None and self._batch_tid == threading.get_ident():
             batch.run(part)
             return part.outcome()
         wake, event = trio_waker()
@@ -340,16 +391,7 @@ class Writer:
             result, new = part.fn(txn, st)
             if new is not st:
                 if new.signature is None:
-                    new = LogState(
-                        new.fork,
-                        new.length,
-                        new.contig,
-                        new.byte_length,
-                        new.tree_hash,
-                        log._sign(new.tree_hash, new.length, new.fork),
-                        new.roots,
-                        new.record,
-                    )
+                    new = signed(new, _crypto.sign(log._signable(new), log._secret))  # type: ignore[arg-type]
                 log._put_head(txn, new)
             txn.commit()
         except Followup:
@@ -363,7 +405,7 @@ class Writer:
         self.commits += 1
         if new is st:
             return []
-        log._publish(new)
+        log._publish(new, self._wakes)
         return [log]
 
     def _commit(self, parts: list[_Part]) -> list[Log]:
@@ -380,8 +422,34 @@ class Writer:
                 p.error = err
             return []
         single = len(parts) == 1  # a lone caller runs in the batch transaction itself
+        if not single and all(p.flat for p in parts):
+            spoilt: BaseException | None = None
+            k = 0
+            while k < len(parts) and spoilt is None:
+                spoilt = batch.run_flat(parts[k])
+                k += 1
+            if spoilt is None:
+                return self._commit_or_drop(batch, parts)
+            # an lmdb error (or an interrupt) in the middle of a part: start again, each part
+            # in its own nested transaction (flat parts are pure functions of the log state)
+            batch.abort()
+            for p in parts:
+                p.result = p.error = None
+            if not isinstance(spoilt, Exception):  # an interrupt goes to that part's caller
+                parts[k - 1].error = spoilt
+                parts = parts[: k - 1] + parts[k:]
+            try:
+                batch = _Batch(store)
+            except BaseException as exc:
+                err = _translate(store, exc)
+                for p in parts:
+                    p.error = err
+                return []
         for p in parts:
             batch.run(p, nested=not single)
+        return self._commit_or_drop(batch, parts)
+
+    def _commit_or_drop(self, batch: _Batch, parts: list[_Part]) -> list[Log]:
         if not batch.states and all(p.error is not None for p in parts):
             batch.abort()  # nothing to write (creations without a log count as results)
             return []
@@ -401,15 +469,17 @@ class Writer:
             return []
         self.commits += 1
         for log, st in published:
-            log._publish(st)
+            log._publish(st, self._wakes)
         return [log for log, _ in published]
 
     def _finish(self, parts: list[_Part], leader: _Part) -> None:
         """Wake the callers of ``parts`` and hand leadership on (or go idle)."""
+        wakes, self._wakes = self._wakes, []
         for p in parts:
             p.status = _DONE
             if p is not leader and p.wake is not None:
-                p.wake()
+                wakes.append(p.wake)
+        wake_all(wakes)  # trio tasks of one run: one hop for all of them
         self._release_lead()
 
     # --- explicit batches --------------------------------------------------------------
@@ -417,7 +487,7 @@ class Writer:
     @contextmanager
     def batch(self) -> Iterator[None]:
         """Make this thread the writer for a block: everything in it commits as one transaction."""
-        if getattr(self._local, "batch", None) is not None:
+        if self.in_batch():
             yield  # nested: part of the enclosing batch
             return
         marker = _Part(None, lambda txn, st: (None, st))
@@ -432,14 +502,15 @@ class Writer:
                 batch = _Batch(self._store)
             except lmdb.Error as exc:
                 raise _translate(self._store, exc) from None
-            self._local.batch = batch
+            self._batch_tid = threading.get_ident()
+            self._batch = batch
             try:
                 yield
             except BaseException:
                 batch.abort()
                 raise
             finally:
-                self._local.batch = None
+                self._batch = None
             with self._mu:  # take in whatever queued up meanwhile
                 parts.extend(self._queue)
                 self._queue.clear()
@@ -453,7 +524,7 @@ class Writer:
             log._notify()
 
     def in_batch(self) -> bool:
-        return getattr(self._local, "batch", None) is not None
+        return self._batch is not None and self._batch_tid == threading.get_ident()
 
     # --- closing ---------------------------------------------------------------------------
 

@@ -1,0 +1,136 @@
+"""The writer's fast paths: flat parts (no nested transaction), signatures in parallel, batched wake-ups."""
+
+import threading
+import time
+
+import lmdb
+import pytest
+import trio
+
+from corelog import Store, _crypto
+from corelog._keys import KEY, NODE
+from corelog.errors import LengthMismatch, StoreFull
+
+
+def _hold_writer(store):
+    """Occupy the writer with a part that blocks; returns (release, thread)."""
+    entered, go = threading.Event(), threading.Event()
+
+    def part(txn, st):
+        entered.set()
+        assert go.wait(10)
+        return None, st
+
+    t = threading.Thread(target=store._writer.run, args=(None, part))
+    t.start()
+    assert entered.wait(10)
+    return go.set, t
+
+
+def _queue(store, calls):
+    """Run ``calls`` (name -> fn) in threads while the writer is held, so they share one commit."""
+    results = {}
+
+    def run(name, fn):
+        try:
+            results[name] = fn()
+        except Exception as exc:
+            results[name] = exc
+
+    before = store.commits
+    release, holder = _hold_writer(store)
+    threads = [threading.Thread(target=run, args=item) for item in calls.items()]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(store._writer._queue) < len(threads):
+        assert time.monotonic() < deadline, "writers never queued"
+        time.sleep(0.001)
+    release()
+    for t in [holder, *threads]:
+        t.join(10)
+    return results, store.commits - before
+
+
+def test_flat_batch_isolates_a_failing_append(store):
+    logs = [store.get(f"l{i}") for i in range(4)]
+    logs[0].append(b"x")
+    calls = {f"good{i}": (lambda lg=lg: lg.append(b"a")) for i, lg in enumerate(logs)}
+    calls["bad"] = lambda: logs[1].append(b"never", expected_length=5)
+    calls["more"] = lambda: logs[2].append([b"b", b"c"])
+    results, commits = _queue(store, calls)
+    assert commits == 2  # the held part's commit, then everything queued in one
+    assert isinstance(results["bad"], LengthMismatch) and results["bad"].expected == 5
+    assert results["good0"] == 2 and results["good1"] == 1 and results["good3"] == 1
+    assert logs[2].length == 3 and results["more"] in (1, 3) and results["good2"] in (1, 3)
+    assert b"never" not in list(logs[1])
+    for lg in logs:
+        assert lg.audit().ok
+
+
+def test_flat_batch_spoilt_by_an_lmdb_error_reruns_nested(store):
+    """An lmdb error in the middle of a flat part (after a write) spoils the transaction: the batch
+    is run again part by part, so the others commit and the failing part writes nothing."""
+    good = [store.get(f"g{i}") for i in range(3)]
+    bad = store.get("bad")
+    runs = []
+
+    def spoil(txn, st):
+        runs.append(1)
+        txn.put(KEY.pack(bad.id, NODE, 999), b"half-written", db=bad._db)
+        raise lmdb.MapFullError("simulated: the map is full")
+
+    calls = {f"g{i}": (lambda lg=lg: lg.append(b"ok")) for i, lg in enumerate(good)}
+    calls["bad"] = lambda: store._writer.run(bad, spoil, True)
+    results, commits = _queue(store, calls)
+    assert isinstance(results["bad"], StoreFull)
+    assert all(results[f"g{i}"] == 1 for i in range(3)) and commits == 2
+    assert len(runs) == 2  # flat, then again in its own nested transaction
+    with store._env.begin() as txn:
+        assert txn.get(KEY.pack(bad.id, NODE, 999), db=bad._db) is None
+    for lg in [*good, bad]:
+        assert lg.audit().ok
+
+
+@pytest.mark.parametrize("n", [1, 5, 31, 32, 33, 200])
+def test_sign_many_gives_the_same_bytes(n):
+    secrets = [_crypto.keypair_from_seed(bytes([i % 7 + 1]) * 32)[1] for i in range(n)]
+    messages = [bytes([i % 256]) * 112 for i in range(n)]
+    assert _crypto.sign_many(messages, secrets) == [
+        _crypto.sign(m, s) for m, s in zip(messages, secrets, strict=True)
+    ]
+
+
+def test_many_logs_in_one_commit_are_signed_and_verify(tmp_path):
+    with Store(tmp_path / "s", sync=False) as s:
+        with s.batch():
+            logs = [s.get(f"log{i}") for i in range(80)]
+            for i, lg in enumerate(logs):
+                lg.append(b"%d" % i)
+        for lg in logs:
+            h = lg.head()
+            assert _crypto.verify(h.signable(lg.key), h.signature, lg.public_key)
+            assert h.signature == lg._sign(h.tree_hash, h.length, h.fork)
+            assert lg.audit().ok
+
+
+async def test_trio_tasks_woken_together(tmp_path):
+    """Many trio tasks across many logs: every append lands, few commits, each task its own result."""
+    with Store(tmp_path / "s", sync=True) as s:
+        with s.batch():
+            logs = [s.get(f"log{i}") for i in range(60)]
+        before = s.commits
+        got = {}
+
+        async def one(lg, k):
+            for j in range(3):
+                got[(k, j)] = await lg.append_async(b"%d.%d" % (k, j), expected_length=j)
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for k, lg in enumerate(logs):
+                    nursery.start_soon(one, lg, k)
+        assert all(got[(k, j)] == j + 1 for k in range(60) for j in range(3))
+        assert s.commits - before < 180
+        for k, lg in enumerate(logs):
+            assert list(lg) == [b"%d.%d" % (k, j) for j in range(3)] and lg.audit().ok
