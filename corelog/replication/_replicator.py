@@ -37,6 +37,16 @@ Per log (channel):
   Data) backs off exponentially; after ``max_fruitless`` such rounds the
   channel gives up with a reason in ``failures`` (a one-shot sync then ends
   with an error rather than waiting forever).
+* Live updates without a round trip: a ``live`` replicator that holds
+  everything a peer announced *parks* one tail request per channel with it,
+  for the blocks after its end (at most a quarter of the request credit;
+  channels beyond that wait for Heads). The peer keeps a tail request that
+  it cannot answer yet (``start`` at its end, same fork) and answers it as
+  soon as the log grows (or reorganises), right after the Head: an append
+  reaches a live replica in half a round trip. A parked request is an
+  ordinary outstanding request (credit-bounded, dropped with its channel); a
+  tail answered with NoData is not retried until the peer announces a new
+  head, and tails never count as missing data (``synced``).
 * A higher fork makes the server answer from the common prefix, and
   ``Log.apply`` decides against its own stored nodes what it keeps.
 * Two valid heads at the same fork and length with different trees mark the
@@ -89,6 +99,7 @@ class Replicator:
         initiator: bool,
         limits: Limits | None = None,
         clock: Callable[[], float] = time.monotonic,
+        live: bool = False,
         **overrides: int | float,
     ):
         limits = limits or Limits()
@@ -109,6 +120,7 @@ class Replicator:
         )
         self.initiator = initiator
         self.clock = clock
+        self.live = live  # park tail requests with the peer (see "Live updates")
         self.store: Store | None = source if isinstance(source, Store) else None
         if isinstance(source, Store):
             # an initiator offers every log of its store; a responder waits to be asked by key
@@ -132,6 +144,8 @@ class Replicator:
         self._heads: OrderedDict[bytes, None] = OrderedDict()  # channels with a Head to announce
         self._commits: deque[Commit] = deque()
         self._reads: deque[tuple[_Channel, Request]] = deque()
+        self._parked: dict[bytes, list[tuple[_Channel, Request]]] = {}  # peer's tails, by channel
+        self._tails = 0  # our tail requests parked with the peer
         self._dummy_key = os.urandom(32)
         # per-channel work lists, so each event costs O(1) whatever the number of channels
         self._unsynced: dict[bytes, _Channel] = {}  # requests in flight, commits queued, or wants more
@@ -236,8 +250,12 @@ class Replicator:
                 self._guard(functools.partial(self._no_data, ch, msg.id, "conflicted"))
                 continue
             log = ch.log
+            if msg.fork == log.fork and msg.start == log.contiguous_length:
+                self._parked.setdefault(dkey, []).append((ch, msg))  # a tail: answered when we grow
+                continue
             avg = log.byte_length // log.length + 8 if log.length else 8
-            span = min(msg.end - msg.start, self.limits.batch_blocks) + 1
+            end = min(msg.end, log.contiguous_length) if msg.fork == log.fork else msg.end
+            span = min(max(0, end - msg.start), self.limits.batch_blocks) + 1  # (what we hold)
             return Read(
                 log,
                 msg,
@@ -279,15 +297,19 @@ class Replicator:
         return self._run_inline()
 
     def local_changed(self, log: Log) -> bytes:
-        """A log changed locally (append, truncate, or data from another peer): announce it."""
+        """A log changed locally (append, truncate, or data from another peer): announce it
+        (and answer the peer's tail request parked on it); returns the bytes to send."""
         self.announce(log)
-        return self.data_to_send()
+        return self._run_inline()
 
     def announce(self, log: Log) -> None:
         """Queue a Head for ``log`` (coalesced: one per channel however often it changes)."""
         dkey = log.discovery_key
         if dkey in self._channels and not self.conn.closed:
             self._heads[dkey] = None
+            parked = self._parked.pop(dkey, None)
+            if parked:
+                self._reads.extend(parked)  # next_read parks them again if nothing is new
 
     def receive_data(self, data: bytes) -> bytes:
         """``feed`` with the storage work run inline; returns every byte to send back."""
@@ -323,6 +345,7 @@ class Replicator:
             self._commits.clear()
             self.backlog = 0
             self._reads.clear()
+            self._parked.clear()
             self._heads.clear()
             if not self.conn.closed:
                 self._out.append(self.conn.error_frame(exc))
@@ -378,9 +401,11 @@ class Replicator:
         dkey = self.conn.discovery_key_of(msg.channel)  # type: ignore[attr-defined]
         ch = self._channels.get(dkey)
         if isinstance(msg, Close):
+            self._parked.pop(dkey, None)
             if ch is not None:
                 ch.closed_reason = f"closed by peer: {msg.reason}"
                 ch.inflight.clear()
+                self._end_tail(ch)
                 self._touch(ch)
             return
         if ch is None:  # open on the wire but not accepted by us: only reachable by a bug
@@ -392,6 +417,11 @@ class Replicator:
         elif isinstance(msg, Data):
             self._on_data(ch, msg)
         elif isinstance(msg, NoData):
+            if msg.id == ch.tail:
+                self._end_tail(ch)
+                ch.tail_refused = ch.remote_head  # not again until the peer announces a new head
+                self._touch(ch)  # (requests what the tail was to bring, if the peer announced it)
+                return
             ch.inflight.pop(msg.id, None)
             self._window_end(ch)
             self._touch(ch)
@@ -488,6 +518,7 @@ class Replicator:
         dkey = ch.log.discovery_key
         ch.closed_reason = str(exc)
         ch.inflight.clear()
+        self._end_tail(ch)
         self._touch(ch)
         if ch.log.key not in self.stats.conflicts:
             self.stats.conflicts.append(ch.log.key)
@@ -498,6 +529,7 @@ class Replicator:
         dkey = ch.log.discovery_key
         ch.closed_reason = reason
         ch.inflight.clear()
+        self._end_tail(ch)
         self._touch(ch)
         self.stats.failures[ch.log.key] = reason
         if self.conn.channel_state(dkey) not in (None, ChannelState.CLOSED):
@@ -543,6 +575,9 @@ class Replicator:
 
     def _on_data(self, ch: _Channel, msg: Data) -> None:
         ch.inflight.pop(msg.id, None)
+        tail = msg.id == ch.tail
+        if tail:
+            self._end_tail(ch)
         probe = msg.id == ch.probe
         if ch.closed_reason:
             return
@@ -550,7 +585,7 @@ class Replicator:
             msg.fork, msg.length, msg.signature, msg.start, msg.blocks, msg.nodes, msg.have, msg.manifest
         )
         ch.committing += 1
-        work = Commit(ch.log, proof, ch, probe=probe)
+        work = Commit(ch.log, proof, ch, probe=probe, tail=tail)
         work.size = sum(len(b) for b in msg.blocks) + 48 * len(msg.nodes)
         self.backlog += work.size
         self._commits.append(work)
@@ -588,8 +623,12 @@ class Replicator:
             raise ProtocolError("the peer sent data for a log we write") from None
         elif exc is not None:
             raise exc
+        elif work.tail and not work.result:
+            ch.tail_refused = ch.remote_head  # a tail answer that brought nothing: wait for a Head
         elif work.result:
             self.progress_at = self.clock()
+            if work.tail:
+                self.stats.pushed += len(work.proof.blocks)
             self.stats.blocks_received += len(work.proof.blocks)
             self.stats.bytes_received += sum(len(b) for b in work.proof.blocks)
         self._window_end(ch)
@@ -632,6 +671,8 @@ class Replicator:
             self._unsynced.pop(dkey, None)
             self._todo.pop(dkey, None)
             self._backoff.pop(dkey, None)
+            if live and self.live and ch.tail is None:
+                self._park_tail(ch)
             return
         if wants and dkey not in self._backoff:
             if ch.retry_at:
@@ -688,6 +729,8 @@ class Replicator:
             ch.next_start = contig
             ch.window_mark = (fork, contig)
             ch.retry_at = 0.0
+            if ch.tail is not None and ch.tail_range[0] == fork:
+                ch.next_start = max(contig, ch.tail_range[1])  # the parked tail brings those
         step = self._batch_for(rh)
         if rh.fork != fork:  # reorg: one request at a time until we are on the new fork
             if not ch.inflight and not ch.committing and self.conn.can_request:
@@ -704,6 +747,34 @@ class Replicator:
             ch.inflight[rid] = (start, end)
             ch.next_start = end
             self.stats.requests_sent += 1
+
+    def _park_tail(self, ch: _Channel) -> None:
+        """Park a request for the blocks after the peer's end (see "Live updates")."""
+        log, rh = ch.log, ch.remote_head
+        if (
+            rh is None
+            or rh is ch.tail_refused
+            or log.writable
+            or log.store.readonly
+            or ch.closed_reason
+            or rh.fork != log.fork
+            or rh.contiguous != log.contiguous_length
+            or not self.conn.can_request
+            or self._tails >= max(1, self.conn.request_limit // 4)
+            or ch.committing
+        ):
+            return
+        start = rh.contiguous
+        ch.tail = self.conn.next_request_id
+        ch.tail_range = (rh.fork, start + self._batch_for(rh))
+        self._out.append(self.conn.request(log.discovery_key, rh.fork, start, start, ch.tail_range[1]))
+        self._tails += 1
+        self.stats.tails_sent += 1
+
+    def _end_tail(self, ch: _Channel) -> None:
+        if ch.tail is not None:
+            ch.tail = None
+            self._tails -= 1
 
     def _batch_for(self, rh: Head) -> int:
         avg = rh.byte_length / rh.length if rh.length else 1

@@ -30,11 +30,14 @@ Where each byte waits:
 * as Commits (received Data, at most the requests we have in flight, which the
   peer cannot exceed) until the **storage** task verifies and commits them in a
   worker thread, in order, a batch per thread hop, grouped in ``store.batch()``
-  transactions (the store's group-commit writer: one fsync per group);
+  transactions (the store's group-commit writer: one fsync per group). Only a
+  few small blocks (``INLINE_COMMIT``, a live update) into a store that does
+  not fsync are committed on the loop: that costs less than the thread hop;
 * as small Request records (at most our announced ``max_inflight``) until the
   **writer** is free: only then is the range read and the Data frame built, so
   answers are produced exactly as fast as the peer drains them, one frame at a
-  time;
+  time. A live peer's tail request waits parked until its log grows; the
+  writer then sends the Head and the Data answering it in one write;
 * as control frames (Open, Head coalesced per channel, Request, NoData, Pong:
   each bounded by channels, credit or ``max_pings``) until the writer sends them.
 
@@ -67,6 +70,7 @@ from .errors import ProtocolError, SyncIncomplete, SyncTimeout
 RECEIVE_SIZE = 256 * 1024
 READ_BATCH = 1024 * 1024  # answers built per thread hop (bytes, roughly)
 INLINE_READ = 16 * 1024  # answers this small are read on the event loop (live updates)
+INLINE_COMMIT = 16 * 1024  # received Data this small is committed on the loop, if it needs no fsync
 _log = logging.getLogger("corelog.replication")
 
 
@@ -199,6 +203,7 @@ class Session:
                 initiator=self.initiator,
                 limits=self.limits,
                 clock=trio.current_time,
+                live=self.live,
                 **self._overrides,
             )
             self._watch_new_logs()
@@ -254,11 +259,14 @@ class Session:
             if not batch:
                 await self._storage_wake.wait()
                 continue
-            self._committing = True
-            try:
-                await trio.to_thread.run_sync(_commit_all, batch)  # not cancellable: a commit finishes
-            finally:
-                self._committing = False
+            if sum(w.size for w in batch) <= INLINE_COMMIT and not any(w.log.store.sync for w in batch):
+                _commit_all(batch)  # a live update into a store that does not fsync: no thread hop
+            else:
+                self._committing = True
+                try:
+                    await trio.to_thread.run_sync(_commit_all, batch)  # not cancellable: it finishes
+                finally:
+                    self._committing = False
             for work in batch:
                 rep.commit_done(work)
             if rep.synced and not self._synced.is_set():
@@ -277,13 +285,7 @@ class Session:
                 if log is not None:
                     rep.announce(log)
             out = rep.data_to_send()
-            if out:
-                await self._send(out)
-                continue
-            if rep.error is not None:
-                self._flushed.set()
-                return
-            read = rep.next_read()
+            read = rep.next_read() if rep.error is None else None
             if read is not None:
                 # small answers are read together (one thread hop); a big one alone: at most
                 # ~READ_BATCH bytes of answers exist before the peer has drained them
@@ -294,12 +296,22 @@ class Session:
                 if READ_BATCH - budget <= INLINE_READ:
                     _run_all(reads)  # a few small blocks: an LMDB read is cheaper than a thread hop
                 else:
+                    if out:  # (our own requests and Heads go out before the long read)
+                        await self._send(out)
+                        out = b""
                     await trio.to_thread.run_sync(_run_all, reads)
-                out = b"".join([rep.read_done(r) for r in reads])
+                # a live update's Head and its Data leave in one send
+                out += b"".join([rep.read_done(r) for r in reads])
                 if out:
                     await self._send(out)
                 self._super_wake.set()
                 continue
+            if out:
+                await self._send(out)
+                continue
+            if rep.error is not None:
+                self._flushed.set()
+                return
             now = trio.current_time()
             if now - self._last_tx >= keepalive:
                 rep.ping()

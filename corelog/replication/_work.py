@@ -51,6 +51,9 @@ class _Channel:
     announced: tuple | None = None  # the last head we sent on this channel
     suspect: BaseException | None = None  # an InvalidProof being checked for equivocation
     probe: int | None = None  # the request id of that check
+    tail: int | None = None  # the request id of our tail request parked with the peer
+    tail_range: tuple[int, int] = (0, 0)  # its (fork, end)
+    tail_refused: Head | None = None  # the peer head at which it answered a tail with NoData
 
 
 @dataclass
@@ -59,7 +62,9 @@ class Stats:
     blocks_sent: int = 0
     bytes_received: int = 0
     bytes_sent: int = 0
-    requests_sent: int = 0
+    requests_sent: int = 0  # (not counting tail requests)
+    tails_sent: int = 0  # tail requests parked with the peer (live)
+    pushed: int = 0  # blocks received as answers to tail requests
     conflicts: list[bytes] = field(default_factory=list)
     rejected_opens: int = 0
     failures: dict[bytes, str] = field(default_factory=dict)  # log key -> why the channel gave up
@@ -77,6 +82,7 @@ class Commit:
     error: BaseException | None = None
     size: int = 0  # bytes it holds (counted against Limits.max_backlog)
     probe: bool = False  # the self-contained proof asked for to tell equivocation from forgery
+    tail: bool = False  # the answer to our parked tail request
 
     def run(self) -> None:
         log, proof = self.log, self.proof
