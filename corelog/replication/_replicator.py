@@ -569,7 +569,7 @@ class Replicator:
             )
         )
         self.stats.blocks_sent += len(proof.blocks)
-        self.stats.bytes_sent += sum(len(b) for b in proof.blocks)
+        self.stats.bytes_sent += sum(map(len, proof.blocks))
 
     # --- receiving ----------------------------------------------------------------
 
@@ -586,7 +586,7 @@ class Replicator:
         )
         ch.committing += 1
         work = Commit(ch.log, proof, ch, probe=probe, tail=tail)
-        work.size = sum(len(b) for b in msg.blocks) + 48 * len(msg.nodes)
+        work.size = sum(map(len, msg.blocks)) + 48 * len(msg.nodes)
         self.backlog += work.size
         self._commits.append(work)
         self._touch(ch)
@@ -630,7 +630,7 @@ class Replicator:
             if work.tail:
                 self.stats.pushed += len(work.proof.blocks)
             self.stats.blocks_received += len(work.proof.blocks)
-            self.stats.bytes_received += sum(len(b) for b in work.proof.blocks)
+            self.stats.bytes_received += sum(map(len, work.proof.blocks))
         self._window_end(ch)
         self._touch(ch)
         self._pump_all()
