@@ -54,11 +54,25 @@ def parent_hash(size: int, left: bytes, right: bytes) -> bytes:
 
 def tree_hash(roots) -> bytes:
     """H(0x02 || for each root: hash || u64(index) || u64(size)); ``roots`` are Nodes."""
-    parts = [_ROOT_PREFIX]
-    for r in roots:
-        parts.append(r.hash)
-        parts.append(_NODE.pack(r.index, r.size))
-    return _h(b"".join(parts))
+    return _h(_ROOT_PREFIX + encode_roots(roots))
+
+
+ROOT_SIZE = 48
+
+
+def encode_roots(roots) -> bytes:
+    """What ``tree_hash`` hashes after its prefix: ``ROOT_SIZE`` bytes per root, in order."""
+    pack = _NODE.pack
+    return b"".join([r[2] + pack(r[0], r[1]) for r in roots])
+
+
+def encode_root(index: int, size: int, hash_: bytes) -> bytes:
+    return hash_ + _NODE.pack(index, size)
+
+
+def tree_hash_encoded(encoded_roots: bytes) -> bytes:
+    """``tree_hash`` of roots given as ``encode_roots`` gives them (an append re-encodes only its new root)."""
+    return _h(_ROOT_PREFIX + encoded_roots)
 
 
 def manifest_for(public_key: bytes) -> bytes:

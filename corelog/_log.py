@@ -39,7 +39,7 @@ from ._keys import (
 )
 from ._tree import MAX_BLOCK_SIZE, MAX_LENGTH, Node, Proof, Verified, append_nodes, needed_nodes, parent_node
 from ._wakers import wake_all
-from ._writer import LogState
+from ._writer import LogState, signed
 from .errors import (
     BlockNotAvailable,
     BlockTooLarge,
@@ -55,6 +55,8 @@ from .errors import (
 if TYPE_CHECKING:
     from ._audit import AuditReport
     from ._store import Store
+
+EMPTY_TREE_HASH = _crypto.tree_hash([])
 
 __all__ = ["HEAD", "Head", "Log", "block_key", "check_key", "head_key", "node_key"]
 
@@ -113,6 +115,7 @@ class Log(Changes):
         "_manifest",
         "_raw",
         "_secret",
+        "_sig0",
         "_st",
         "_store",
         "discovery_key",
@@ -121,7 +124,15 @@ class Log(Changes):
         "name",
     )
 
-    def __init__(self, store: Store, log_id: int, key: bytes, record: dict, state: LogState | None = None):
+    def __init__(
+        self,
+        store: Store,
+        log_id: int,
+        key: bytes,
+        record: dict,
+        state: LogState | None = None,
+        secret: bytes | None = None,
+    ):
         self._store = store
         self._env: lmdb.Environment = store._env
         self._db = store._dbs.data
@@ -130,14 +141,14 @@ class Log(Changes):
         self.discovery_key = _crypto.discovery_key(key)
         self.name: str | None = record.get("name")
         self._secret: bytes | None = None
+        self._sig0: bytes | None = None  # the empty head's signature, made when first asked for
         self._hkey = head_key(log_id)
         self._raw: bytes | None = None  # the head as last read (read-only stores)
         self._version = 0
         self._waiters: list[Callable[[], None]] | None = None
         self._watchers: dict[int, Any] | None = None
         if record.get("writable") and not store.readonly:
-            seed = record.get("key_seed") or _crypto.derive_seed(store._seed, self.name or "")
-            _, self._secret = _crypto.keypair_from_seed(seed)
+            self._secret = secret or self._derive_secret(record)
         if state is None:
             with self._read() as txn:
                 state = self._read_state(txn, record)
@@ -145,6 +156,22 @@ class Log(Changes):
         self._manifest: bytes | None = record.get("manifest")
 
     # --- state ---------------------------------------------------------------
+
+    def _derive_secret(self, record: dict) -> bytes:
+        seed = record.get("key_seed") or _crypto.derive_seed(self._store._seed, self.name or "")
+        return _crypto.keypair_from_seed(seed)[1]
+
+    def _signed(self, st: LogState) -> LogState:
+        """``st`` with its signature: a new log has no stored head until its first change, and
+        its empty head (fork 0, length 0) is signed here when first asked for (Ed25519 is
+        deterministic: the bytes a commit would have stored)."""
+        if st.signature or st.length or st.fork or not st.record.get("writable"):
+            return st
+        sig = self._sig0
+        if sig is None:
+            secret = self._secret or self._derive_secret(st.record)  # a read-only store has the seed
+            sig = self._sig0 = _crypto.sign(_crypto.signable(self.key, st.tree_hash, 0, 0), secret)
+        return signed(st, sig)
 
     def _load(self) -> None:
         """Re-read the committed state from disk and publish it (bumping ``version``).
@@ -161,8 +188,8 @@ class Log(Changes):
     def _read_state(self, txn: lmdb.Transaction, record: dict) -> LogState:
         raw = txn.get(self._hkey, db=self._db)
         self._raw = None if raw is None else bytes(raw)
-        if raw is None:
-            return LogState(0, 0, 0, 0, _crypto.tree_hash([]), b"", (), record)
+        if raw is None:  # nothing committed yet: the empty head (see ``_signed``)
+            return LogState(0, 0, 0, 0, EMPTY_TREE_HASH, None if record.get("writable") else b"", (), record)
         fork, length, contig, byte_length, th, sig = HEAD.unpack(raw)
         roots: tuple[Node, ...] = ()
         if self._secret is not None and contig >= length:
@@ -291,7 +318,7 @@ class Log(Changes):
 
     def head(self) -> Head:
         """The current signed head."""
-        st = self._fresh()
+        st = self._signed(self._fresh())
         return Head(st.fork, st.length, st.tree_hash, st.signature or b"", st.byte_length)
 
     def roots(self) -> list[Node]:
@@ -487,9 +514,12 @@ class Log(Changes):
             put(pack(lid, BLOCK, start), block, db=db)
             put(pack(lid, NODE, x), NODE_VALUE.pack(size) + h, db=db)
             roots = st.roots
+            enc = st.encoded_roots
+            if enc is None:
+                enc = _crypto.encode_roots(roots)
             merges = ((start + 1) & ~start).bit_length() - 1
+            keep = len(roots) - merges
             if merges:
-                keep = len(roots) - merges
                 parent_hash = _crypto.parent_hash
                 for left in reversed(roots[keep:]):  # the roots it completes, right to left
                     size += left.size
@@ -497,8 +527,10 @@ class Log(Changes):
                     h = parent_hash(size, left.hash, h)
                     put(pack(lid, NODE, x), NODE_VALUE.pack(size) + h, db=db)
                 roots = (*roots[:keep], Node(x, size, h))
+                enc = enc[: keep * _crypto.ROOT_SIZE]
             else:
                 roots = (*roots, Node(x, size, h))
+            enc += _crypto.encode_root(x, size, h)
             byte_length = st.byte_length + len(block)
         else:
             new_nodes, root_list = append_nodes(list(st.roots), start, blocks)
@@ -506,10 +538,10 @@ class Log(Changes):
             cur.putmulti([(pack(lid, BLOCK, i), b) for i, b in enumerate(blocks, start)])
             cur.putmulti([(pack(lid, NODE, n.index), NODE_VALUE.pack(n.size) + n.hash) for n in new_nodes])
             roots = tuple(root_list)
+            enc = _crypto.encode_roots(roots)
             byte_length = st.byte_length + sum(map(len, blocks))
-        return length, LogState(
-            st.fork, length, length, byte_length, _crypto.tree_hash(roots), None, roots, st.record
-        )
+        th = _crypto.tree_hash_encoded(enc)
+        return length, LogState(st.fork, length, length, byte_length, th, None, roots, st.record, enc)
 
     def truncate(self, length: int) -> None:
         """Cut the log to ``length`` blocks: fork + 1, re-signed, one transaction."""
@@ -575,7 +607,11 @@ class Log(Changes):
                 f"of {st.length} blocks"
             )
         with self._read() as txn:
-            head = HEAD.unpack(txn.get(self._hkey, db=self._db) or HEAD.pack(0, 0, 0, 0, b"", b""))
+            raw = txn.get(self._hkey, db=self._db)
+            if raw is None:  # nothing committed: the empty head, signed on demand
+                e = self._signed(LogState(0, 0, 0, 0, EMPTY_TREE_HASH, None, (), self._st.record))
+                raw = HEAD.pack(0, 0, 0, 0, e.tree_hash, e.signature or b"")
+            head = HEAD.unpack(raw)
             fork, length, contig = head[0], head[1], head[2]
             if end > contig:
                 raise OutOfRange(f"cannot prove up to {end}: only {contig} blocks held")

@@ -44,8 +44,7 @@ import lmdb
 import msgpack
 
 from . import _crypto
-from ._keys import HEAD, head_key
-from ._log import Log, check_key
+from ._log import EMPTY_TREE_HASH, Log, check_key
 from ._writer import LogState, Writer
 from .errors import InvalidKey, LogNotFound, NotWritable, StoreClosed, StoreLocked, StoreNotFound
 
@@ -325,12 +324,12 @@ class Store:
             return self._create_replica(key)
         return self._install(key, self._unpack_record(raw), None)
 
-    def _install(self, key: bytes, record: dict, state: LogState | None) -> Log:
+    def _install(self, key: bytes, record: dict, state: LogState | None, secret: bytes | None = None) -> Log:
         with self._mutex:
             log = self._logs.get(key)
             # replace a replica that became writable, or a log of a rolled-back batch
             if log is None or log.id != record["id"] or (record.get("writable") and not log.owned):
-                log = Log(self, record["id"], key, record, state)
+                log = Log(self, record["id"], key, record, state, secret)
                 self._logs[key] = log
             return log
 
@@ -358,14 +357,13 @@ class Store:
             record = self._unpack_record(existing) if existing else None
             state = None
             if record is None:
+                # no head is stored until the first change: the empty head is signed on demand
+                # (Log._signed), so a new log costs one key derivation and no signature
                 record = {"id": self._new_id(txn), "name": name, "writable": True, "manifest": manifest}
                 if key_seed is not None:
                     record["key_seed"] = key_seed
-                root = _crypto.tree_hash([])
-                sig = _crypto.sign(_crypto.signable(key, root, 0, 0), secret)
-                txn.put(head_key(record["id"]), HEAD.pack(0, 0, 0, 0, root, sig), db=self._dbs.data)
                 txn.put(_crypto.discovery_key(key), key, db=self._dbs.dkeys)
-                state = LogState(0, 0, 0, 0, root, sig, (), record)
+                state = LogState(0, 0, 0, 0, EMPTY_TREE_HASH, None, (), record)
             elif not record.get("writable"):
                 # we had it as a replica (e.g. re-created from the seed): become its writer (it
                 # stays unwritable until it holds every block: IncompleteLog)
@@ -379,7 +377,7 @@ class Store:
         record, state = self._writer.run(None, part)
         if state is None and self._writer.in_batch():
             raise NotWritable("a replica cannot become writable inside store.batch(); do it before")
-        return self._install(key, record, state)
+        return self._install(key, record, state, secret)
 
     def _create_replica(self, key: bytes) -> Log:
         def part(txn: lmdb.Transaction, _: None) -> tuple[dict, None]:
@@ -392,7 +390,7 @@ class Store:
             return record, None
 
         record = self._writer.run(None, part)
-        state = LogState(0, 0, 0, 0, _crypto.tree_hash([]), b"", (), record)
+        state = LogState(0, 0, 0, 0, EMPTY_TREE_HASH, b"", (), record)
         return self._install(key, record, state)
 
     def find(self, discovery_key: bytes) -> Log | None:

@@ -63,12 +63,21 @@ class LogState(NamedTuple):
     signature: bytes | None  # None: to be signed by this store at the end of the batch
     roots: tuple[Node, ...]  # roots of ``length`` (writable, contiguous logs only)
     record: dict[str, Any]
+    encoded_roots: bytes | None = None  # ``_crypto.encode_roots(roots)``, once an append has made it
 
 
 def signed(st: LogState, signature: bytes) -> LogState:
     """``st`` with its signature (faster than ``_replace``)."""
     return LogState(
-        st.fork, st.length, st.contig, st.byte_length, st.tree_hash, signature, st.roots, st.record
+        st.fork,
+        st.length,
+        st.contig,
+        st.byte_length,
+        st.tree_hash,
+        signature,
+        st.roots,
+        st.record,
+        st.encoded_roots,
     )
 
 

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from corelog import Store, _crypto
-from corelog._keys import KEY, NODE
+from corelog._keys import HEAD, KEY, NODE, head_key
 from corelog.errors import LengthMismatch, StoreFull
 
 
@@ -134,3 +134,49 @@ async def test_trio_tasks_woken_together(tmp_path):
         assert s.commits - before < 180
         for k, lg in enumerate(logs):
             assert list(lg) == [b"%d.%d" % (k, j) for j in range(3)] and lg.audit().ok
+
+
+def test_a_new_log_stores_no_head_but_hands_out_a_signed_one(tmp_path):
+    path = tmp_path / "s"
+    with Store(path, sync=False) as s:
+        log = s.get("fresh")
+        with s._env.begin() as txn:  # creating it signed nothing and wrote no head
+            assert txn.get(head_key(log.id), db=s._dbs.data) is None
+        h = log.head()
+        assert (h.fork, h.length, h.byte_length) == (0, 0, 0)
+        assert _crypto.verify(h.signable(log.key), h.signature, log.public_key)
+        assert h.signature == log._sign(h.tree_hash, 0, 0)  # what a stored head would carry
+        assert log.upgrade_proof(0).signature == h.signature
+        assert log.audit().ok
+        with Store(path, readonly=True) as r:  # a reader in another Store signs it the same way
+            assert r.get("fresh").head() == h
+    with Store(path, sync=False) as s:  # reopened: still no head stored, the same signed head
+        log = s.get("fresh")
+        assert log.head() == h and log.audit().ok
+        log.append(b"a")
+        with s._env.begin() as txn:
+            assert HEAD.unpack(txn.get(head_key(log.id), db=s._dbs.data))[1] == 1
+        h1 = log.head()
+        assert _crypto.verify(h1.signable(log.key), h1.signature, log.public_key) and log.audit().ok
+
+
+def test_a_replica_of_a_new_log_gets_a_verifiable_head(make_store):
+    w, r = make_store(), make_store()
+    log = w.get("new")
+    replica = r.get(key=log.key)
+    empty = log.head()
+    log.append(b"x")
+    assert replica.apply(log.proof(0)) and replica.head() == log.head()
+    assert replica.check_head(empty) is False  # the empty head verifies (it is older)
+
+
+def test_single_appends_keep_the_tree_hash_of_their_roots(store):
+    log = store.get("t")
+    for i in range(70):
+        if i == 40:
+            log.append([b"m1", b"m2", b"m3"])  # a multi-block append between single ones
+        log.append(b"%d" % i)
+        h = log.head()
+        assert h.tree_hash == _crypto.tree_hash(log.roots())
+        assert _crypto.verify(h.signable(log.key), h.signature, log.public_key)
+    assert log.audit().ok
