@@ -37,7 +37,7 @@ from ._keys import (
     head_key,
     node_key,
 )
-from ._tree import MAX_BLOCK_SIZE, MAX_LENGTH, Node, Proof, Verified, append_nodes, needed_nodes, parent_node
+from ._tree import MAX_BLOCK_SIZE, MAX_LENGTH, Node, Proof, Verified, needed_nodes, parent_node
 from ._wakers import wake_all
 from ._writer import LogState, signed
 from .errors import (
@@ -533,11 +533,31 @@ class Log(Changes):
             enc += _crypto.encode_root(x, size, h)
             byte_length = st.byte_length + len(block)
         else:
-            new_nodes, root_list = append_nodes(list(st.roots), start, blocks)
+            # append_nodes' loop, writing (key, value) pairs as it goes: no Node per new node
+            leaf_hash, parent_hash, npack = _crypto.leaf_hash, _crypto.parent_hash, NODE_VALUE.pack
+            stack: list[tuple[int, int, bytes]] = list(st.roots)
+            block_items, node_items = [], []
+            i = start
+            for b in blocks:
+                size = len(b)
+                h = leaf_hash(b)
+                x = 2 * i
+                block_items.append((pack(lid, BLOCK, i), b))
+                node_items.append((pack(lid, NODE, x), npack(size) + h))
+                merges = ((i + 1) & ~i).bit_length() - 1
+                while merges:
+                    lx, lsize, lh = stack.pop()
+                    size += lsize
+                    x = (lx + x) >> 1
+                    h = parent_hash(size, lh, h)
+                    node_items.append((pack(lid, NODE, x), npack(size) + h))
+                    merges -= 1
+                stack.append((x, size, h))
+                i += 1
             cur = txn.cursor(db=db)
-            cur.putmulti([(pack(lid, BLOCK, i), b) for i, b in enumerate(blocks, start)])
-            cur.putmulti([(pack(lid, NODE, n.index), NODE_VALUE.pack(n.size) + n.hash) for n in new_nodes])
-            roots = tuple(root_list)
+            cur.putmulti(block_items)
+            cur.putmulti(node_items)
+            roots = tuple(Node(*r) for r in stack)
             enc = _crypto.encode_roots(roots)
             byte_length = st.byte_length + sum(map(len, blocks))
         th = _crypto.tree_hash_encoded(enc)
