@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 import lmdb
 
 from . import _crypto, _flat
-from ._keys import HEAD, KEY, NODE, block_key, node_key, node_value
-from ._tree import Node, parent_node
-from .errors import BlockNotAvailable, Corrupt
+from ._keys import HEAD, KEY, NODE, NODE_VALUE, block_key, dense_values, node_key
+from ._tree import MAX_BYTES, Node
+from .errors import BlockNotAvailable, Corrupt, InvalidProof
 
 if TYPE_CHECKING:
     from ._log import Log
@@ -57,12 +57,13 @@ def audit(self: Log, progress: Callable[[int, int], None] | None = None) -> Audi
                 first_bad = index
             problems.append(msg)
 
-        # completed subtrees so far (like append's roots), each with a flag saying it
-        # sits above a problem already reported, so one bad block is reported once
-        stack: list[tuple[Node, bool]] = []
-        leaf_hash = _crypto.leaf_hash
+        # completed subtrees so far (like append's roots) as (index, size, hash, tainted):
+        # tainted says it sits above a problem already reported, so one bad block is reported once
+        stack: list[tuple[int, int, bytes, bool]] = []
+        leaf_hash, parent_hash, npack = _crypto.leaf_hash, _crypto.parent_hash, NODE_VALUE.pack
         node_get = txn.get
         nodes_db = self._db
+        lid = self.id
         i = 0
         while i < contig:
             end = min(contig, i + _AUDIT_CHUNK)
@@ -71,36 +72,46 @@ def audit(self: Log, progress: Callable[[int, int], None] | None = None) -> Audi
             except Corrupt:
                 blocks = []
                 for j in range(i, end):
-                    v = txn.get(block_key(self.id, j), db=self._db)
+                    v = txn.get(block_key(lid, j), db=self._db)
                     if v is None:
                         bad(j, f"block {j} is missing")
                         v = b""
                     blocks.append(v)
             stored = stored_nodes(self, txn, 2 * i, 2 * end - 1)
-            for j, data in enumerate(blocks, i):
-                node = Node(2 * j, len(data), leaf_hash(data))
-                tainted = stored.get(node.index) != node_value(node)
+            get = stored.get
+            j = i
+            for data in blocks:
+                size = len(data)
+                h = leaf_hash(data)
+                x = 2 * j
+                tainted = get(x) != npack(size) + h
                 if tainted:
                     bad(j, f"block {j} does not match its stored leaf node (block or node altered)")
                 merges = ((j + 1) & ~j).bit_length() - 1
-                for _ in range(merges):
-                    left, left_tainted = stack.pop()
-                    node = parent_node(left, node)
+                while merges:
+                    lx, lsize, lh, left_tainted = stack.pop()
+                    size += lsize
+                    if size > MAX_BYTES:
+                        raise InvalidProof(f"a tree node of {size} bytes is over the {MAX_BYTES}-byte limit")
+                    x = (lx + x) >> 1
+                    h = parent_hash(size, lh, h)
                     tainted = tainted or left_tainted
-                    v = stored.get(node.index)
+                    v = get(x)
                     if v is None:
-                        v = node_get(node_key(self.id, node.index), db=nodes_db)
-                    if v != node_value(node) and not tainted:
-                        span = _flat.leaf_span(node.index)
-                        bad(span[0], f"node {node.index} (blocks {span[0]}-{span[1] - 1}) is altered")
+                        v = node_get(node_key(lid, x), db=nodes_db)
+                    if v != npack(size) + h and not tainted:
+                        span = _flat.leaf_span(x)
+                        bad(span[0], f"node {x} (blocks {span[0]}-{span[1] - 1}) is altered")
                         tainted = True
-                stack.append((node, tainted))
+                    merges -= 1
+                stack.append((x, size, h, tainted))
+                j += 1
             i = end
             if progress is not None:
                 progress(i, contig)
         # roots of the signed length: computed (if we hold every block) or stored
         if contig == length:
-            roots = [n for n, _ in stack]
+            roots = [Node(x, size, h) for x, size, h, _ in stack]
         else:
             try:
                 roots = [self._node(txn, r) for r in _flat.full_roots(length)]
@@ -123,6 +134,9 @@ def audit(self: Log, progress: Callable[[int, int], None] | None = None) -> Audi
 
 
 def stored_nodes(self: Log, txn: lmdb.Transaction, lo: int, hi: int) -> dict[int, bytes]:
+    dense = dense_values(txn, self._db, self.id, NODE, lo, hi)
+    if dense is not None:  # every node of a whole chunk: no key to decode
+        return dict(zip(range(lo, hi), dense, strict=True))
     out: dict[int, bytes] = {}
     cur = txn.cursor(db=self._db)
     if cur.set_range(node_key(self.id, lo)):

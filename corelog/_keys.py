@@ -9,6 +9,9 @@ blocks, the bulk of the data, sort last so appends fill pages at the right edge.
 from __future__ import annotations
 
 import struct
+from itertools import islice
+from operator import itemgetter
+from typing import Any
 
 from ._tree import Node
 
@@ -44,3 +47,24 @@ def node_value(n: tuple[int, int, bytes]) -> bytes:
 
 def decode_node(index: int, value: bytes) -> Node:
     return Node(index, NODE_VALUE.unpack_from(value)[0], bytes(value[8:40]))
+
+
+_first = itemgetter(0)
+_second = itemgetter(1)
+
+
+def dense_values(txn: Any, db: Any, log_id: int, kind: int, lo: int, hi: int) -> list[bytes] | None:
+    """The values of keys ``(log_id, kind, lo)`` .. ``(log_id, kind, hi - 1)`` if every one is
+    stored, in order, and no other key lies between them; else None (look closer one by one)."""
+    n = hi - lo
+    if n <= 0:
+        return []
+    cur = txn.cursor(db=db)
+    if not cur.set_key(KEY.pack(log_id, kind, lo)):
+        return None
+    items = list(islice(cur, n))  # sorted, distinct: the first, the last and the count pin them all
+    if len(items) != n or items[-1][0] != KEY.pack(log_id, kind, hi - 1):
+        return None
+    if set(map(len, map(_first, items))) != {KEY.size}:
+        return None
+    return list(map(_second, items))

@@ -33,6 +33,7 @@ from ._keys import (
     NODE_VALUE,
     block_key,
     decode_node,
+    dense_values,
     fork_key,
     head_key,
     node_key,
@@ -405,9 +406,10 @@ class Log(Changes):
             return self._node(txn, index)
 
     def _blocks(self, txn: lmdb.Transaction, start: int, end: int) -> list[bytes]:
-        out: list[bytes] = []
-        if start == end:
+        out: list[bytes] | None = dense_values(txn, self._db, self.id, BLOCK, start, end)
+        if out is not None:
             return out
+        out = []  # something is missing: find the first gap
         cur = txn.cursor(db=self._db)
         if cur.set_key(block_key(self.id, start)):
             # keys are fixed-size and big-endian: n values from block start ending at block

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from corelog import Store, _crypto
-from corelog._keys import HEAD, KEY, NODE, head_key
+from corelog._keys import BLOCK, HEAD, KEY, NODE, head_key
 from corelog.errors import LengthMismatch, StoreFull
 
 
@@ -180,3 +180,28 @@ def test_single_appends_keep_the_tree_hash_of_their_roots(store):
         assert h.tree_hash == _crypto.tree_hash(log.roots())
         assert _crypto.verify(h.signable(log.key), h.signature, log.public_key)
     assert log.audit().ok
+
+
+def test_audit_and_reads_see_a_gap_hidden_by_a_stray_key(store):
+    """Reads and audit take a whole range at once when its first and last keys and its count
+    match; a stray key of another length in place of a missing block must not pass for it."""
+    from corelog.errors import Corrupt
+
+    log = store.get("g")
+    log.append([b"%d" % i for i in range(40)])
+    with store._env.begin(write=True) as txn:
+        txn.delete(KEY.pack(log.id, BLOCK, 7), db=log._db)
+        txn.put(KEY.pack(log.id, BLOCK, 7) + b"\0", b"stray", db=log._db)  # sorts where 7 was
+    with pytest.raises(Corrupt):
+        log[0:40]
+    report = log.audit()
+    assert not report.ok and report.first_bad == 7 and any("block 7 is missing" in p for p in report.problems)
+
+
+def test_audit_finds_a_missing_node_in_a_whole_chunk(store):
+    log = store.get("n")
+    log.append([b"%d" % i for i in range(64)])
+    with store._env.begin(write=True) as txn:
+        txn.delete(KEY.pack(log.id, NODE, 9), db=log._db)  # a parent of blocks 4-5
+    report = log.audit()
+    assert not report.ok and report.first_bad == 4
