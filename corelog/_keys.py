@@ -49,6 +49,7 @@ def decode_node(index: int, value: bytes) -> Node:
     return Node(index, NODE_VALUE.unpack_from(value)[0], bytes(value[8:40]))
 
 
+DENSE_MAX = 1 << 17  # the longest range dense_values reads at once (an audit chunk's nodes fit)
 _first = itemgetter(0)
 _second = itemgetter(1)
 
@@ -59,6 +60,8 @@ def dense_values(txn: Any, db: Any, log_id: int, kind: int, lo: int, hi: int) ->
     n = hi - lo
     if n <= 0:
         return []
+    if n > DENSE_MAX:  # an open-ended range (e.g. "every node from lo"): no single read of it
+        return None
     cur = txn.cursor(db=db)
     if not cur.set_key(KEY.pack(log_id, kind, lo)):
         return None
