@@ -67,7 +67,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 
 from corelog import Head as LogHead
-from corelog import Log, Proof, Store
+from corelog import Log, Store
 from corelog.errors import Conflict, InvalidProof, NotWritable
 
 from ._connection import CLOSED, NEED_DATA, ChannelState, Connection
@@ -581,11 +581,8 @@ class Replicator:
         probe = msg.id == ch.probe
         if ch.closed_reason:
             return
-        proof = Proof.build(
-            msg.fork, msg.length, msg.signature, msg.start, msg.blocks, msg.nodes, msg.have, msg.manifest
-        )
         ch.committing += 1
-        work = Commit(ch.log, proof, ch, probe=probe, tail=tail)
+        work = Commit(ch.log, msg, ch, probe=probe, tail=tail)
         work.size = sum(map(len, msg.blocks)) + 48 * len(msg.nodes)
         self.backlog += work.size
         self._commits.append(work)
@@ -596,14 +593,16 @@ class Replicator:
         ch = work.channel
         ch.committing -= 1
         exc = work.error
+        if work.malformed:
+            raise exc or ProtocolError("malformed Data")
         if work.probe:
             suspect, ch.suspect, ch.probe = ch.suspect, None, None
             if not isinstance(exc, Conflict):
                 raise exc or suspect or ProtocolError("bad proof")  # not two histories: it was just bad
         elif (
             isinstance(exc, InvalidProof)
-            and work.proof.have > 0
-            and work.proof.fork == ch.log.fork
+            and work.data.have > 0
+            and work.data.fork == ch.log.fork
             and ch.suspect is None
             and self.conn.can_request
         ):
@@ -628,9 +627,9 @@ class Replicator:
         elif work.result:
             self.progress_at = self.clock()
             if work.tail:
-                self.stats.pushed += len(work.proof.blocks)
-            self.stats.blocks_received += len(work.proof.blocks)
-            self.stats.bytes_received += sum(map(len, work.proof.blocks))
+                self.stats.pushed += len(work.data.blocks)
+            self.stats.blocks_received += len(work.data.blocks)
+            self.stats.bytes_received += sum(map(len, work.data.blocks))
         self._window_end(ch)
         self._touch(ch)
         self._pump_all()

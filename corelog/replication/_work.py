@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from corelog import Log, Proof
-from corelog.errors import OutOfRange
+from corelog.errors import InvalidProof, OutOfRange
 
-from ._messages import DEFAULT_MAX_ARRAY, DEFAULT_MAX_FRAME, Head, Request
+from ._messages import DEFAULT_MAX_ARRAY, DEFAULT_MAX_FRAME, Data, Head, Request
 
 DEFAULT_BATCH_BYTES = 512 * 1024
 DEFAULT_BATCH_BLOCKS = 4096
@@ -75,8 +75,10 @@ class Commit:
     """Storage work: verify and commit one received proof. ``run()`` may block (call it off the loop)."""
 
     log: Log
-    proof: Proof
+    data: Data  # (decoded and type-checked; the Proof is built from it in run(), off the loop)
     channel: _Channel
+    proof: Proof | None = None
+    malformed: bool = False  # the Data does not make a Proof (fatal: no equivocation check)
     result: bool | None = None  # Log.apply's answer; None when skipped
     gap: bool = False  # the proof starts past what we hold (an earlier answer was clipped)
     error: BaseException | None = None
@@ -85,8 +87,15 @@ class Commit:
     tail: bool = False  # the answer to our parked tail request
 
     def run(self) -> None:
-        log, proof = self.log, self.proof
+        log, d = self.log, self.data
         try:
+            try:
+                proof = self.proof = Proof.build(
+                    d.fork, d.length, d.signature, d.start, d.blocks, d.nodes, d.have, d.manifest
+                )
+            except InvalidProof:
+                self.malformed = True
+                raise
             if proof.start > log.contiguous_length and proof.fork == log.fork:
                 self.gap = True
                 return
