@@ -118,8 +118,8 @@ def largest_container(cm) -> int:
     ]
     for obj in objs:
         for v in obj.values():
-            if isinstance(v, list | dict | set | tuple | deque):
-                sizes.append(len(v))
+            if isinstance(v, list | dict | set | tuple | deque) and not hasattr(v, "_fields"):
+                sizes.append(len(v))  # (a named tuple, e.g. the recorded head, is a fixed-size record)
     sizes.append(len(cm.log._waiters or ()))  # wake-ups parked on the log: one per waiting subscriber
     return max(sizes)
 

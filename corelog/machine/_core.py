@@ -35,8 +35,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from corelog import Log
 from corelog.errors import LengthMismatch
@@ -52,11 +51,10 @@ if TYPE_CHECKING:
 RETRIES = 8
 
 
-@dataclass(frozen=True, slots=True)
-class Recorded:
-    """The head as recorded in the log: index ``-1`` for an empty log."""
+class Recorded(NamedTuple):
+    """The head as recorded in the log: index ``-1`` for an empty log (a tuple: cheap to make)."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # (shadows tuple.index: a field is what is read)
     fork: int
     value: Any = None
     context: Mapping[str, Any] | None = None  # a FrozenDict
@@ -160,17 +158,18 @@ class LogCore:
         """
         h = self.head
         log = self.log
+        if log.contiguous_length == h.index + 1 and log.fork == h.fork:
+            return h
         if log.store._writer.in_batch():
             return h
-        if log.contiguous_length != h.index + 1 or log.fork != h.fork:
-            if not self.lock.acquire(blocking=False):
-                # a send holds the lock (maybe awaiting its commit, already visible in the log): what
-                # the log holds now, read without the lock and without changing the shared head
-                return self.read(h)
-            try:
-                self.refresh_locked()
-            finally:
-                self.lock.release()
+        if not self.lock.acquire(blocking=False):
+            # a send holds the lock (maybe awaiting its commit, already visible in the log): what
+            # the log holds now, read without the lock and without changing the shared head
+            return self.read(h)
+        try:
+            self.refresh_locked()
+        finally:
+            self.lock.release()
         return self.head
 
     def refresh_locked(self, force: bool = False) -> Recorded:
@@ -180,6 +179,8 @@ class LogCore:
         """
         log = self.log
         h = self.head
+        if log.contiguous_length == h.index + 1 and log.fork == h.fork:
+            return h  # the log has not moved (the common case)
         if not force and log.store._writer.in_batch():
             return h
         new = self.read(h)

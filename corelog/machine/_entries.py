@@ -15,17 +15,19 @@ migration), so the current definition is found in O(1).
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
-from ._frozen import freeze
+from ._frozen import FrozenDict, freeze
 from ._interpreter import Event, Snapshot
 from .errors import NotAMachineLog, UnserializableContext
 
 HEADER_TYPE = "corelog/machine"
 VERSION = 1
+_NO_EXTRAS: Any = object()
 
 
 def check_json(value: Any, path: str = "context") -> None:
@@ -50,18 +52,28 @@ def encode_header(definition: dict, definition_hash: str, snapshot: Snapshot, ti
     )
 
 
-def encode_transition(event: Event, snapshot: Snapshot, header: int) -> bytes:
-    """A transition entry; UnserializableContext if the context is not JSON (a frozen one is)."""
-    freeze(snapshot.context)
+def encode_transition(event: Event, snapshot: Snapshot, header: int, extras: Any = _NO_EXTRAS) -> bytes:
+    """A transition entry; UnserializableContext if the context is not JSON (a frozen one is).
+
+    ``extras``: ``snapshot.extras()`` already computed and frozen by the caller (None when empty).
+    """
+    context = snapshot.context
+    if type(context) is not FrozenDict:
+        freeze(context)
+    data = event.data
     entry: dict[str, Any] = {
-        "event": event.to_dict(),
+        "event": {"type": event.type} if data is None else {"type": event.type, "data": data},
         "state": snapshot.value,
-        "context": snapshot.context,
+        "context": context,
         "time": event.time,
     }
     if snapshot.done:
         entry["done"] = True
-    entry.update(_extras(snapshot))
+    if extras is _NO_EXTRAS:
+        entry.update(_extras(snapshot))
+    elif extras:
+        freeze(extras, "snapshot")
+        entry.update(extras)
     if header:
         entry["header"] = header
     return _pack(entry)
@@ -70,10 +82,20 @@ def encode_transition(event: Event, snapshot: Snapshot, header: int) -> bytes:
 INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what msgpack can encode
 
 
+class _Packers(threading.local):
+    """One msgpack Packer per thread (``packb`` builds, and allocates a buffer for, a new one per call)."""
+
+    def __init__(self) -> None:
+        self.pack = msgpack.Packer(use_bin_type=True).pack  # resets itself after an error
+
+
+_PACKERS = _Packers()
+
+
 def _pack(entry: dict) -> bytes:
     """msgpack bytes; an integer msgpack cannot hold is an UnserializableContext naming where it is."""
     try:
-        return msgpack.packb(entry, use_bin_type=True)
+        return _PACKERS.pack(entry)
     except OverflowError:
         where = _huge_int(entry, "") or "a value"
         raise UnserializableContext(

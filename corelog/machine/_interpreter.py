@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._definition import ActionRef, StateNode, Transition, compile_definition, definition_hash
+from ._frozen import FrozenDict
 from .errors import EndlessLoop, EventNotAccepted, MachineError
 
 INIT_EVENT = "xstate.init"
@@ -238,6 +239,9 @@ class Statechart:
         # (configuration, transitions) -> (states exited, states entered): both are fixed by the pair
         # unless a target is a history state
         self._plans: dict[tuple, tuple[list[StateNode], list[StateNode]]] = {}
+        # (configuration, event type) -> the actions of a guard-free, configuration-keeping transition
+        # (``_fast_plan``), or None: the general path
+        self._fast: dict[tuple[frozenset, str], tuple[ActionRef, ...] | None] = {}
         self._dynamic = {  # transitions targeting a history state: their effective targets vary
             t
             for n in self._nodes
@@ -281,6 +285,24 @@ class Statechart:
             raise EventNotAccepted(f"the machine is done (final state reached); {event.type!r} is ignored")
         config_in = snapshot._config or self._config_from_value(snapshot.value)
         ctx_in = snapshot.context
+        key = (config_in, event.type)
+        fast = self._fast[key] if key in self._fast else self._fast_plan(config_in, event.type)
+        if fast is not None:  # one unguarded transition that keeps the configuration: only its actions
+            if fast or type(ctx_in) is not FrozenDict:
+                ctx = copy_json(ctx_in)
+                self._run(fast, ctx, event)
+            else:
+                ctx = ctx_in  # no action and a read-only context: nothing can change it
+            return Snapshot(
+                snapshot.value,
+                ctx,
+                False,
+                None,
+                snapshot.history,
+                snapshot.timers,
+                snapshot.invocations,
+                config_in,
+            )
         consumed = self._consumes(snapshot, event)
         selected = self._select(config_in, ctx_in, event)
         if not selected and not consumed and not self._has_always:
@@ -309,6 +331,32 @@ class Statechart:
         if not selected and not consumed and not steps:
             raise self._not_accepted(snapshot, event)
         return self._snapshot(work)
+
+    def _fast_plan(self, config: frozenset, etype: str) -> tuple[ActionRef, ...] | None:
+        """The actions of the event's transition when selecting it needs no guard, no eventless
+        transition can follow, and it keeps the configuration (a targetless or non-reentering
+        self-transition); None otherwise (the general path). Cached per (configuration, event type)."""
+        plan: tuple[ActionRef, ...] | None = None
+        if not self._has_always and not etype.startswith("xstate."):
+            chosen: list[Transition] = []
+            static = True
+            for state in sorted((n for n in config if not n.children), key=lambda n: n.order):
+                for node in self._atomic_chain[state]:
+                    cands = node.on.get(etype)
+                    if not cands:
+                        continue
+                    if cands[0].guard is not None:
+                        static = False
+                    elif cands[0] not in chosen:
+                        chosen.append(cands[0])
+                    break
+                if not static:
+                    break
+            if static and len(chosen) == 1 and self._keeps_config(chosen[0]):
+                plan = chosen[0].actions
+        if len(self._fast) < PLAN_CACHE:
+            self._fast[(config, etype)] = plan
+        return plan
 
     def can(self, snapshot: Snapshot, event: Event | str) -> bool:
         """Whether ``event`` would be accepted (guards evaluated on the context; no actions run)."""

@@ -417,6 +417,8 @@ class _Face:
     def check_sendable(self) -> None:
         """Refusals that need no lock: a replica, a cursor in the past."""
         self.check_writable()
+        if self._cursor is None:
+            return  # live: the send catches up with the log under the lock (a moved fork keeps it live)
         self._follow()
         if self._cursor is not None:
             raise NotAtHead(
@@ -424,21 +426,30 @@ class _Face:
                 "call live() to return, or truncate() to branch from here"
             )
 
-    def prepare_locked(self, etype: str, edata: Any, force: bool = False) -> tuple[Recorded, Snapshot, bytes]:
-        """Catch up and run the transition on the recorded head (lock held); changes nothing on error."""
+    def prepare_locked(
+        self, etype: str, edata: Any, force: bool = False
+    ) -> tuple[Recorded, Snapshot, bytes, dict[str, Any] | None]:
+        """Catch up and run the transition on the recorded head (lock held); changes nothing on error.
+
+        Returns the head it ran on, the new (frozen) snapshot, the entry to append and the
+        snapshot's extras (None when empty), computed once for the entry and the new head.
+        """
         h = self.core.refresh_locked(force)
-        chart = self.chart_for(h)
+        chart = self._chart if h.header_hash == self._chart_hash else self.chart_for(h)
         if self.view_only_reason:
             raise MachineError(self.view_only_reason)
-        snap = self.head_snapshot(h)
+        snap = h.snapshot if h.snapshot is not None and h.chart is chart else self.head_snapshot(h)
         if chart is None or snap is None:
             raise MachineError("no machine definition is known for this log yet")
         ev = Event(etype, edata, self.clock())
         new = chart.transition(snap, ev)
-        new = frozen_snapshot(stamp_invocations(new, h.length, h.fork))
-        return h, new, encode_transition(ev, new, h.header_index)
+        if new.invocations:
+            new = stamp_invocations(new, h.length, h.fork)
+        new = frozen_snapshot(new)
+        extras = new.extras() or None
+        return h, new, encode_transition(ev, new, h.header_index, extras), extras
 
-    def commit_locked(self, h: Recorded, new: Snapshot, index: int) -> None:
+    def commit_locked(self, h: Recorded, new: Snapshot, index: int, extras: dict[str, Any] | None) -> None:
         self.core.set_locked(
             Recorded(
                 index,
@@ -451,7 +462,7 @@ class _Face:
                 h.definition,
                 new,
                 self._chart,
-                new.extras() or None,
+                extras,
             )
         )
 
@@ -459,12 +470,12 @@ class _Face:
         """prepare, compare-and-append, commit (lock held); on a moved log catch up and run again."""
         core = self.core
         for attempt in range(RETRIES):
-            h, new, entry = self.prepare_locked(etype, edata, attempt > 0)
+            h, new, entry, extras = self.prepare_locked(etype, edata, attempt > 0)
             try:
                 index = core.append_locked(entry, h.length)
             except _Moved:
                 continue
-            self.commit_locked(h, new, index)
+            self.commit_locked(h, new, index, extras)
             return new
         raise HeadMoved(
             f"the log grew under the machine {RETRIES} times in a row (something appends to it without "
@@ -491,7 +502,9 @@ def frozen_snapshot(snap: Snapshot) -> Snapshot:
         object.__setattr__(snap, "value", freeze(snap.value, "state"))
     if snap.output is not None:
         object.__setattr__(snap, "output", freeze(snap.output, "output"))
-    object.__setattr__(snap, "context", freeze(snap.context))
+    ctx = snap.context
+    if type(ctx) is not FrozenDict:
+        object.__setattr__(snap, "context", freeze(ctx))
     return snap
 
 

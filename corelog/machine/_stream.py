@@ -131,9 +131,8 @@ class Coremachine(_Reads):
             await _acquire(core.lock, _lock_waits())
             try:
                 for attempt in range(RETRIES):
-                    h, new, entry = face.prepare_locked(
-                        etype, edata, attempt > 0
-                    )  # pure: raises, changes nothing
+                    # pure: raises, changes nothing
+                    h, new, entry, extras = face.prepare_locked(etype, edata, attempt > 0)
                     try:
                         if self._offload:
                             # cancelled before its commit starts: nothing done; once started it completes
@@ -142,7 +141,7 @@ class Coremachine(_Reads):
                             index = core.append_locked(entry, h.length)
                     except _Moved:
                         continue
-                    face.commit_locked(h, new, index)  # synchronous: no checkpoint since the append
+                    face.commit_locked(h, new, index, extras)  # synchronous: no checkpoint since the append
                     return new
                 raise HeadMoved(
                     f"the log grew under the machine {RETRIES} times in a row (something appends to it "

@@ -1,0 +1,161 @@
+"""The send fast paths record exactly what the general path records, byte for byte.
+
+The interpreter's fast path (``Statechart._fast_plan``: one unguarded transition that keeps the
+configuration, only its actions run) and the runtime's encoding shortcuts (extras computed once,
+a per-thread msgpack packer) must not change an entry: here the same events are sent with the
+fast path disabled and enabled, and the logs compared block by block; and every entry is checked
+against the plain ``msgpack.packb`` of the entry dict.
+"""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from corelog.machine import Event, Machine, Statechart
+from corelog.machine import _interpreter as interp
+from corelog.machine.errors import EventNotAccepted, MachineError
+
+CHART = {
+    "id": "fp",
+    "initial": "idle",
+    "context": {"n": 0, "tags": [], "meta": {"k": 1}},
+    "states": {
+        "idle": {"on": {"GO": {"target": "run", "actions": "start"}}},
+        "run": {
+            "on": {
+                "INC": {"actions": "inc"},  # fast: actions only
+                "NOP": {},  # fast: targetless, no action (the context is not even copied)
+                "SELF": {"target": "run"},  # fast: a self-transition that does not re-enter
+                "TAG": {"actions": "tag"},  # fast: mutates a nested list
+                "MAYBE": [{"guard": "even", "actions": "inc"}, {"actions": "dec"}],  # guarded: general
+                "RE": {"target": "run", "reenter": True, "actions": "inc"},  # re-enters: general
+                "STOP": {"target": "idle"},
+            },
+            "entry": "entered",
+        },
+    },
+}
+
+
+def start(ctx, ev):
+    ctx["n"] = ev.data
+
+
+def inc(ctx, ev):
+    ctx["n"] += 1
+
+
+def dec(ctx, ev):
+    return {"n": ctx["n"] - 1}
+
+
+def tag(ctx, ev):
+    ctx["tags"].append(ev.data)
+    ctx["meta"]["k"] += 1
+
+
+def entered(ctx, ev):
+    ctx["meta"]["entered"] = ctx["meta"].get("entered", 0) + 1
+
+
+IMPL = {
+    "actions": {"start": start, "inc": inc, "dec": dec, "tag": tag, "entered": entered},
+    "guards": {"even": lambda ctx, ev: ctx["n"] % 2 == 0},
+}
+EVENTS = [
+    ("GO", 5),
+    ("INC", None),
+    ("NOP", None),
+    ("SELF", None),
+    ("TAG", "a"),
+    ("MAYBE", None),
+    ("MAYBE", None),
+    ("RE", None),
+    ("TAG", {"x": [1, 2]}),
+    ("INC", 7),
+    ("STOP", None),
+    ("GO", 1),
+    ("INC", None),
+]
+
+
+def clock_from(start=1_700_000_000_000):
+    t = [start]
+
+    def clock():
+        t[0] += 1
+        return t[0]
+
+    return clock
+
+
+def record(store, name: str) -> list[bytes]:
+    m = Machine(store.get(name), Statechart(CHART, **IMPL), clock=clock_from())
+    for etype, data in EVENTS:
+        m.send(etype, data)
+    with pytest.raises(EventNotAccepted):
+        m.send("NOPE")
+    log = store.get(name)
+    return list(log.iter(0, log.length))
+
+
+def test_fast_and_general_paths_record_the_same_bytes(store, monkeypatch):
+    fast = record(store, "fast")
+    chart = Statechart(CHART, **IMPL)
+    assert chart._fast_plan(chart.transition(chart.initial(0), Event("GO", 1, 1))._config, "INC") is not None
+
+    monkeypatch.setattr(interp.Statechart, "_fast_plan", lambda self, config, etype: None)
+    general = record(store, "general")
+    assert fast == general
+    assert len(fast) == len(EVENTS) + 1
+
+
+def test_entries_are_the_plain_msgpack_of_the_entry_dict(store):
+    for i, raw in enumerate(record(store, "m")):
+        e = msgpack.unpackb(raw, raw=False)
+        assert msgpack.packb(e, use_bin_type=True) == raw, i
+    last = msgpack.unpackb(raw, raw=False)
+    assert last["event"] == {"type": "INC"} and last["context"]["n"] == 2
+
+
+def test_pure_transition_fast_path_matches_general_and_copies(monkeypatch):
+    chart = Statechart(CHART, **IMPL)
+    s = chart.transition(chart.initial(0), Event("GO", 0, 1))
+    fast = []
+    for etype, data in EVENTS[1:10]:
+        s = chart.transition(s, Event(etype, data, 2))
+        fast.append(s)
+    # a plain (not frozen) context is copied even when no action runs: the caller's dict is not shared
+    nop = chart.transition(fast[-1], Event("NOP", None, 3))
+    assert nop.context == fast[-1].context and nop.context is not fast[-1].context
+    monkeypatch.setattr(interp.Statechart, "_fast_plan", lambda self, config, etype: None)
+    chart2 = Statechart(CHART, **IMPL)
+    s = chart2.transition(chart2.initial(0), Event("GO", 0, 1))
+    for (etype, data), want in zip(EVENTS[1:10], fast, strict=True):
+        s = chart2.transition(s, Event(etype, data, 2))
+        assert s == want and s.value == want.value
+
+
+def test_fast_path_failing_action_records_nothing(store):
+    def boom(ctx, ev):
+        ctx["n"] = 99
+        raise RuntimeError("no")
+
+    impl = {"actions": {**IMPL["actions"], "inc": boom}, "guards": IMPL["guards"]}
+    m = Machine(store.get("m"), Statechart(CHART, **impl), clock=clock_from())
+    m.send("GO", 1)
+    n = m.log.length
+    with pytest.raises(RuntimeError):
+        m.send("INC")
+    assert m.log.length == n and m.context["n"] == 1
+
+    def bad(ctx, ev):
+        ctx["n"] = {1, 2}
+
+    impl = {"actions": {**IMPL["actions"], "inc": bad}, "guards": IMPL["guards"]}
+    m = Machine(store.get("m2"), Statechart(CHART, **impl), clock=clock_from())
+    m.send("GO", 1)
+    with pytest.raises(MachineError):
+        m.send("INC")
+    assert m.log.length == 2 and m.context["n"] == 1
