@@ -159,3 +159,36 @@ def test_fast_path_failing_action_records_nothing(store):
     with pytest.raises(MachineError):
         m.send("INC")
     assert m.log.length == 2 and m.context["n"] == 1
+
+
+TIMED = {
+    "id": "timed",
+    "initial": "wait",
+    "context": {"n": 0},
+    "states": {"wait": {"after": {"1000": "done"}, "entry": "inc"}, "done": {"type": "final"}},
+}
+
+
+@pytest.mark.parametrize("definition", [CHART, TIMED])
+def test_header_with_the_definition_spliced_in_is_the_plain_msgpack(definition):
+    from corelog.machine._entries import encode_header, packed_definition
+
+    chart = Statechart(definition, **IMPL)
+    for snap in (chart.initial(1234), chart.initial_readonly(1234)):
+        plain = encode_header(chart.definition, chart.hash, snap, 1234)
+        spliced = encode_header(chart.definition, chart.hash, snap, 1234, packed_definition(chart))
+        assert spliced == plain
+        e = msgpack.unpackb(plain, raw=False)
+        assert list(e)[:4] == ["type", "version", "definition", "definition_hash"]
+        assert e["definition"] == definition and msgpack.packb(e, use_bin_type=True) == plain
+
+
+def test_initial_snapshot_shared_only_when_it_cannot_depend_on_time():
+    chart = Statechart(CHART, **IMPL)
+    a, b = chart.initial_readonly(1), chart.initial_readonly(2)
+    assert a is b and a == chart.initial(3)
+    with pytest.raises(TypeError):
+        a.context["n"] = 1  # type: ignore[index]
+    timed = Statechart(TIMED, **IMPL)
+    a, b = timed.initial_readonly(1), timed.initial_readonly(2)
+    assert a is not b and a.timers != b.timers and a.context == {"n": 1}

@@ -113,7 +113,7 @@ def largest_container(cm) -> int:
     core = cm._face.core
     objs = [
         cm.__dict__,
-        cm._face.__dict__,
+        {n: getattr(cm._face, n) for n in type(cm._face).__slots__},
         {n: getattr(core, n) for n in core.__slots__ if n != "__weakref__"},
     ]
     for obj in objs:

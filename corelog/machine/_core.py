@@ -96,12 +96,12 @@ def verify_restore(log: Log) -> None:
     restores from) match their Merkle leaves. Damage in older entries does not change the state the
     machine continues from; ``Log.audit()`` / ``corelog audit`` find it.
     """
-    from corelog import _crypto
-    from corelog.errors import Corrupt
-
     n = log.contiguous_length
     if n == 0:
         return
+    from corelog import _crypto
+    from corelog.errors import Corrupt
+
     head = log.head()
     public = log.public_key
     hint = f"run `corelog audit {log.store.path}` for details; the log is left as it is"

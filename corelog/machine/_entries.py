@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import threading
+import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,21 +37,63 @@ def check_json(value: Any, path: str = "context") -> None:
     freeze(value, path)
 
 
-def encode_header(definition: dict, definition_hash: str, snapshot: Snapshot, time: int) -> bytes:
-    """The header entry; UnserializableContext if the context is not JSON (a frozen one is)."""
+def encode_header(
+    definition: Mapping[str, Any],
+    definition_hash: str,
+    snapshot: Snapshot,
+    time: int,
+    packed: bytes | None = None,
+) -> bytes:
+    """The header entry; UnserializableContext if the context is not JSON (a frozen one is).
+
+    ``packed``: the definition's msgpack bytes already made (``packed_definition``), spliced in
+    as they are: the entry is byte for byte the msgpack of the entry dict.
+    """
     freeze(snapshot.context)
-    return _pack(
-        {
-            "type": HEADER_TYPE,
-            "version": VERSION,
-            "definition": definition,
-            "definition_hash": definition_hash,
-            "state": snapshot.value,
-            "context": snapshot.context,
-            "time": time,
-            **_extras(snapshot),
-        }
+    rest = {"state": snapshot.value, "context": snapshot.context, "time": time, **_extras(snapshot)}
+    if packed is None:
+        return _pack(
+            {
+                "type": HEADER_TYPE,
+                "version": VERSION,
+                "definition": dict(definition),
+                "definition_hash": definition_hash,
+                **rest,
+            }
+        )
+    # a msgpack map is its header (a fixmap: fewer than 16 keys) then its keys and values in order
+    tail = _pack(rest)
+    return b"".join(
+        (
+            bytes([0x80 | (len(rest) + 4)]),
+            _HEADER_START,
+            packed,
+            _pack("definition_hash"),
+            _pack(definition_hash),
+            tail[1:],
+        )
     )
+
+
+_HEADER_START = b"".join(
+    msgpack.packb(x, use_bin_type=True) for x in ("type", HEADER_TYPE, "version", VERSION, "definition")
+)
+
+
+def _pack_definition(definition: Mapping[str, Any]) -> bytes:
+    """A definition's msgpack bytes (as a dict: what the header entry records)."""
+    return _pack(dict(definition))
+
+
+_PACKED_DEFINITIONS: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
+
+
+def packed_definition(chart: Any) -> bytes:
+    """The chart's definition as msgpack bytes, packed once per chart."""
+    packed = _PACKED_DEFINITIONS.get(chart)
+    if packed is None:
+        packed = _PACKED_DEFINITIONS[chart] = _pack_definition(chart.definition)
+    return packed
 
 
 def encode_transition(event: Event, snapshot: Snapshot, header: int, extras: Any = _NO_EXTRAS) -> bytes:
@@ -92,7 +136,7 @@ class _Packers(threading.local):
 _PACKERS = _Packers()
 
 
-def _pack(entry: dict) -> bytes:
+def _pack(entry: Any) -> bytes:
     """msgpack bytes; an integer msgpack cannot hold is an UnserializableContext naming where it is."""
     try:
         return _PACKERS.pack(entry)

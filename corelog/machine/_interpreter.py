@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._definition import ActionRef, StateNode, Transition, compile_definition, definition_hash
-from ._frozen import FrozenDict
+from ._frozen import FrozenDict, freeze
 from .errors import EndlessLoop, EventNotAccepted, MachineError
 
 INIT_EVENT = "xstate.init"
@@ -242,6 +242,7 @@ class Statechart:
         # (configuration, event type) -> the actions of a guard-free, configuration-keeping transition
         # (``_fast_plan``), or None: the general path
         self._fast: dict[tuple[frozenset, str], tuple[ActionRef, ...] | None] = {}
+        self._initial_shared: Snapshot | None = None  # see initial_readonly
         self._dynamic = {  # transitions targeting a history state: their effective targets vary
             t
             for n in self._nodes
@@ -271,6 +272,40 @@ class Statechart:
         self._enter(to_enter, work, event)
         self._settle(work, event)
         return self._snapshot(work)
+
+    def initial_readonly(self, time: int | None = None) -> Snapshot:
+        """``initial(time)`` with its value, context and output read-only (``freeze``).
+
+        When nothing in it depends on the time (no entry action runs, no timer starts, no
+        invocation, no eventless or done transition), it is made once per chart and shared.
+        """
+        shared = self._initial_shared
+        if shared is not None:
+            return shared
+        snap = self.initial(time)
+        value = snap.value if type(snap.value) is str else freeze(snap.value, "state")
+        output = None if snap.output is None else freeze(snap.output, "output")
+        snap = Snapshot(
+            value,
+            freeze(snap.context),
+            snap.done,
+            output,
+            snap.history,
+            snap.timers,
+            snap.invocations,
+            snap._config,
+        )
+        if self._initial_static(snap):
+            self._initial_shared = snap
+        return snap
+
+    def _initial_static(self, snap: Snapshot) -> bool:
+        if self._has_always or snap.done or snap.timers or snap.invocations or snap.history:
+            return False
+        for node in snap._config:
+            if node.entry or node.after or node.invoke or node.type == "final":
+                return False
+        return True
 
     def transition(self, snapshot: Snapshot, event: Event) -> Snapshot:
         """The snapshot after ``event``; EventNotAccepted if nothing at all would change.

@@ -27,7 +27,14 @@ from corelog.errors import NotWritable, OutOfRange
 
 from ._core import RETRIES, LogCore, Recorded, _Moved, core_for, frozen_entry
 from ._definition import definition_hash
-from ._entries import HistoryEntry, decode, encode_header, encode_transition
+from ._entries import (
+    HistoryEntry,
+    _pack_definition,
+    decode,
+    encode_header,
+    encode_transition,
+    packed_definition,
+)
 from ._frozen import FrozenDict, freeze
 from ._interpreter import Event, Snapshot, Statechart, copy_json, stamp_invocations
 from .errors import DefinitionError, DefinitionMismatch, HeadMoved, MachineError, NotAtHead
@@ -189,6 +196,30 @@ def _impl_key(impl: Mapping[str, Callable] | None) -> tuple:
     return tuple(sorted((k, id(v)) for k, v in impl.items())) if impl else ()
 
 
+_HASHES: OrderedDict[bytes, str] = OrderedDict()
+
+
+def _hash_of(definition: Mapping) -> str:
+    """``definition_hash(definition)``, remembered by the definition's msgpack bytes.
+
+    Packing is a fraction of the canonical JSON's cost; equal bytes mean equal content, types and
+    key order, hence an equal canonical JSON (a reordered or re-typed dict is only a miss).
+    """
+    try:
+        packed = _pack_definition(definition)
+    except Exception:
+        return definition_hash(definition)
+    with _CHARTS_LOCK:
+        found = _HASHES.get(packed)
+    if found is None:
+        found = definition_hash(definition)
+        with _CHARTS_LOCK:
+            _HASHES[packed] = found
+            if len(_HASHES) > _CHARTS_MAX:
+                _HASHES.popitem(last=False)
+    return found
+
+
 def compile_chart(
     definition: Mapping, actions: Mapping[str, Callable] | None, guards: Mapping[str, Callable] | None
 ) -> Statechart:
@@ -196,7 +227,7 @@ def compile_chart(
     if not isinstance(definition, Mapping):
         return Statechart(definition, actions, guards)  # raises DefinitionError
     try:  # the canonical JSON hash of the caller's dict: a cached chart holds a copy made earlier
-        key = (definition_hash(definition), _impl_key(actions), _impl_key(guards))
+        key = (_hash_of(definition), _impl_key(actions), _impl_key(guards))
     except Exception:  # not JSON: let the compiler report every problem
         return Statechart(copy_json(definition), actions, guards)
     with _CHARTS_LOCK:
@@ -214,6 +245,22 @@ def compile_chart(
 
 class _Face:
     """What one machine object holds over the shared core: implementations, chart, clock, cursor."""
+
+    __slots__ = (
+        "_actions",
+        "_chart",
+        "_chart_hash",
+        "_cursor",
+        "_cursor_snapshot",
+        "_fork",
+        "_given",
+        "_guards",
+        "_snap",
+        "clock",
+        "core",
+        "log",
+        "view_only_reason",
+    )
 
     def __init__(
         self,
@@ -265,9 +312,10 @@ class _Face:
 
     def _create_locked(self, chart: Statechart) -> None:
         t = self.clock()
-        snap = chart.initial(t)
-        snap = frozen_snapshot(stamp_invocations(snap, 0, self.log.fork))
-        entry = encode_header(dict(chart.definition), chart.hash, snap, t)
+        snap = chart.initial_readonly(t)
+        if snap.invocations:
+            snap = frozen_snapshot(stamp_invocations(snap, 0, self.log.fork))
+        entry = encode_header(chart.definition, chart.hash, snap, t, packed_definition(chart))
         index = self.core.append_locked(entry, 0)
         self.core.set_locked(_header_recorded(index, self.log.fork, chart, snap))
 
@@ -517,6 +565,8 @@ def prepare_event(event: Any, data: Any) -> tuple[str, Any]:
 class _Reads:
     """The read side every face shares: state at the cursor, the chart, history navigation."""
 
+    __slots__ = ()
+
     _face: _Face
 
     @property
@@ -637,6 +687,8 @@ class Machine(_Reads):
         clock: Callable[[], int] | None = None,
     ):
         self._face = _Face(log, definition, actions, guards, migrate, clock)
+
+    __slots__ = ("__weakref__", "_face")
 
     def send(self, event: str | Event | Mapping | tuple, data: Any = None) -> Snapshot:
         """Run ``event`` to completion and record it as one entry; returns the new snapshot.
