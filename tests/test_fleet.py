@@ -350,3 +350,25 @@ def test_a_fleet_machine_replicates_and_audits_by_replay_like_any_machine_log(tm
         cli, ["audit", str(path), "fleet:c1", "--replay", "tests.test_fleet:REPLAY_IMPL"]
     )
     assert result.exit_code == 0, result.output
+
+
+def test_values_handed_out_are_read_only_and_event_data_is_copied(fleet):
+    seen = []
+    fleet.listener("spy", lambda change, services, send: seen.append(change), start="beginning")
+    with fleet:
+        data = {"name": "ann", "tags": ["a"]}
+        wait = fleet.post("c1", "INQUIRY", data)
+        data["name"] = "bob"  # the caller's dict changes after posting: what is recorded does not
+        snap = wait()
+        assert snap.context["name"] == "ann"
+        with pytest.raises(TypeError):
+            snap.context["turns"] = 99
+        assert fleet.send("c1", "MSG").context["turns"] == 1
+        assert fleet.listeners.wait_idle(10)
+        with pytest.raises(TypeError):
+            seen[-1].snapshot.context["turns"] = 99
+        fleet._cache.clear()  # restored from the log: read-only as well
+        with pytest.raises(TypeError):
+            fleet.snapshot("c1").context["turns"] = 99
+        assert fleet.send("c1", "MSG").context["turns"] == 2
+    assert [e.event.data for e in fleet.history("c1")[1:]] == [{"name": "ann", "tags": ["a"]}, None, None]

@@ -41,7 +41,7 @@ from corelog import Store
 from corelog.errors import CorelogError, StoreFull
 
 from . import _fleet_store as fs
-from ._entries import HistoryEntry, check_json, decode, encode_header, encode_transition
+from ._entries import HistoryEntry, decode, encode_header, encode_transition
 from ._fleet_records import (
     Kind,
     MachineInfo,
@@ -55,8 +55,9 @@ from ._fleet_records import (
     machine_history,
     restore,
 )
+from ._frozen import freeze
 from ._interpreter import Event, Snapshot, Statechart, stamp_invocations
-from ._runtime import as_event, now_ms
+from ._runtime import as_event, frozen_snapshot, now_ms
 from .errors import (
     ActionFailed,
     EventNotAccepted,
@@ -234,7 +235,7 @@ class Fleet:
     def _make_send(self, mid: str, event: Any, data: Any, kind: str | None, notify: Callable | None) -> _Send:
         check_id(mid)
         etype, edata = as_event(event, data)
-        check_json(edata, "event data")
+        edata = freeze(edata, "event data")  # a read-only copy: actions and listeners see what is recorded
         if kind is not None and kind not in self._kinds:
             raise UnknownKind(f"no machine kind {kind!r} is registered; register it with fleet.register()")
         return _Send(mid, kind, etype, edata, notify)
@@ -329,12 +330,12 @@ class Fleet:
         k = self._kinds.get(info.kind)
         if k is not None:
             try:
-                return k.chart.snapshot_from(
-                    entry.state, entry.context, entry.done, entry.extras or info.extras
+                return frozen_snapshot(
+                    k.chart.snapshot_from(entry.state, entry.context, entry.done, entry.extras or info.extras)
                 )
             except MachineError:
                 pass
-        return entry.snapshot
+        return frozen_snapshot(entry.snapshot)
 
     def history(self, mid: str) -> list[HistoryEntry]:
         return machine_history(self.store, mid)
@@ -435,7 +436,7 @@ class Fleet:
                 f"timer {op.etype!r} of {op.mid!r} was cancelled or re-armed; nothing recorded"
             )
         if snap is None:  # a new machine: its header (with the initial snapshot) first
-            snap = chart.initial(now)
+            snap = chart.initial_readonly(now)
             add.append(encode_header(dict(chart.definition), chart.hash, snap, now))
         elif header < 0:  # recorded under another definition, kind registered with migrate=True
             header = st.slot.log.length + len(st.blocks)
@@ -452,6 +453,8 @@ class Fleet:
             ) from exc
         if new.invocations:  # new invocations get their idempotency key: this entry's index and fork
             new = stamp_invocations(new, st.slot.log.length + len(st.blocks) + len(add), st.slot.log.fork)
+        # read-only (UnserializableContext if not JSON): what callers and listeners get is what is recorded
+        new = frozen_snapshot(new)
         add.append(encode_transition(ev, new, header))
         st.blocks.extend(add)
         st.snapshot, st.header = new, header

@@ -14,6 +14,7 @@ from corelog import Store
 from . import _fleet_store as fs
 from ._entries import HistoryEntry, decode
 from ._interpreter import Snapshot, Statechart
+from ._runtime import frozen_snapshot
 from .errors import DefinitionMismatch, InvalidMachineId, MachineError, UnknownMachine
 
 
@@ -116,7 +117,9 @@ def restore(txn: Any, dbs: Any, mid: str, kind: Kind, log: fs.LogState, extras: 
     chart = kind.chart
     try:
         # the entry records timers/invocations/history/output (the index row has a copy)
-        snap = chart.snapshot_from(last.state, last.context, last.done, last.extras or extras)
+        snap = frozen_snapshot(
+            chart.snapshot_from(last.state, last.context, last.done, last.extras or extras)
+        )
     except MachineError as exc:
         raise DefinitionMismatch(
             f"machine {mid!r}: its state does not exist in kind {kind.name!r} ({exc})"

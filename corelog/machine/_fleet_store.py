@@ -36,6 +36,8 @@ from corelog import _crypto, _flat
 from corelog._keys import BLOCK, HEAD, KEY, NODE, NODE_VALUE, head_key
 from corelog._tree import Node, append_nodes
 
+from ._entries import _pack
+
 U64 = struct.Struct(">Q")
 SEQ_KEY = b"fleet/seq"
 M_PREFIX = b"fleet/m/"
@@ -63,7 +65,7 @@ def dead_key(listener: str, seq: int) -> bytes:
 
 
 def pack(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
+    return _pack(value)  # a per-thread Packer (``msgpack.packb`` makes one, with its buffer, per call)
 
 
 def unpack(raw: bytes) -> Any:

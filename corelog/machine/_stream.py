@@ -117,22 +117,34 @@ class Coremachine(_Reads):
         face = self._face
         face.check_sendable()  # before waiting for a turn
         etype, edata = prepare_event(event, data)
-        async with self._send_lock:
+        core = face.core
+        lock = self._send_lock
+        waited = not self._offload or lock.locked()
+        if waited:
+            await lock.acquire()  # a checkpoint; cancelled while waiting for the turn: nothing recorded
+        else:
+            # our turn at once: no scheduling round here (append_async checkpoints before writing)
+            lock.acquire_nowait()
+        try:
             if self._closed:
                 raise trio.ClosedResourceError(
                     "the machine was closed while this send waited for its turn; nothing was recorded"
                 )
-            core = face.core
             if not self._offload and core.lock.acquire(blocking=False):
                 try:
                     return face.send_locked(etype, edata)
                 finally:
                     core.lock.release()
-            await _acquire(core.lock, _lock_waits())
+            if not core.lock.acquire(blocking=False):
+                await _acquire(core.lock, _lock_waits())
             try:
                 for attempt in range(RETRIES):
-                    # pure: raises, changes nothing
-                    h, new, entry, extras = face.prepare_locked(etype, edata, attempt > 0)
+                    try:  # pure: raises, changes nothing
+                        h, new, entry, extras = face.prepare_locked(etype, edata, attempt > 0)
+                    except Exception:
+                        if not waited:  # a failing send still lets other tasks run (a scheduling point)
+                            await trio.lowlevel.cancel_shielded_checkpoint()
+                        raise
                     try:
                         if self._offload:
                             # cancelled before its commit starts: nothing done; once started it completes
@@ -149,6 +161,8 @@ class Coremachine(_Reads):
                 )
             finally:
                 core.lock.release()
+        finally:
+            lock.release()
 
     action = send
 
