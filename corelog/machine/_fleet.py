@@ -519,13 +519,18 @@ class Fleet:
         dbs = self._dbs
         meta = dbs.meta
         try:
+            heads: list[tuple[fs.LogState, bytes, int]] = []
+            byte_lengths: list[int] = []
             for mid, st in stages.items():
                 if not st.blocks:
                     continue
                 log = st.slot.log
                 if st.new and log.lid == 0:
                     fs.create_log(txn, self.store, log)
-                st.result = fs.append(txn, dbs, log, st.blocks)
+                roots, length, byte_length, th = fs.put_blocks(txn, dbs, log, st.blocks)
+                st.result = (roots, length, byte_length)
+                heads.append((log, th, length))
+                byte_lengths.append(byte_length)
                 snap = st.snapshot
                 assert snap is not None
                 txn.put(
@@ -542,6 +547,11 @@ class Fleet:
                     ),
                     db=meta,
                 )
+            # one signature per machine, all made together (spread over the spare cores)
+            for (log, th, length), byte_length, sig in zip(
+                heads, byte_lengths, fs.sign_heads(heads), strict=True
+            ):
+                fs.put_head(txn, dbs, log, length, byte_length, th, sig)
             if feed and (self._feed_on or self.listeners.active):
                 self._feed_on = True
                 seq = self._seq

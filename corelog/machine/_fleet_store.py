@@ -154,25 +154,36 @@ def create_log(txn: lmdb.Transaction, store: Any, st: LogState) -> None:
         txn.put(_crypto.discovery_key(st.key), st.key, db=dbs.dkeys)
 
 
-def append(txn: lmdb.Transaction, dbs: Any, st: LogState, blocks: list[bytes]) -> tuple[list[Node], int, int]:
-    """Put ``blocks`` with their nodes and a new signed head; returns (roots, length, byte length).
-
-    ``st`` is not modified (the caller applies the result once the transaction commits).
-    """
+def put_blocks(
+    txn: lmdb.Transaction, dbs: Any, st: LogState, blocks: list[bytes]
+) -> tuple[list[Node], int, int, bytes]:
+    """Put ``blocks`` and their tree nodes; returns (roots, length, byte length, tree hash) for
+    the head that ``put_head`` writes once it is signed (``st`` is not modified)."""
     start = st.length
     new_nodes, roots = append_nodes(st.roots, start, blocks)
     length = start + len(blocks)
     byte_length = st.byte_length + sum(map(len, blocks))
-    th = _crypto.tree_hash(roots)
-    sig = _crypto.sign(_crypto.signable(st.key, th, length, st.fork), st.secret)
     lid, kp, data = st.lid, KEY.pack, dbs.data
     put = txn.put
     for i, b in enumerate(blocks, start):
         put(kp(lid, BLOCK, i), b, db=data)
     for n in new_nodes:
         put(kp(lid, NODE, n.index), NODE_VALUE.pack(n.size) + n.hash, db=data)
-    put(head_key(lid), HEAD.pack(st.fork, length, length, byte_length, th, sig), db=data)
-    return roots, length, byte_length
+    return roots, length, byte_length, _crypto.tree_hash(roots)
+
+
+def put_head(
+    txn: lmdb.Transaction, dbs: Any, st: LogState, length: int, byte_length: int, th: bytes, sig: bytes
+) -> None:
+    txn.put(head_key(st.lid), HEAD.pack(st.fork, length, length, byte_length, th, sig), db=dbs.data)
+
+
+def sign_heads(heads: list[tuple[LogState, bytes, int]]) -> list[bytes]:
+    """The signatures of new heads ``(log, tree hash, length)``, made together (on the spare cores)."""
+    return _crypto.sign_many(
+        [_crypto.signable(st.key, th, length, st.fork) for st, th, length in heads],
+        [st.secret for st, _, _ in heads],
+    )
 
 
 # --- reading (also from a read-only store: the CLI) -------------------------------------
