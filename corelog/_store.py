@@ -12,7 +12,8 @@ LMDB; blocks sort last within a log so appends fill pages at the right edge.
  names     log name (utf-8)                log key
  dkeys     discovery key (32 bytes)        log key (``find`` in O(1); built on open if missing)
  data      u32 id || 0                     the head: fork, length, contiguous, byte length,
-                                           tree hash, signature (``_log.HEAD``)
+                                           tree hash, signature (``_log.HEAD``); absent until
+                                           the log's first change (``Log._signed``)
  data      u32 id || 1 || u64 fork         previous fork, length kept (truncation history)
  data      u32 id || 2 || u64 flat index   node: u64 size (LE) || 32-byte hash
  data      u32 id || 3 || u64 index        block bytes

@@ -20,10 +20,16 @@ token (``_wakers.trio_waker``), and only a leader needs a worker thread.
 
 Isolation: in a batch of several parts, each runs in a nested LMDB
 transaction, so a part that raises is rolled back alone and its caller gets
-its own error; the others commit. Parts compute from the batch's *pending*
+its own error; the others commit. Appends are *flat* parts: they raise only
+before their first write (or an ``lmdb.Error``), so a batch made only of
+them runs in the batch transaction itself, without a nested transaction per
+part; an ``lmdb.Error`` in the middle of one spoils the transaction, and the
+batch is then run again part by part, nested. Parts compute from the batch's *pending*
 state of their log (``LogState``), so two appends to one log in one batch
 chain; heads are written (and signed, for logs this store writes) once per
-log at the end of the batch. Callers return once the commit is durable
+log at the end of the batch, side by side on the spare cores
+(``_crypto.sign_many``). Trio tasks of one run are woken with one
+``run_sync_soon`` per commit. Callers return once the commit is durable
 (``sync=True``) and the logs' in-memory state and change versions are
 published.
 
@@ -352,7 +358,9 @@ class Writer:
                 await event.wait()
             except trio.Cancelled:
                 with self._mu:
-                    if part.status == _QUEUED:  # not taken yet: withdraw it, nothing is written
+                    # still queued (a leader takes parts out of the queue under _mu, and marks
+                    # them done only after the commit): withdraw it, nothing is written
+                    if part.status == _QUEUED and any(p is part for p in self._queue):
                         self._queue.remove(part)
                         raise
                 with trio.CancelScope(shield=True):  # taken: it commits; wait for the outcome

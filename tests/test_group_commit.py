@@ -205,3 +205,45 @@ def test_audit_finds_a_missing_node_in_a_whole_chunk(store):
         txn.delete(KEY.pack(log.id, NODE, 9), db=log._db)  # a parent of blocks 4-5
     report = log.audit()
     assert not report.ok and report.first_bad == 4
+
+
+async def test_trio_task_cancelled_while_its_append_commits_gets_the_outcome(store):
+    """Cancelled after a leader took its part (but before the commit ended), a task waits for the
+    outcome and gets its result; the cancellation surfaces at its next checkpoint."""
+    a, b = store.get("a"), store.get("b")
+    entered, go = threading.Event(), threading.Event()
+
+    def slow(txn, st):
+        entered.set()
+        assert go.wait(10)
+        return "slow", st
+
+    async def queued(n):
+        with trio.fail_after(10):
+            while len(store._writer._queue) < n:
+                await trio.sleep(0.001)
+
+    got = {}
+
+    async def append_b(scope_box):
+        with trio.CancelScope() as scope:
+            scope_box.append(scope)
+            got["b"] = await b.append_async(b"x")
+            got["after"] = "no checkpoint yet"
+            await trio.lowlevel.checkpoint()
+            got["after"] = "not cancelled"
+
+    release, holder = _hold_writer(store)
+    box: list = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store._writer.run_async, a, slow)
+        await queued(1)
+        nursery.start_soon(append_b, box)
+        await queued(2)
+        release()  # the holder's commit ends; the first task leads [slow, b's append] in a thread
+        assert await trio.to_thread.run_sync(entered.wait, 10)
+        box[0].cancel()  # b's part is taken, its commit not done
+        await trio.sleep(0.05)
+        go.set()
+    holder.join(10)
+    assert got == {"b": 1, "after": "no checkpoint yet"} and b.length == 1 and list(b) == [b"x"]
