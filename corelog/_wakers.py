@@ -49,6 +49,24 @@ class TrioWake:
             pass
 
 
+class TrioTaskWake:
+    """``wake()`` reschedules one trio task parked in ``wait_task_rescheduled`` (called at most once)."""
+
+    __slots__ = ("task", "token")
+
+    def __init__(self, task: trio.lowlevel.Task, token: trio.lowlevel.TrioToken):
+        self.task = task
+        self.token = token
+
+    def __call__(self) -> None:
+        import trio
+
+        try:
+            self.token.run_sync_soon(trio.lowlevel.reschedule, self.task)
+        except trio.RunFinishedError:
+            pass
+
+
 def trio_waker() -> tuple[TrioWake, trio.Event]:
     """``(wake, event)`` for the calling trio task; ``wake()`` may be called from any thread."""
     import trio
@@ -57,34 +75,42 @@ def trio_waker() -> tuple[TrioWake, trio.Event]:
     return TrioWake(event, trio.lowlevel.current_trio_token()), event
 
 
-def _set_all(events: list[trio.Event]) -> None:
+def _wake_group(events: list[trio.Event], tasks: list[trio.lowlevel.Task]) -> None:
+    import trio
+
     for event in events:
         event.set()
+    for task in tasks:
+        trio.lowlevel.reschedule(task)
 
 
 def wake_all(wakes: Iterable[Callable[[], None]]) -> None:
-    """Call every wake function; trio events of one run are set in ONE ``run_sync_soon``.
+    """Call every wake function; the trio events and tasks of one run are woken in ONE
+    ``run_sync_soon``.
 
     (Each ``run_sync_soon`` writes to the run's wake-up socket: waking a thousand
     tasks one by one cost a thousand syscalls in the committing thread.)
     """
-    groups: dict[Any, list[trio.Event]] | None = None
+    groups: dict[Any, tuple[list[trio.Event], list[trio.lowlevel.Task]]] | None = None
     for wake in wakes:
-        if type(wake) is TrioWake:
+        kind = type(wake)
+        if kind is TrioWake or kind is TrioTaskWake:
             if groups is None:
                 groups = {}
-            events = groups.get(wake.token)
-            if events is None:
-                groups[wake.token] = [wake.event]
+            group = groups.get(wake.token)  # type: ignore[attr-defined]
+            if group is None:
+                group = groups[wake.token] = ([], [])  # type: ignore[attr-defined]
+            if kind is TrioWake:
+                group[0].append(wake.event)  # type: ignore[attr-defined]
             else:
-                events.append(wake.event)
+                group[1].append(wake.task)  # type: ignore[attr-defined]
         else:
             wake()
     if groups:
         import trio
 
-        for token, events in groups.items():
+        for token, (events, tasks) in groups.items():
             try:
-                token.run_sync_soon(_set_all, events)
+                token.run_sync_soon(_wake_group, events, tasks)
             except trio.RunFinishedError:
                 pass

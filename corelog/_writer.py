@@ -15,8 +15,9 @@ and commits its own part at once (a lone caller pays nothing for batching).
 Callers arriving meanwhile enqueue their part and sleep. When the leader is
 done it wakes the callers it committed for, then promotes the first queued
 caller to leader, which commits everything queued by then. A thread waits on a
-lock of its own; a trio task waits on a ``trio.Event`` set through its run's
-token (``_wakers.trio_waker``), and only a leader needs a worker thread.
+lock of its own; a trio task is parked (``wait_task_rescheduled``) and
+rescheduled through its run's token (``_wakers.TrioTaskWake``; the tasks of
+one run in one hop), and only a leader needs a worker thread.
 
 Isolation: in a batch of several parts, each runs in a nested LMDB
 transaction, so a part that raises is rolled back alone and its caller gets
@@ -50,7 +51,7 @@ import lmdb
 
 from . import _crypto
 from ._tree import Node
-from ._wakers import trio_waker, wake_all
+from ._wakers import TrioTaskWake, wake_all
 from .errors import CorelogError, StoreClosed, StoreFull
 
 if TYPE_CHECKING:
@@ -343,7 +344,8 @@ class Writer:
         if batch is not None and self._batch_tid == threading.get_ident():
             batch.run(part)
             return part.outcome()
-        wake, event = trio_waker()
+        lowlevel = trio.lowlevel
+        wake = TrioTaskWake(lowlevel.current_task(), lowlevel.current_trio_token())
         with self._mu:
             if self._closed:
                 raise self._closed_error()
@@ -354,17 +356,20 @@ class Writer:
                 self._busy = True
                 part.status = _LEAD
         if part.status != _LEAD:
-            try:
-                await event.wait()
-            except trio.Cancelled:
+
+            def abort(_: Any) -> trio.lowlevel.Abort:
                 with self._mu:
                     # still queued (a leader takes parts out of the queue under _mu, and marks
                     # them done only after the commit): withdraw it, nothing is written
                     if part.status == _QUEUED and any(p is part for p in self._queue):
                         self._queue.remove(part)
-                        raise
-                with trio.CancelScope(shield=True):  # taken: it commits; wait for the outcome
-                    await event.wait()
+                        return lowlevel.Abort.SUCCEEDED
+                # taken: it commits and we are woken with the outcome; the cancellation
+                # surfaces at the caller's next checkpoint
+                return lowlevel.Abort.FAILED
+
+            # parked without an Event: the writer reschedules this task (``wake``) exactly once
+            await lowlevel.wait_task_rescheduled(abort)
             if part.status == _DONE:
                 return part.outcome()
         # we hold the writer: the commit must run (shielded, or a cancellation arriving
