@@ -67,7 +67,10 @@ from corelog.errors import CorelogError
 from ._replicator import Commit, Limits, Read, Replicator
 from .errors import ProtocolError, SyncIncomplete, SyncTimeout
 
-RECEIVE_SIZE = 256 * 1024
+# bytes the reader takes per step: one Noise record's body (_secure.START_BODY). Each record is
+# decrypted in a C call that releases the GIL, and getting it back can take a switch interval
+# (5 ms) while the storage worker verifies: one record per step keeps the loop's turns short.
+RECEIVE_SIZE = 65514
 READ_BATCH = 1024 * 1024  # answers built per thread hop (bytes, roughly)
 INLINE_READ = 16 * 1024  # answers this small are read on the event loop (live updates)
 INLINE_COMMIT = 16 * 1024  # received Data this small is committed on the loop, if it needs no fsync
