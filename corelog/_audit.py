@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -60,7 +61,14 @@ def audit(self: Log, progress: Callable[[int, int], None] | None = None) -> Audi
         # completed subtrees so far (like append's roots) as (index, size, hash, tainted):
         # tainted says it sits above a problem already reported, so one bad block is reported once
         stack: list[tuple[int, int, bytes, bool]] = []
-        leaf_hash, parent_hash, npack = _crypto.leaf_hash, _crypto.parent_hash, NODE_VALUE.pack
+        # _crypto.leaf_hash / parent_hash inlined: H(0x00 || u64 size || block), H(0x01 || u64
+        # size || left || right); a node's stored value is u64 size (the same bytes) || hash
+        b2, npack, leaf_tag, parent_tag = (
+            hashlib.blake2b,
+            NODE_VALUE.pack,
+            _crypto.LEAF_PREFIX,
+            _crypto.PARENT_PREFIX,
+        )
         node_get = txn.get
         nodes_db = self._db
         lid = self.id
@@ -82,9 +90,10 @@ def audit(self: Log, progress: Callable[[int, int], None] | None = None) -> Audi
             j = i
             for data in blocks:
                 size = len(data)
-                h = leaf_hash(data)
+                u = npack(size)
+                h = b2(leaf_tag + u + data, digest_size=32).digest()
                 x = 2 * j
-                tainted = get(x) != npack(size) + h
+                tainted = get(x) != u + h
                 if tainted:
                     bad(j, f"block {j} does not match its stored leaf node (block or node altered)")
                 merges = ((j + 1) & ~j).bit_length() - 1
@@ -94,12 +103,13 @@ def audit(self: Log, progress: Callable[[int, int], None] | None = None) -> Audi
                     if size > MAX_BYTES:
                         raise InvalidProof(f"a tree node of {size} bytes is over the {MAX_BYTES}-byte limit")
                     x = (lx + x) >> 1
-                    h = parent_hash(size, lh, h)
+                    u = npack(size)
+                    h = b2(parent_tag + u + lh + h, digest_size=32).digest()
                     tainted = tainted or left_tainted
                     v = get(x)
                     if v is None:
                         v = node_get(node_key(lid, x), db=nodes_db)
-                    if v != npack(size) + h and not tainted:
+                    if v != u + h and not tainted:
                         span = _flat.leaf_span(x)
                         bad(span[0], f"node {x} (blocks {span[0]}-{span[1] - 1}) is altered")
                         tainted = True

@@ -16,6 +16,7 @@ reader in another process always sees a consistent, committed head (and its
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -530,23 +531,31 @@ class Log(Changes):
             byte_length = st.byte_length + len(block)
         else:
             # append_nodes' loop, writing (key, value) pairs as it goes: no Node per new node
-            leaf_hash, parent_hash, npack = _crypto.leaf_hash, _crypto.parent_hash, NODE_VALUE.pack
+            # _crypto.leaf_hash / parent_hash inlined (see _audit); u64 size is also the node value's start
+            b2, npack, leaf_tag, parent_tag = (
+                hashlib.blake2b,
+                NODE_VALUE.pack,
+                _crypto.LEAF_PREFIX,
+                _crypto.PARENT_PREFIX,
+            )
             stack: list[tuple[int, int, bytes]] = list(st.roots)
             block_items, node_items = [], []
             i = start
             for b in blocks:
                 size = len(b)
-                h = leaf_hash(b)
+                u = npack(size)
+                h = b2(leaf_tag + u + b, digest_size=32).digest()
                 x = 2 * i
                 block_items.append((pack(lid, BLOCK, i), b))
-                node_items.append((pack(lid, NODE, x), npack(size) + h))
+                node_items.append((pack(lid, NODE, x), u + h))
                 merges = ((i + 1) & ~i).bit_length() - 1
                 while merges:
                     lx, lsize, lh = stack.pop()
                     size += lsize
                     x = (lx + x) >> 1
-                    h = parent_hash(size, lh, h)
-                    node_items.append((pack(lid, NODE, x), npack(size) + h))
+                    u = npack(size)
+                    h = b2(parent_tag + u + lh + h, digest_size=32).digest()
+                    node_items.append((pack(lid, NODE, x), u + h))
                     merges -= 1
                 stack.append((x, size, h))
                 i += 1
