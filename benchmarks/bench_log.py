@@ -7,6 +7,9 @@ Targets (issue 2, 2-core machine): single appends sync=False >= 15k/s; sync=True
 Issue 8 (group commit): one log sync=True >= 0.9 x raw durable append; sync=False >=
 0.75 x "raw put+commit + one sign"; concurrent appends from many trio tasks / threads
 across 1,000 logs of a sync=True store >= 6 x the raw put+fsync commit rate.
+Information rows (no target): "an append's puts + one sign" is plain LMDB writing what one
+append must (block, leaf node, the parent nodes it completes, the signed head, in the store's
+one DBI with its keys) plus one Ed25519 sign: the floor for ``append`` with this layout.
 """
 
 from __future__ import annotations
