@@ -32,7 +32,8 @@ Where each byte waits:
   worker thread, in order, a batch per thread hop, grouped in ``store.batch()``
   transactions (the store's group-commit writer: one fsync per group). Only a
   few small blocks (``INLINE_COMMIT``, a live update) into a store that does
-  not fsync are committed on the loop: that costs less than the thread hop;
+  not fsync are committed on the loop, by the reader as soon as it decoded them
+  (never while a batch is in a thread): that costs less than the thread hop;
 * as small Request records (at most our announced ``max_inflight``) until the
   **writer** is free: only then is the range read and the Data frame built, so
   answers are produced exactly as fast as the peer drains them, one frame at a
@@ -244,6 +245,7 @@ class Session:
             data = await self.stream.receive_some(RECEIVE_SIZE)
             self._last_rx = trio.current_time()
             rep.feed(data)
+            self._commit_small()  # a live update: committed before anything else runs
             self._watch_new_logs()
             if rep.synced and not self._synced.is_set():
                 self._synced.set()
@@ -256,26 +258,47 @@ class Session:
         rep = self.replicator
         assert rep is not None
         while True:
+            if self._commit_small():
+                continue
             batch: list[Commit] = []
             while (work := rep.next_commit()) is not None:
                 batch.append(work)
             if not batch:
                 await self._storage_wake.wait()
                 continue
-            if sum(w.size for w in batch) <= INLINE_COMMIT and not any(w.log.store.sync for w in batch):
-                _commit_all(batch)  # a live update into a store that does not fsync: no thread hop
-            else:
-                self._committing = True
-                try:
-                    await trio.to_thread.run_sync(_commit_all, batch)  # not cancellable: it finishes
-                finally:
-                    self._committing = False
-            for work in batch:
-                rep.commit_done(work)
-            if rep.synced and not self._synced.is_set():
-                self._synced.set()
-            self._reader_wake.set()
-            self._kick()
+            self._committing = True
+            try:
+                await trio.to_thread.run_sync(_commit_all, batch)  # not cancellable: it finishes
+            finally:
+                self._committing = False
+            self._committed(batch)
+
+    def _commit_small(self) -> bool:
+        """Commit queued Data on the loop if it is a few small blocks (a live update) into stores
+        that do not fsync: that costs less than the thread hop. Never while a batch is in a thread
+        (commits stay in order)."""
+        rep = self.replicator
+        assert rep is not None
+        if self._committing or not rep._commits or rep.backlog > INLINE_COMMIT:
+            return False
+        if any(w.log.store.sync for w in rep._commits):
+            return False
+        batch: list[Commit] = []
+        while (work := rep.next_commit()) is not None:
+            batch.append(work)
+        _commit_all(batch)
+        self._committed(batch)
+        return True
+
+    def _committed(self, batch: list[Commit]) -> None:
+        rep = self.replicator
+        assert rep is not None
+        for work in batch:
+            rep.commit_done(work)
+        if rep.synced and not self._synced.is_set():
+            self._synced.set()
+        self._reader_wake.set()
+        self._kick()
 
     async def _writer(self) -> None:
         rep = self.replicator
