@@ -519,6 +519,7 @@ class Replicator:
         ch.closed_reason = str(exc)
         ch.inflight.clear()
         self._end_tail(ch)
+        self._parked.pop(dkey, None)  # (the peer's tails on it die with the channel)
         self._touch(ch)
         if ch.log.key not in self.stats.conflicts:
             self.stats.conflicts.append(ch.log.key)
@@ -530,6 +531,7 @@ class Replicator:
         ch.closed_reason = reason
         ch.inflight.clear()
         self._end_tail(ch)
+        self._parked.pop(dkey, None)  # (the peer's tails on it die with the channel)
         self._touch(ch)
         self.stats.failures[ch.log.key] = reason
         if self.conn.channel_state(dkey) not in (None, ChannelState.CLOSED):
