@@ -25,7 +25,7 @@ from typing import Any, overload
 from corelog import Log
 from corelog.errors import NotWritable, OutOfRange
 
-from ._core import RETRIES, LogCore, Recorded, _Moved, core_for, frozen_entry
+from ._core import RETRIES, LogCore, Recorded, _Moved, append_at, core_for, frozen_entry
 from ._definition import definition_hash
 from ._entries import (
     HistoryEntry,
@@ -35,7 +35,7 @@ from ._entries import (
     encode_transition,
     packed_definition,
 )
-from ._frozen import FrozenDict, freeze
+from ._frozen import _SCALARS, FrozenDict, freeze
 from ._interpreter import Event, Snapshot, Statechart, copy_json, stamp_invocations
 from .errors import DefinitionError, DefinitionMismatch, HeadMoved, MachineError, NotAtHead
 
@@ -493,8 +493,15 @@ class _Face:
         new = chart.transition(snap, ev)
         if new.invocations:
             new = stamp_invocations(new, h.length, h.fork)
-        new = frozen_snapshot(new)
-        extras = new.extras() or None
+        if type(new.value) is str and new.output is None:  # the common case of frozen_snapshot
+            if type(new.context) is not FrozenDict:
+                object.__setattr__(new, "context", freeze(new.context))
+        else:
+            new = frozen_snapshot(new)
+        if new.output is None and not new.history and not new.timers and not new.invocations:
+            extras = None
+        else:
+            extras = new.extras() or None
         return h, new, encode_transition(ev, new, h.header_index, extras), extras
 
     def commit_locked(self, h: Recorded, new: Snapshot, index: int, extras: dict[str, Any] | None) -> None:
@@ -520,7 +527,7 @@ class _Face:
         for attempt in range(RETRIES):
             h, new, entry, extras = self.prepare_locked(etype, edata, attempt > 0)
             try:
-                index = core.append_locked(entry, h.length)
+                index = append_at(core.log, entry, h.length)
             except _Moved:
                 continue
             self.commit_locked(h, new, index, extras)
@@ -707,8 +714,12 @@ class Machine(_Reads):
         times, then HeadMoved, recording nothing).
         """
         face = self._face
-        face.check_sendable()
-        etype, edata = prepare_event(event, data)
+        if face._cursor is not None or not face.log.writable:
+            face.check_sendable()  # raises
+        if type(event) is str and (data is None or type(data) in _SCALARS):
+            etype, edata = event, data  # nothing to copy
+        else:
+            etype, edata = prepare_event(event, data)
         with face.core.lock:
             return face.send_locked(etype, edata)
 

@@ -2,7 +2,7 @@
 
 A :class:`Coremachine` is the trio face over the log's shared core (``_core``),
 as :class:`~._runtime.Machine` is the synchronous one. Sends of one trio run on
-one log are serialised in arrival order by a FIFO-fair ``trio.Lock`` per (run,
+one log are serialised in arrival order by FIFO turns (``_Turns``) per (run,
 log); the log's own lock (shared with every thread and object on the log) is
 then taken without blocking the event loop: at once if free, otherwise in a
 worker thread. The event runs in the trio thread; the commit runs inline when
@@ -50,8 +50,47 @@ def _lock_waits() -> trio.CapacityLimiter:
         return limiter
 
 
-def _run_lock(core: LogCore) -> trio.Lock:
-    """The FIFO lock ordering this run's sends on ``core``'s log (shared by its Coremachines)."""
+class _Turns:
+    """FIFO turns for one trio run's sends on one log: a ``trio.Lock`` without its owner and
+    deadlock bookkeeping (a turn is always released by the task that took it, in ``send``)."""
+
+    __slots__ = ("_busy", "_lot")
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def locked(self) -> bool:
+        return self._busy
+
+    def take_nowait(self) -> None:
+        """Take the free turn (the caller checked ``locked()``)."""
+        self._busy = True
+
+    async def take(self) -> None:
+        """Wait for the turn (a checkpoint); cancelled while waiting, the turn is not taken."""
+        if not self._busy:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._busy = True
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        await self._lot.park()  # handed over by release(): we hold it when this returns
+
+    def release(self) -> None:
+        if self._lot:
+            self._lot.unpark()  # the turn passes to the first waiter (it stays busy)
+        else:
+            self._busy = False
+
+    async def __aenter__(self) -> None:
+        await self.take()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _run_lock(core: LogCore) -> _Turns:
+    """The FIFO turns ordering this run's sends on ``core``'s log (shared by its Coremachines)."""
     try:
         locks = _RUN_LOCKS.get()
     except LookupError:
@@ -59,7 +98,7 @@ def _run_lock(core: LogCore) -> trio.Lock:
         _RUN_LOCKS.set(locks)
     lock = locks.get(core)
     if lock is None:
-        lock = locks[core] = trio.Lock()
+        lock = locks[core] = _Turns()
     return lock
 
 
@@ -121,10 +160,10 @@ class Coremachine(_Reads):
         lock = self._send_lock
         waited = not self._offload or lock.locked()
         if waited:
-            await lock.acquire()  # a checkpoint; cancelled while waiting for the turn: nothing recorded
+            await lock.take()  # a checkpoint; cancelled while waiting for the turn: nothing recorded
         else:
             # our turn at once: no scheduling round here (append_async checkpoints before writing)
-            lock.acquire_nowait()
+            lock.take_nowait()
         try:
             if self._closed:
                 raise trio.ClosedResourceError(
