@@ -112,7 +112,7 @@ def test_bad_input_is_a_typed_error_and_writes_nothing(tmp_path):
             f.send("c1", "MSG", {"x": {1, 2}})
         with pytest.raises(UnserializableContext):
             f.send("c1", "MSG", float("nan"))
-        for bad in ("", "a\x00b", "x" * 300, 7):
+        for bad in ("", "a\x00b", "x" * 300, 7, "\ud800"):  # (a lone surrogate cannot be stored)
             with pytest.raises(InvalidMachineId):
                 f.send(bad, "MSG")  # type: ignore[arg-type]
         with pytest.raises(UnknownMachine):

@@ -455,7 +455,11 @@ class Fleet:
             new = stamp_invocations(new, st.slot.log.length + len(st.blocks) + len(add), st.slot.log.fork)
         # read-only (UnserializableContext if not JSON): what callers and listeners get is what is recorded
         new = frozen_snapshot(new)
-        add.append(encode_transition(ev, new, header))
+        if new.output is None and not new.history and not new.timers and not new.invocations:
+            extras = None
+        else:
+            extras = new.extras() or None
+        add.append(encode_transition(ev, new, header, extras))
         st.blocks.extend(add)
         st.snapshot, st.header = new, header
         index = st.slot.log.length + len(st.blocks) - 1

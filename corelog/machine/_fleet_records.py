@@ -97,8 +97,15 @@ class _Group(_Op):
         self.sends, self.meta_puts, self.meta_deletes = sends, meta_puts, meta_deletes
 
 
+def _utf8_length(mid: str) -> int:
+    try:
+        return len(mid.encode())
+    except UnicodeEncodeError:  # a lone surrogate: not storable
+        return fs.MAX_ID_BYTES + 1
+
+
 def check_id(mid: Any) -> str:
-    if not isinstance(mid, str) or not mid or "\x00" in mid or len(mid.encode()) > fs.MAX_ID_BYTES:
+    if not isinstance(mid, str) or not mid or "\x00" in mid or _utf8_length(mid) > fs.MAX_ID_BYTES:
         raise InvalidMachineId(
             f"machine id {mid!r:.60} is not valid: use a non-empty str of at most {fs.MAX_ID_BYTES} UTF-8 bytes"
         )

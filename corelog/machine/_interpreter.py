@@ -535,7 +535,7 @@ class Statechart:
                 )
             result = fn(ctx, event, **ref.params) if ref.params else fn(ctx, event)
             if result is not None:
-                if not isinstance(result, Mapping):
+                if type(result) is not dict and not isinstance(result, Mapping):  # (an ABC check is slow)
                     raise MachineError(
                         f"action {ref.name!r} returned {type(result).__name__}; return None or a dict"
                     )
