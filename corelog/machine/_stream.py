@@ -29,6 +29,7 @@ from corelog import Log
 
 from ._core import RETRIES, LogCore, _Moved
 from ._entries import HistoryEntry, decode
+from ._frozen import _SCALARS
 from ._interpreter import Event, Snapshot, Statechart
 from ._runtime import _Face, _Reads, prepare_event
 from .errors import HeadMoved, MachineError
@@ -154,8 +155,12 @@ class Coremachine(_Reads):
         if self._closed:
             raise trio.ClosedResourceError("the machine is closed; nothing was recorded")
         face = self._face
-        face.check_sendable()  # before waiting for a turn
-        etype, edata = prepare_event(event, data)
+        if face._cursor is not None or not face.log.writable:
+            face.check_sendable()  # raises (before waiting for a turn)
+        if type(event) is str and (data is None or type(data) in _SCALARS):
+            etype, edata = event, data  # nothing to copy
+        else:
+            etype, edata = prepare_event(event, data)
         core = face.core
         lock = self._send_lock
         waited = not self._offload or lock.locked()
