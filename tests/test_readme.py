@@ -46,7 +46,10 @@ def _commands(block: str) -> list[str]:
 def path_with_this_python(tmp_path_factory) -> str:
     """PATH where ``python`` is this interpreter and ``corelog`` its console script (as in the venv)."""
     bindir = tmp_path_factory.mktemp("bin")
-    (bindir / "python").symlink_to(sys.executable)
+    # a wrapper, not a symlink: a symlink to a venv's python does not find the venv's pyvenv.cfg
+    wrapper = bindir / "python"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
     exe = Path(sys.executable).parent / "corelog"
     dirs = [str(bindir)] + ([str(exe.parent)] if exe.exists() else [])
     return os.pathsep.join(dirs + [os.environ.get("PATH", "")])
