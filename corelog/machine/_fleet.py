@@ -41,7 +41,7 @@ from corelog import Store
 from corelog.errors import CorelogError, StoreFull
 
 from . import _fleet_store as fs
-from ._entries import HistoryEntry, decode, encode_header, encode_transition
+from ._entries import HistoryEntry, decode, encode_header, encode_transition, packed_definition
 from ._fleet_records import (
     Kind,
     MachineInfo,
@@ -437,10 +437,10 @@ class Fleet:
             )
         if snap is None:  # a new machine: its header (with the initial snapshot) first
             snap = chart.initial_readonly(now)
-            add.append(encode_header(dict(chart.definition), chart.hash, snap, now))
+            add.append(encode_header(chart.definition, chart.hash, snap, now, packed_definition(chart)))
         elif header < 0:  # recorded under another definition, kind registered with migrate=True
             header = st.slot.log.length + len(st.blocks)
-            add.append(encode_header(dict(chart.definition), chart.hash, snap, now))
+            add.append(encode_header(chart.definition, chart.hash, snap, now, packed_definition(chart)))
         ev = Event(op.etype, op.data, now)
         try:
             new = chart.transition(snap, ev)
