@@ -365,3 +365,24 @@ async def test_replica_coremachine_yields_replicated_snapshots(make_store):
                 await trio.sleep(0.005)
             nursery.cancel_scope.cancel()
     assert seen == [1, 2, 3, 4, 5]
+
+
+async def test_a_send_takes_its_free_turn_without_waiting_but_a_failing_one_still_yields(store):
+    """With offload, a free turn is taken without a checkpoint (append_async checkpoints before
+    writing); a send that fails before its append must still let other tasks run."""
+    cm = Coremachine(store.get("m"), COUNTER, **COUNTER_IMPL, offload=True)
+    await cm.send("START", 0)
+    ran: list[int] = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+
+            async def other() -> None:
+                ran.append(1)
+
+            nursery.start_soon(other)
+            for _ in range(30):  # (trio may run a batch's tasks in either order: one yield is a coin flip)
+                with pytest.raises(EventNotAccepted):
+                    await cm.send("NOPE")
+            assert ran == [1]  # the failing sends were scheduling points
+    assert len(cm.history) == 2
+    assert (await cm.send("INCREMENT")).context["counter"] == 1
