@@ -431,17 +431,12 @@ class Writer:
         return [log]
 
     def _commit(self, parts: list[_Part]) -> list[Log]:
-        store = self._store
         if len(parts) == 1:
             done = self._commit_one(parts[0])
             if done is not None:
                 return done
-        try:
-            batch = _Batch(store)
-        except BaseException as exc:
-            err = _translate(store, exc)
-            for p in parts:
-                p.error = err
+        batch = self._new_batch(parts)
+        if batch is None:
             return []
         single = len(parts) == 1  # a lone caller runs in the batch transaction itself
         if not single and all(p.flat for p in parts):
@@ -460,16 +455,22 @@ class Writer:
             if not isinstance(spoilt, Exception):  # an interrupt goes to that part's caller
                 parts[k - 1].error = spoilt
                 parts = parts[: k - 1] + parts[k:]
-            try:
-                batch = _Batch(store)
-            except BaseException as exc:
-                err = _translate(store, exc)
-                for p in parts:
-                    p.error = err
+            batch = self._new_batch(parts)
+            if batch is None:
                 return []
         for p in parts:
             batch.run(p, nested=not single)
         return self._commit_or_drop(batch, parts)
+
+    def _new_batch(self, parts: list[_Part]) -> _Batch | None:
+        """A batch transaction for ``parts``; None (each part failed with the reason) if none opens."""
+        try:
+            return _Batch(self._store)
+        except BaseException as exc:
+            err = _translate(self._store, exc)
+            for p in parts:
+                p.error = err
+            return None
 
     def _commit_or_drop(self, batch: _Batch, parts: list[_Part]) -> list[Log]:
         if not batch.states and all(p.error is not None for p in parts):

@@ -176,6 +176,13 @@ def copy_json(value: Any) -> Any:
     return value
 
 
+def _same_config(snapshot: Snapshot, ctx: Any, config: Any) -> Snapshot:
+    """The snapshot after a transition that kept its configuration: only the context changed."""
+    return Snapshot(
+        snapshot.value, ctx, False, None, snapshot.history, snapshot.timers, snapshot.invocations, config
+    )
+
+
 class _Work:
     """The mutable state of one macrostep (a private copy; the input snapshot is never touched)."""
 
@@ -328,16 +335,7 @@ class Statechart:
                 self._run(fast, ctx, event)
             else:
                 ctx = ctx_in  # no action and a read-only context: nothing can change it
-            return Snapshot(
-                snapshot.value,
-                ctx,
-                False,
-                None,
-                snapshot.history,
-                snapshot.timers,
-                snapshot.invocations,
-                config_in,
-            )
+            return _same_config(snapshot, ctx, config_in)
         consumed = self._consumes(snapshot, event)
         selected = self._select(config_in, ctx_in, event)
         if not selected and not consumed and not self._has_always:
@@ -345,16 +343,7 @@ class Statechart:
         ctx = copy_json(ctx_in)
         if len(selected) == 1 and not consumed and not self._has_always and self._keeps_config(selected[0]):
             self._run(selected[0].actions, ctx, event)  # fast path: configuration unchanged
-            return Snapshot(
-                snapshot.value,
-                ctx,
-                False,
-                None,
-                snapshot.history,
-                snapshot.timers,
-                snapshot.invocations,
-                config_in,
-            )
+            return _same_config(snapshot, ctx, config_in)
         work = _Work(set(config_in), ctx, snapshot, event.time)
         if consumed:
             work.timers.pop(event.type, None)
