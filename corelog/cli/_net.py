@@ -16,6 +16,37 @@ from ._app import cli
 from ._common import PORT, PROBLEMS, UsageProblem, err_console, open_store, short, single
 
 FOLLOW_INTERVAL = 0.2  # seconds between looks at the writer's commits when serving read-only
+SWITCH_INTERVAL = (
+    0.001  # seconds: the GIL switch interval of a process corelog owns (Python's default: 0.005)
+)
+
+
+def own_process() -> None:
+    """Tune the interpreter for replication, in a process corelog owns (``corelog serve``/``sync``).
+
+    Replication verifies and commits in a worker thread (pure Python, holding the
+    GIL) while the event loop thread reads, decrypts and writes; every socket call
+    and decryption releases the GIL, and taking it back waits up to the switch
+    interval while the worker computes. At Python's default (5 ms) a few such
+    waits in one loop turn stall the loop for 20-50 ms; at 1 ms the worst turn of
+    a 100,000-entry sync into a sync=True store stays well under 20 ms
+    (benchmarks/bench_replication.py). ``gc.freeze()`` moves the objects of
+    start-up (modules, classes, the open store) out of the cyclic collector's
+    view, so a full collection does not walk them again during a sync.
+
+    A library never changes these process-wide settings on import; an application
+    that embeds replication next to a latency-sensitive loop can make the same calls.
+    """
+    import gc
+
+    global _owned
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    if not _owned:  # (once: a test runner may invoke commands in its own process many times)
+        _owned = True
+        gc.freeze()
+
+
+_owned = False
 
 
 async def follow_writer(store: Store, interval: float = FOLLOW_INTERVAL) -> None:
@@ -86,6 +117,7 @@ def serve(store: str, host: str, port: int, hypercore: bool) -> None:
     # one line on stderr per connection closed for a peer's fault (the h11 rule: only that one)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="corelog serve: %(message)s")
     with open_store(store) as s:
+        own_process()
 
         async def main() -> None:
             async with trio.open_nursery() as nursery:
@@ -162,6 +194,7 @@ def sync(store: str, key: str, address: str, live: bool, hypercore: bool, timeou
     try:
         with Store(path, sync=True) as s:
             lg = s.get(key=raw_key)
+            own_process()
             interrupted = False
             session = None
             try:
