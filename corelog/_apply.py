@@ -13,6 +13,7 @@ whatever the peer claims, and drops the rest.
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING
 
 import lmdb
@@ -22,6 +23,8 @@ from ._keys import FORK_VALUE, block_key, decode_node, fork_key, node_key, node_
 from ._tree import MAX_LENGTH, Node, Proof, Verified, verify
 from ._writer import Followup, LogState
 from .errors import BlockNotAvailable, Conflict, InvalidProof, InvalidSignature, NotWritable
+
+NODE_INDEX = struct.Struct(">Q")  # the flat index in a node key (after the u32 log id and the kind byte)
 
 if TYPE_CHECKING:
     from ._log import Head, Log
@@ -111,17 +114,44 @@ def check_head(log: Log, head: Head) -> bool:
 
 
 def _mismatch(
-    log: Log, txn: lmdb.Transaction, nodes: dict[int, tuple[int, int, bytes]], limit: int
+    log: Log,
+    txn: lmdb.Transaction,
+    nodes: dict[int, tuple[int, int, bytes]],
+    limit: int,
+    span: tuple[int, int] = (0, 0),
 ) -> int | None:
-    """The first node of ``nodes`` within ``[0, limit)`` that differs from the stored one."""
+    """The first node of ``nodes`` within ``[0, limit)`` that differs from the stored one.
+
+    Nodes with a flat index inside the proof's own block range ``span`` (the bulk:
+    every node hashed from its blocks) are compared with one cursor walk over the
+    stored nodes in that index range (a replica holds few there: the range starts
+    at or near its contiguous end), not one lookup each; the others (O(log n)
+    uncles and roots) are looked up one by one.
+    """
     get, lid, db = txn.get, log.id, log._db
+    leaf_start = _flat.leaf_span
+    lo, hi = 2 * span[0], 2 * span[1] - 2
+    found: list[int] = []
     for x in sorted(nodes):
-        if _flat.leaf_span(x)[0] >= limit:
+        if lo <= x <= hi or leaf_start(x)[0] >= limit:
             continue
         raw = get(node_key(lid, x), db=db)
         if raw is not None and bytes(raw) != node_value(nodes[x]):
-            return x
-    return None
+            found.append(x)
+            break
+    if lo <= hi:
+        cur = txn.cursor(db=db)
+        end = node_key(lid, hi)
+        if cur.set_range(node_key(lid, lo)):
+            for key, raw in cur:
+                if key > end:
+                    break
+                x = NODE_INDEX.unpack_from(key, 5)[0]
+                n = nodes.get(x)
+                if n is not None and leaf_start(x)[0] < limit and bytes(raw) != node_value(n):
+                    found.append(x)
+                    break
+    return min(found) if found else None
 
 
 def _stored(log: Log, txn: lmdb.Transaction, x: int) -> Node | None:
@@ -178,7 +208,7 @@ def apply_part(log: Log, txn: lmdb.Transaction, st: LogState, proof: Proof) -> t
     verified = verify(proof, log.key, _crypto.public_key_of(manifest), _lookup(log, txn))
     if not reorg and st.signature:
         # equivocation: a proof of this fork whose tree disagrees with what we hold
-        node = _mismatch(log, txn, verified.nodes, max(length, contig))
+        node = _mismatch(log, txn, verified.nodes, max(length, contig), (proof.start, proof.end))
         if node is not None or (proof.length == length and verified.tree_hash != st.tree_hash):
             raise _record_conflict(
                 log, _conflict_info(st, proof.fork, proof.length, verified.tree_hash, proof.signature, node)

@@ -202,6 +202,34 @@ def test_equivocation_at_any_length_is_recorded(make_store, n_b, have_range):
         assert ro.get(key=wa.key).conflict["theirs"] == c["theirs"]
 
 
+def test_equivocation_in_a_node_held_past_the_contiguous_end(make_store):
+    """A stored node inside a proof's own block range is compared by one cursor walk, the others
+    by lookup: both find the first node that differs, and nodes we do not hold never count."""
+    from corelog import _apply
+
+    a, b = make_store("a"), make_store("b")
+    wa = a.get("log")
+    wa.append(_blocks(b"good", 8))
+    wb = make_store("b2", seed=a.seed).get("log")
+    wb.append(_blocks(b"good", 4))
+    wb.append(_blocks(b"evil", 12, start=4))
+    rep = b.get(key=wa.key)
+    assert rep.apply(wa.proof(0, 4))  # holds [0, 4), the node over A's [4, 8) (11) and the root (7)
+    with b._env.begin() as txn:
+        ours = rep._node(txn, 11)
+        other = (11, ours.size, bytes(32))
+        for span in [(4, 8), (0, 0), (4, 6)]:
+            assert _apply._mismatch(rep, txn, {11: other, 9: (9, 200, bytes(32))}, 8, span) == 11
+            assert _apply._mismatch(rep, txn, {11: tuple(ours), 13: (13, 1, bytes(32))}, 8, span) is None
+            assert _apply._mismatch(rep, txn, {11: other}, 4, span) is None  # past the limit
+    with pytest.raises(Conflict):
+        rep.apply(wb.proof(4, 8, have=4))
+    assert rep.conflict and rep.conflict["theirs_length"] == 16 and rep.contiguous_length == 4
+    fresh = make_store("c").get(key=wa.key)
+    assert fresh.apply(wb.proof(0, 4)) and fresh.apply(wb.proof(4, 8, have=4))  # one history: fine
+    assert fresh.conflict is None and fresh.contiguous_length == 8
+
+
 def test_consistent_stale_proof_is_not_a_conflict(make_store):
     w = make_store("w").get("log")
     w.append(_blocks(b"x", 8))
