@@ -19,7 +19,17 @@ from typing import TYPE_CHECKING
 import lmdb
 
 from . import _crypto, _flat
-from ._keys import FORK_VALUE, block_key, decode_node, fork_key, node_key, node_value
+from ._keys import (
+    BLOCK,
+    FORK_VALUE,
+    KEY,
+    NODE,
+    NODE_VALUE,
+    decode_node,
+    fork_key,
+    node_key,
+    node_value,
+)
 from ._tree import MAX_LENGTH, Node, Proof, Verified, verify
 from ._writer import Followup, LogState
 from .errors import BlockNotAvailable, Conflict, InvalidProof, InvalidSignature, NotWritable
@@ -221,7 +231,7 @@ def apply_part(log: Log, txn: lmdb.Transaction, st: LogState, proof: Proof) -> t
             f"proof starts at {proof.start} but this replica holds {keep} blocks"
             f"{' of the new fork' if reorg else ''}: it would leave a gap; request from {keep}"
         )
-    db = log._db
+    db, lid, kpack, vpack = log._db, log.id, KEY.pack, NODE_VALUE.pack
     if reorg:
         log._delete_from(txn, keep, max(length, contig))
         txn.put(fork_key(log.id, proof.fork), FORK_VALUE.pack(fork, keep), db=db)
@@ -230,10 +240,12 @@ def apply_part(log: Log, txn: lmdb.Transaction, st: LogState, proof: Proof) -> t
     if stored_manifest is None:
         record = log._record_part(txn, st, {"manifest": manifest}).record
     if proof.end > keep:
+        blocks = proof.blocks[max(0, keep - proof.start) :]
         txn.cursor(db=db).putmulti(
-            [(block_key(log.id, i), b) for i, b in enumerate(proof.blocks, proof.start) if i >= keep]
+            [(kpack(lid, BLOCK, i), b) for i, b in enumerate(blocks, max(keep, proof.start))]
         )
-    txn.cursor(db=db).putmulti([(node_key(log.id, x), node_value(n)) for x, n in verified.nodes.items()])
+    # (node_key / node_value inlined: two of these per received block)
+    txn.cursor(db=db).putmulti([(kpack(lid, NODE, x), vpack(n[1]) + n[2]) for x, n in verified.nodes.items()])
     if (
         not reorg
         and proof.length == length

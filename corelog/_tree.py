@@ -24,6 +24,7 @@ the subtrees covering ``[have, n)``.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -236,8 +237,40 @@ def verify(
     # cyclic collector run full passes often (long pauses in whichever thread triggers them).
     learnt: dict[int, tuple[int, int, bytes]] = {n.index: n for n in proof.nodes}
     blocks = proof.blocks
-    leaf_hash = _crypto.leaf_hash
     parent_hash = _crypto.parent_hash
+
+    def subtree(lo: int, hi: int) -> tuple[int, int, bytes]:
+        """Every node of the perfect subtree over blocks [lo, hi) (inside [start, end)) into
+        ``learnt``, leaves first, as ``Log._append_part`` does (leaf and parent hashes inlined);
+        returns its root."""
+        b2, pack, leaf_tag, parent_tag = (
+            hashlib.blake2b,
+            _crypto.U64.pack,
+            _crypto.LEAF_PREFIX,
+            _crypto.PARENT_PREFIX,
+        )
+        stack: list[tuple[int, int, bytes]] = []
+        j = 0
+        for data in blocks[lo - start : hi - start]:
+            size = len(data)
+            x = 2 * (lo + j)
+            h = b2(leaf_tag + pack(size) + data, digest_size=32).digest()
+            learnt[x] = n = (x, size, h)
+            merges = ((j + 1) & ~j).bit_length() - 1  # (lo is a multiple of the subtree's width)
+            while merges:
+                lx, lsize, lh = stack.pop()
+                size += lsize
+                if size > MAX_BYTES:
+                    raise InvalidProof(
+                        f"a tree node of {size} bytes is over the {MAX_BYTES}-byte limit: forged sizes"
+                    )
+                x = (lx + x) >> 1
+                h = b2(parent_tag + pack(size) + lh + h, digest_size=32).digest()
+                learnt[x] = n = (x, size, h)
+                merges -= 1
+            stack.append(n)
+            j += 1
+        return n
 
     def resolve(x: int) -> tuple[int, int, bytes]:
         n = learnt.get(x)
@@ -249,9 +282,8 @@ def verify(
             if n is None:
                 raise InvalidProof(f"proof assumes node {x} of our prefix, which we do not hold")
             return n
-        if lo == hi - 1:  # a leaf inside [start, end)
-            data = blocks[lo - start]
-            n = (x, len(data), leaf_hash(data))
+        if lo >= start and hi <= end:  # a whole subtree inside [start, end): bottom up
+            return subtree(lo, hi)
         else:
             left, right = _flat.children(x)
             ln, rn = resolve(left), resolve(right)
