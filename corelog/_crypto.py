@@ -18,7 +18,7 @@ import nacl.exceptions
 from .errors import InvalidKey, InvalidSignature
 
 _U64 = struct.Struct("<Q")
-U64 = _U64  # (leaf and parent hashes inlined in hot loops: ``_audit``, ``Log._append_part``)
+U64 = _U64  # (leaf and parent hashes inlined in hot loops: ``_audit``, ``_append.append_part``)
 _NODE = struct.Struct("<QQ")  # index, size (tree hash encoding)
 _LEAF_PREFIX = LEAF_PREFIX = b"\x00"
 _PARENT_PREFIX = PARENT_PREFIX = b"\x01"

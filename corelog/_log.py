@@ -16,21 +16,19 @@ reader in another process always sees a consistent, committed head (and its
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import lmdb
 
 from . import _apply, _audit, _crypto, _flat
+from ._append import append_part, truncate_part
 from ._changes import Changes
 from ._keys import (
     BLOCK,
     FORK_VALUE,
     HEAD,
     KEY,
-    NODE,
-    NODE_VALUE,
     block_key,
     decode_node,
     dense_values,
@@ -38,7 +36,7 @@ from ._keys import (
     head_key,
     node_key,
 )
-from ._tree import MAX_BLOCK_SIZE, MAX_LENGTH, Node, Proof, Verified, needed_nodes, parent_node
+from ._tree import MAX_BLOCK_SIZE, Node, Proof, Verified, needed_nodes, parent_node
 from ._wakers import wake_all
 from ._writer import LogState, signed
 from .errors import (
@@ -47,7 +45,6 @@ from .errors import (
     Corrupt,
     IncompleteLog,
     InvalidKey,
-    LengthMismatch,
     NotWritable,
     OutOfRange,
     StoreClosed,
@@ -466,7 +463,7 @@ class Log(Changes):
         blocks = _blocks_arg(data)
         self._check_writable()
         return self._store._writer.run(
-            self, lambda txn, st: self._append_part(txn, st, blocks, expected_length), True
+            self, lambda txn, st: append_part(self, txn, st, blocks, expected_length), True
         )
 
     async def append_async(self, data: bytes | Iterable[bytes], *, expected_length: int | None = None) -> int:
@@ -481,115 +478,20 @@ class Log(Changes):
         blocks = _blocks_arg(data)
         self._check_writable()
         return await self._store._writer.run_async(
-            self, lambda txn, st: self._append_part(txn, st, blocks, expected_length), True
+            self, lambda txn, st: append_part(self, txn, st, blocks, expected_length), True
         )
-
-    def _append_part(
-        self, txn: lmdb.Transaction, st: LogState, blocks: list[bytes], expected: int | None
-    ) -> tuple[int, LogState]:
-        if expected is not None and st.length != expected:
-            raise LengthMismatch(
-                f"expected log {self.key.hex()[:16]}… at length {expected} but it is at {st.length}; "
-                "another writer appended first: re-read and retry",
-                expected=expected,
-                actual=st.length,
-            )
-        self._check_complete(st)
-        if not blocks:
-            return st.length, st
-        start = st.length
-        length = start + len(blocks)
-        if length >= MAX_LENGTH:
-            raise OutOfRange(f"a log holds fewer than {MAX_LENGTH} blocks")
-        lid, pack, db, put = self.id, KEY.pack, self._db, txn.put
-        # nothing above writes; nothing below raises but lmdb.Error: the writer's "flat" part
-        if len(blocks) == 1:  # the common case, without lists: block, leaf, the parents it completes
-            block = blocks[0]
-            size = len(block)
-            h = _crypto.leaf_hash(block)
-            x = 2 * start
-            put(pack(lid, BLOCK, start), block, db=db)
-            put(pack(lid, NODE, x), NODE_VALUE.pack(size) + h, db=db)
-            roots = st.roots
-            enc = st.encoded_roots
-            if enc is None:
-                enc = _crypto.encode_roots(roots)
-            merges = ((start + 1) & ~start).bit_length() - 1
-            keep = len(roots) - merges
-            if merges:
-                parent_hash = _crypto.parent_hash
-                for left in reversed(roots[keep:]):  # the roots it completes, right to left
-                    size += left.size
-                    x = (left.index + x) >> 1
-                    h = parent_hash(size, left.hash, h)
-                    put(pack(lid, NODE, x), NODE_VALUE.pack(size) + h, db=db)
-                roots = (*roots[:keep], Node(x, size, h))
-                enc = enc[: keep * _crypto.ROOT_SIZE]
-            else:
-                roots = (*roots, Node(x, size, h))
-            enc += _crypto.encode_root(x, size, h)
-            byte_length = st.byte_length + len(block)
-        else:
-            # append_nodes' loop, writing (key, value) pairs as it goes: no Node per new node
-            # _crypto.leaf_hash / parent_hash inlined (see _audit); u64 size is also the node value's start
-            b2, npack, leaf_tag, parent_tag = (
-                hashlib.blake2b,
-                NODE_VALUE.pack,
-                _crypto.LEAF_PREFIX,
-                _crypto.PARENT_PREFIX,
-            )
-            stack: list[tuple[int, int, bytes]] = list(st.roots)
-            block_items, node_items = [], []
-            i = start
-            for b in blocks:
-                size = len(b)
-                u = npack(size)
-                h = b2(leaf_tag + u + b, digest_size=32).digest()
-                x = 2 * i
-                block_items.append((pack(lid, BLOCK, i), b))
-                node_items.append((pack(lid, NODE, x), u + h))
-                merges = ((i + 1) & ~i).bit_length() - 1
-                while merges:
-                    lx, lsize, lh = stack.pop()
-                    size += lsize
-                    x = (lx + x) >> 1
-                    u = npack(size)
-                    h = b2(parent_tag + u + lh + h, digest_size=32).digest()
-                    node_items.append((pack(lid, NODE, x), u + h))
-                    merges -= 1
-                stack.append((x, size, h))
-                i += 1
-            cur = txn.cursor(db=db)
-            cur.putmulti(block_items)
-            cur.putmulti(node_items)
-            roots = tuple(Node(*r) for r in stack)
-            enc = _crypto.encode_roots(roots)
-            byte_length = st.byte_length + sum(map(len, blocks))
-        th = _crypto.tree_hash_encoded(enc)
-        return length, LogState(st.fork, length, length, byte_length, th, None, roots, st.record, enc)
 
     def truncate(self, length: int) -> None:
         """Cut the log to ``length`` blocks: fork + 1, re-signed, one transaction."""
         length = _index(length)
         self._check_writable()
-        self._store._writer.run(self, lambda txn, st: self._truncate_part(txn, st, length))
+        self._store._writer.run(self, lambda txn, st: truncate_part(self, txn, st, length))
 
     async def truncate_async(self, length: int) -> None:
         """``truncate`` for trio (see ``append_async``)."""
         length = _index(length)
         self._check_writable()
-        await self._store._writer.run_async(self, lambda txn, st: self._truncate_part(txn, st, length))
-
-    def _truncate_part(self, txn: lmdb.Transaction, st: LogState, length: int) -> tuple[None, LogState]:
-        if not 0 <= length <= st.length:
-            raise OutOfRange(f"cannot truncate to {length}: the log has {st.length} blocks")
-        self._check_complete(st)
-        roots = tuple(self._node(txn, r) for r in _flat.full_roots(length))
-        fork = st.fork + 1
-        self._delete_from(txn, length, st.length)
-        txn.put(fork_key(self.id, fork), FORK_VALUE.pack(st.fork, length), db=self._db)
-        th = _crypto.tree_hash(roots)
-        return None, LogState(fork, length, length, sum(r.size for r in roots), th, None, roots, st.record)
+        await self._store._writer.run_async(self, lambda txn, st: truncate_part(self, txn, st, length))
 
     def _delete_from(self, txn: lmdb.Transaction, length: int, old_length: int) -> None:
         """Delete every block >= length and every node not wholly inside [0, length)."""

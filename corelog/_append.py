@@ -1,0 +1,124 @@
+"""The writer parts of a writable log: append blocks, truncate.
+
+Each function runs inside the store writer's transaction (``_writer``) and
+computes from the log's pending state (``LogState``), returning the caller's
+result and the new state; the writer signs and writes the head once per log per
+batch. ``append_part`` is a *flat* part: it raises nothing but ``lmdb.Error``
+after its first write, so a group commit can run it in the batch transaction
+itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING
+
+import lmdb
+
+from . import _crypto, _flat
+from ._keys import BLOCK, FORK_VALUE, KEY, NODE, NODE_VALUE, fork_key
+from ._tree import MAX_LENGTH, Node
+from ._writer import LogState
+from .errors import LengthMismatch, OutOfRange
+
+if TYPE_CHECKING:
+    from ._log import Log
+
+
+def append_part(
+    log: Log, txn: lmdb.Transaction, st: LogState, blocks: list[bytes], expected: int | None
+) -> tuple[int, LogState]:
+    """Append ``blocks`` after ``st`` (compare-and-append with ``expected``): the new length and state."""
+    if expected is not None and st.length != expected:
+        raise LengthMismatch(
+            f"expected log {log.key.hex()[:16]}… at length {expected} but it is at {st.length}; "
+            "another writer appended first: re-read and retry",
+            expected=expected,
+            actual=st.length,
+        )
+    log._check_complete(st)
+    if not blocks:
+        return st.length, st
+    start = st.length
+    length = start + len(blocks)
+    if length >= MAX_LENGTH:
+        raise OutOfRange(f"a log holds fewer than {MAX_LENGTH} blocks")
+    lid, pack, db, put = log.id, KEY.pack, log._db, txn.put
+    # nothing above writes; nothing below raises but lmdb.Error: the writer's "flat" part
+    if len(blocks) == 1:  # the common case, without lists: block, leaf, the parents it completes
+        block = blocks[0]
+        size = len(block)
+        h = _crypto.leaf_hash(block)
+        x = 2 * start
+        put(pack(lid, BLOCK, start), block, db=db)
+        put(pack(lid, NODE, x), NODE_VALUE.pack(size) + h, db=db)
+        roots = st.roots
+        enc = st.encoded_roots
+        if enc is None:
+            enc = _crypto.encode_roots(roots)
+        merges = ((start + 1) & ~start).bit_length() - 1
+        keep = len(roots) - merges
+        if merges:
+            parent_hash = _crypto.parent_hash
+            for left in reversed(roots[keep:]):  # the roots it completes, right to left
+                size += left.size
+                x = (left.index + x) >> 1
+                h = parent_hash(size, left.hash, h)
+                put(pack(lid, NODE, x), NODE_VALUE.pack(size) + h, db=db)
+            roots = (*roots[:keep], Node(x, size, h))
+            enc = enc[: keep * _crypto.ROOT_SIZE]
+        else:
+            roots = (*roots, Node(x, size, h))
+        enc += _crypto.encode_root(x, size, h)
+        byte_length = st.byte_length + len(block)
+    else:
+        # append_nodes' loop, writing (key, value) pairs as it goes: no Node per new node
+        # _crypto.leaf_hash / parent_hash inlined (see _audit); u64 size is also the node value's start
+        b2, npack, leaf_tag, parent_tag = (
+            hashlib.blake2b,
+            NODE_VALUE.pack,
+            _crypto.LEAF_PREFIX,
+            _crypto.PARENT_PREFIX,
+        )
+        stack: list[tuple[int, int, bytes]] = list(st.roots)
+        block_items, node_items = [], []
+        i = start
+        for b in blocks:
+            size = len(b)
+            u = npack(size)
+            h = b2(leaf_tag + u + b, digest_size=32).digest()
+            x = 2 * i
+            block_items.append((pack(lid, BLOCK, i), b))
+            node_items.append((pack(lid, NODE, x), u + h))
+            merges = ((i + 1) & ~i).bit_length() - 1
+            while merges:
+                lx, lsize, lh = stack.pop()
+                size += lsize
+                x = (lx + x) >> 1
+                u = npack(size)
+                h = b2(parent_tag + u + lh + h, digest_size=32).digest()
+                node_items.append((pack(lid, NODE, x), u + h))
+                merges -= 1
+            stack.append((x, size, h))
+            i += 1
+        cur = txn.cursor(db=db)
+        cur.putmulti(block_items)
+        cur.putmulti(node_items)
+        roots = tuple(Node(*r) for r in stack)
+        enc = _crypto.encode_roots(roots)
+        byte_length = st.byte_length + sum(map(len, blocks))
+    th = _crypto.tree_hash_encoded(enc)
+    return length, LogState(st.fork, length, length, byte_length, th, None, roots, st.record, enc)
+
+
+def truncate_part(log: Log, txn: lmdb.Transaction, st: LogState, length: int) -> tuple[None, LogState]:
+    """Cut the log to ``length`` blocks: fork + 1, the fork recorded; the head is re-signed by the writer."""
+    if not 0 <= length <= st.length:
+        raise OutOfRange(f"cannot truncate to {length}: the log has {st.length} blocks")
+    log._check_complete(st)
+    roots = tuple(log._node(txn, r) for r in _flat.full_roots(length))
+    fork = st.fork + 1
+    log._delete_from(txn, length, st.length)
+    txn.put(fork_key(log.id, fork), FORK_VALUE.pack(st.fork, length), db=log._db)
+    th = _crypto.tree_hash(roots)
+    return None, LogState(fork, length, length, sum(r.size for r in roots), th, None, roots, st.record)
