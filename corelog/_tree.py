@@ -242,7 +242,7 @@ def verify(
 
     def subtree(lo: int, hi: int) -> tuple[int, int, bytes]:
         """Every node of the perfect subtree over blocks [lo, hi) (inside [start, end)) into
-        ``learnt``, leaves first, as ``Log._append_part`` does (leaf and parent hashes inlined);
+        ``learnt``, leaves first, as ``_append.append_part`` does (leaf and parent hashes inlined);
         returns its root."""
         b2, pack, leaf_tag, parent_tag = (
             hashlib.blake2b,
