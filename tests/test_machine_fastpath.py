@@ -15,6 +15,7 @@ import pytest
 from corelog.machine import Event, Machine, Statechart
 from corelog.machine import _interpreter as interp
 from corelog.machine.errors import EventNotAccepted, MachineError
+from tests.test_runtime import clock_from
 
 CHART = {
     "id": "fp",
@@ -78,16 +79,6 @@ EVENTS = [
     ("GO", 1),
     ("INC", None),
 ]
-
-
-def clock_from(start=1_700_000_000_000):
-    t = [start]
-
-    def clock():
-        t[0] += 1
-        return t[0]
-
-    return clock
 
 
 def record(store, name: str) -> list[bytes]:

@@ -11,19 +11,11 @@ import trio.testing
 
 from corelog import Store
 from corelog.replication import Session
-from corelog.replication._messages import Data, FrameDecoder, Head, Request, decode, encode
+from corelog.replication._messages import Data, Head, Request, encode
 from corelog.replication._replicator import Replicator
+from tests.test_replication_protocol import frames
 
 FAST = {"idle_timeout": 10.0, "progress_timeout": 10.0}
-
-
-def frames(data: bytes) -> list:
-    dec = FrameDecoder()
-    dec.feed(data)
-    out = []
-    while (body := dec.next_frame()) is not None:
-        out.append(decode(body))
-    return out
 
 
 def pump(a: Replicator, b: Replicator, a2b: bytes, b2a: bytes) -> None:
