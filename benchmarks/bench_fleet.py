@@ -270,9 +270,12 @@ def main() -> None:
             rows.append(("casern listener calls", f"{js['listener_calls_per_s']:,.0f} /s", "anchor"))
         else:
             rows.append(("casern", js, "anchor"))
-        acked, heard, batches = durable_queued(f"{tmp}/q", n, e)
+        # the same statistic as the raw baseline: the median of 3 runs (each run printed)
+        runs = [durable_queued(f"{tmp}/q{i}", n, e) for i in range(3)]
+        acked, heard, batches = sorted(runs)[1]
         ratio_raw = acked / raw
         target = f">= 6x raw: {ratio_raw:.1f}x {'OK' if ratio_raw >= 6 else 'MISS'}"
+        target += f" (median of 3: {', '.join(f'{r[0]:,.0f}' for r in runs)}/s)"
         if isinstance(js, dict):
             r = acked / js["events_per_s"]
             target += f"; >= 20x casern: {r:.1f}x {'OK' if r >= 20 else 'MISS'}"
