@@ -17,11 +17,10 @@ import nacl.exceptions
 
 from .errors import InvalidKey, InvalidSignature
 
-_U64 = struct.Struct("<Q")
-U64 = _U64  # (leaf and parent hashes inlined in hot loops: ``_audit``, ``_append.append_part``)
+U64 = struct.Struct("<Q")  # public: leaf and parent hashes are inlined in hot loops (``_tree.verify``)
 _NODE = struct.Struct("<QQ")  # index, size (tree hash encoding)
-_LEAF_PREFIX = LEAF_PREFIX = b"\x00"
-_PARENT_PREFIX = PARENT_PREFIX = b"\x01"
+LEAF_PREFIX = b"\x00"
+PARENT_PREFIX = b"\x01"
 _ROOT_PREFIX = b"\x02"
 
 
@@ -45,12 +44,12 @@ _SIG_TRAILER = b"\x00\x00"
 
 def leaf_hash(data: bytes) -> bytes:
     """H(0x00 || u64(len) || data): the hash of one block."""
-    return hashlib.blake2b(_LEAF_PREFIX + _U64.pack(len(data)) + data, digest_size=32).digest()
+    return hashlib.blake2b(LEAF_PREFIX + U64.pack(len(data)) + data, digest_size=32).digest()
 
 
 def parent_hash(size: int, left: bytes, right: bytes) -> bytes:
     """H(0x01 || u64(size_left + size_right) || left || right)."""
-    return hashlib.blake2b(_PARENT_PREFIX + _U64.pack(size) + left + right, digest_size=32).digest()
+    return hashlib.blake2b(PARENT_PREFIX + U64.pack(size) + left + right, digest_size=32).digest()
 
 
 def tree_hash(roots) -> bytes:
@@ -110,7 +109,7 @@ def discovery_key(key: bytes) -> bytes:
 
 def signable(key: bytes, root_hash: bytes, length: int, fork: int) -> bytes:
     """The 112 bytes a head signature covers: TREE || key || treeHash || u64(length) || u64(fork)."""
-    return TREE + key + root_hash + _U64.pack(length) + _U64.pack(fork)
+    return TREE + key + root_hash + U64.pack(length) + U64.pack(fork)
 
 
 def encode_signature(signature: bytes) -> bytes:
