@@ -14,7 +14,15 @@ from ._secure import SecureStream, secure_stream
 from ._session import Session, connect_tcp, memory_pair, replicate, serve_tcp
 from ._signaling import MemorySignaling, Signaling, StreamSignaling, memory_signaling_pair
 from ._webrtc import WebRTCStream, candidate_addresses, connect_webrtc
-from .errors import FrameTooLarge, HandshakeError, ProtocolError, RemoteError, SyncIncomplete, SyncTimeout
+from .errors import (
+    FrameTooLarge,
+    HandshakeError,
+    ProtocolError,
+    RemoteError,
+    SyncIncomplete,
+    SyncTimeout,
+    WebRTCError,
+)
 
 __all__ = [
     "CLOSED",
@@ -37,6 +45,7 @@ __all__ = [
     "StreamSignaling",
     "SyncIncomplete",
     "SyncTimeout",
+    "WebRTCError",
     "WebRTCStream",
     "Stats",
     "candidate_addresses",

@@ -1,4 +1,4 @@
-"""Typed errors of ``corelog.replication``: protocol violations, handshakes, frames.
+"""Typed errors of ``corelog.replication``: protocol violations, handshakes, frames, WebRTC set-up.
 
 They derive from :class:`corelog.errors.CorelogError`; the log layer knows nothing of them.
 """
@@ -30,3 +30,7 @@ class SyncTimeout(ProtocolError):
 
 class SyncIncomplete(ProtocolError):
     """A one-shot sync ended without everything: the peer withheld data or the connection was cut."""
+
+
+class WebRTCError(ProtocolError):
+    """A WebRTC data channel could not be set up: timeout, refused candidates, bad signaling."""
