@@ -7,7 +7,7 @@ asend`` (trio) hand an operation to it and wait; the writer takes every queued
 operation at once (a *batch*, at most ``max_batch``) and runs it as ONE part of
 the store's group-commit writer (``corelog._writer``: one LMDB transaction,
 shared with whatever else the store commits meanwhile). Inside it, it runs each machine's
-transition on its committed snapshot in queue order (so each machine runs to
+transition (``_fleet_stage``) on its committed snapshot in queue order (so each machine runs to
 completion, one event after another, while different machines share the
 batch), writes every machine's new blocks under one signature per machine, the
 index rows, the change-feed rows and listener cursors, commits (one fsync with
@@ -41,7 +41,7 @@ from corelog import Store
 from corelog.errors import CorelogError, StoreFull
 
 from . import _fleet_store as fs
-from ._entries import HistoryEntry, decode, encode_header, encode_transition, packed_definition
+from ._entries import HistoryEntry, decode
 from ._fleet_records import (
     Kind,
     MachineInfo,
@@ -55,12 +55,11 @@ from ._fleet_records import (
     machine_history,
     restore,
 )
+from ._fleet_stage import stage_event
 from ._frozen import freeze
-from ._interpreter import Event, Snapshot, Statechart, stamp_invocations
+from ._interpreter import Snapshot, Statechart
 from ._runtime import as_event, frozen_snapshot, now_ms
 from .errors import (
-    ActionFailed,
-    EventNotAccepted,
     FleetClosed,
     MachineError,
     UnknownKind,
@@ -426,45 +425,8 @@ class Fleet:
         return slot
 
     def _prepare_send(self, txn: Any, op: _Send, stages: dict[str, _Stage], now: int) -> list:
-        """Stage one event; on any error the stage is left exactly as it was."""
-        st = self._slot(txn, op, stages)
-        chart = st.slot.kind.chart
-        add: list[bytes] = []
-        snap, header = st.snapshot, st.header
-        if op.due is not None and (snap is None or snap.timers.get(op.etype) != op.due):
-            raise EventNotAccepted(
-                f"timer {op.etype!r} of {op.mid!r} was cancelled or re-armed; nothing recorded"
-            )
-        if snap is None:  # a new machine: its header (with the initial snapshot) first
-            snap = chart.initial_readonly(now)
-            add.append(encode_header(chart.definition, chart.hash, snap, now, packed_definition(chart)))
-        elif header < 0:  # recorded under another definition, kind registered with migrate=True
-            header = st.slot.log.length + len(st.blocks)
-            add.append(encode_header(chart.definition, chart.hash, snap, now, packed_definition(chart)))
-        ev = Event(op.etype, op.data, now)
-        try:
-            new = chart.transition(snap, ev)
-        except CorelogError:
-            raise
-        except Exception as exc:
-            raise ActionFailed(
-                f"machine {op.mid!r} ({st.slot.kind.name}) failed on {op.etype!r}: {type(exc).__name__}: {exc}; "
-                "nothing was recorded"
-            ) from exc
-        if new.invocations:  # new invocations get their idempotency key: this entry's index and fork
-            new = stamp_invocations(new, st.slot.log.length + len(st.blocks) + len(add), st.slot.log.fork)
-        # read-only (UnserializableContext if not JSON): what callers and listeners get is what is recorded
-        new = frozen_snapshot(new)
-        if new.output is None and not new.history and not new.timers and not new.invocations:
-            extras = None
-        else:
-            extras = new.extras() or None
-        add.append(encode_transition(ev, new, header, extras))
-        st.blocks.extend(add)
-        st.snapshot, st.header = new, header
-        index = st.slot.log.length + len(st.blocks) - 1
-        op.result = new
-        return [op.mid, st, index, snap, new, ev]
+        """Stage one event (``_fleet_stage``); on any error the stage is left exactly as it was."""
+        return stage_event(self._slot(txn, op, stages), op, now)
 
     def _commit(self, ops: list[_Op]) -> None:
         stages: dict[str, _Stage] = {}
