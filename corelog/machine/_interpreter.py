@@ -38,142 +38,28 @@ document order, ``always`` lists eventless candidates; per atomic node, its
 ancestor chain is precomputed. A machine whose transitions keep the
 configuration (targetless, or to itself without re-entry) takes a fast path that
 only runs actions.
+
+Where the parts live: this module holds :class:`Statechart` (compiling, the
+public API, the fast path, building snapshots and restoring configurations);
+the steps above (selection, microsteps, history, settling) are its base class
+``Microsteps`` in ``_microstep``; the values (:class:`Event`,
+:class:`Snapshot`, ``copy_json``, invocation stamps) are in ``_snapshot`` and
+re-exported here.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from ._definition import ActionRef, StateNode, Transition, compile_definition, definition_hash
 from ._frozen import FrozenDict, freeze
-from .errors import EndlessLoop, EventNotAccepted, MachineError
+from ._microstep import PLAN_CACHE, Microsteps, _Work
+from ._snapshot import Event, Snapshot, copy_json, invocation_key, stamp_invocations
+from .errors import EventNotAccepted, MachineError
 
 INIT_EVENT = "xstate.init"
-_EMPTY: Mapping[str, Any] = {}
-_NO = object()
-PLAN_CACHE = 4096  # cached microstep plans per chart (bounded: charts with huge state spaces just recompute)
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """An event: its type, optional data, and the time (ms) it happened."""
-
-    type: str
-    data: Any = None
-    time: int | None = None
-
-    def to_dict(self) -> dict:
-        out: dict[str, Any] = {"type": self.type}
-        if self.data is not None:
-            out["data"] = self.data
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """An immutable state of a machine: the XState value, the context, ``done`` and ``output``.
-
-    ``history`` maps each history state's id to the states it remembers;
-    ``timers`` maps the event of each pending delayed transition
-    (``xstate.after.<delay>.<stateId>``) to its due time in ms (None when the
-    entering event had no time); ``invocations`` maps each running invocation's
-    id to ``{"src", "input", "state"}`` (the runtime adds ``"at"``, the index of
-    the entry that started it). Entering a state starts its timers and
-    invocations, leaving it cancels them: a driver compares two snapshots to
-    know what to start and stop. Treat everything as read-only.
-    """
-
-    value: str | dict
-    context: Mapping[str, Any]
-    done: bool = False
-    output: Any = None
-    history: Mapping[str, list] = field(default_factory=dict)
-    timers: Mapping[str, int | None] = field(default_factory=dict)
-    invocations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    _config: frozenset = field(default=frozenset(), compare=False, repr=False)
-
-    def matches(self, state: str | Mapping) -> bool:
-        """True if the state (``"parent.child"`` or a partial value dict) is active."""
-        paths = _value_paths(state) if isinstance(state, Mapping) else [state]
-        active = (
-            {n.path for n in self._config} if self._config else set(_value_paths(self.value, prefixes=True))
-        )
-        return all(p in active for p in paths)
-
-    def extras(self) -> dict[str, Any]:
-        """The non-empty ``output``/``history``/``timers``/``invocations`` as a JSON dict (for storage)."""
-        out: dict[str, Any] = {}
-        if self.output is not None:
-            out["output"] = self.output
-        if self.history:
-            out["history"] = {k: list(v) for k, v in self.history.items()}
-        if self.timers:
-            out["timers"] = dict(self.timers)
-        if self.invocations:
-            out["invocations"] = {k: dict(v) for k, v in self.invocations.items()}
-        return out
-
-    @classmethod
-    def restored(
-        cls,
-        value: Any,
-        context: Any,
-        done: bool,
-        extras: Mapping[str, Any] | None,
-        config: frozenset = frozenset(),
-    ) -> Snapshot:
-        """The inverse of :meth:`extras`: a snapshot from a stored value, context, done flag and extras."""
-        x = extras or _EMPTY
-        return cls(
-            value,
-            context,
-            done,
-            x.get("output"),
-            x.get("history") or {},
-            x.get("timers") or {},
-            x.get("invocations") or {},
-            config,
-        )
-
-    def to_dict(self) -> dict:
-        return {"value": self.value, "context": self.context, "done": self.done, **self.extras()}
-
-    def _repr_html_(self) -> str:
-        from html import escape
-
-        ctx = escape(json.dumps(self.context, default=str, ensure_ascii=False))
-        val = escape(json.dumps(self.value, ensure_ascii=False))
-        done = " <b>(done)</b>" if self.done else ""
-        return (
-            f"<table><tr><th style='text-align:left'>state</th><td><code>{val}</code>{done}</td></tr>"
-            f"<tr><th style='text-align:left'>context</th><td><code>{ctx}</code></td></tr></table>"
-        )
-
-
-def _value_paths(value: Any, prefix: str = "", prefixes: bool = False) -> list[str]:
-    if isinstance(value, str):
-        return [f"{prefix}{value}"]
-    out: list[str] = []
-    for k, v in value.items():
-        here = f"{prefix}{k}"
-        if prefixes or v == {}:
-            out.append(here)
-        out.extend(_value_paths(v, f"{here}.", prefixes))
-    return out
-
-
-def copy_json(value: Any) -> Any:
-    """A fast deep copy for JSON-shaped data (dicts, lists, scalars)."""
-    if isinstance(value, dict):  # read-only FrozenDict/FrozenList (the runtime's) copy to plain ones
-        return {k: copy_json(v) if isinstance(v, dict | list) else v for k, v in value.items()}
-    if isinstance(value, list):
-        return [copy_json(v) if isinstance(v, dict | list) else v for v in value]
-    if isinstance(value, Mapping):
-        return {k: copy_json(v) for k, v in value.items()}
-    return value
 
 
 def _same_config(snapshot: Snapshot, ctx: Any, config: Any) -> Snapshot:
@@ -183,24 +69,7 @@ def _same_config(snapshot: Snapshot, ctx: Any, config: Any) -> Snapshot:
     )
 
 
-class _Work:
-    """The mutable state of one macrostep (a private copy; the input snapshot is never touched)."""
-
-    __slots__ = ("config", "ctx", "history", "timers", "invocations", "internal", "done", "output", "time")
-
-    def __init__(self, config: set, ctx: dict, snapshot: Snapshot | None, time: int | None):
-        self.config = config
-        self.ctx = ctx
-        self.history: dict[str, list] = dict(snapshot.history) if snapshot else {}
-        self.timers: dict[str, int | None] = dict(snapshot.timers) if snapshot else {}
-        self.invocations: dict[str, Mapping[str, Any]] = dict(snapshot.invocations) if snapshot else {}
-        self.internal: list[Event] = []
-        self.done = False
-        self.output: Any = None
-        self.time = time
-
-
-class Statechart:
+class Statechart(Microsteps):
     """A validated, compiled machine definition plus its action and guard implementations.
 
     Actions are ``fn(ctx, event)`` (``fn(ctx, event, **params)`` with params) and
@@ -506,333 +375,6 @@ class Statechart:
         walk(self.root, value)
         return frozenset(config)
 
-    def _guard_ok(self, t: Transition, ctx: Mapping, event: Event) -> bool:
-        g = t.guard
-        if g is None:
-            return True
-        fn = self.guards.get(g.name)
-        if fn is None:
-            raise MachineError(f"guard {g.name!r} has no implementation: pass guards={{{g.name!r}: ...}}")
-        return bool(fn(ctx, event, **g.params) if g.params else fn(ctx, event))
-
-    def _run(self, refs: tuple[ActionRef, ...], ctx: dict, event: Event) -> None:
-        for ref in refs:
-            fn = self.actions.get(ref.name)
-            if fn is None:
-                raise MachineError(
-                    f"action {ref.name!r} has no implementation: pass actions={{{ref.name!r}: ...}}"
-                )
-            result = fn(ctx, event, **ref.params) if ref.params else fn(ctx, event)
-            if result is not None:
-                if type(result) is not dict and not isinstance(result, Mapping):  # (an ABC check is slow)
-                    raise MachineError(
-                        f"action {ref.name!r} returned {type(result).__name__}; return None or a dict"
-                    )
-                ctx.update(result)
-
-    def _select(
-        self, config: Iterable[StateNode], ctx: Mapping, event: Event, eventless: bool = False
-    ) -> list[Transition]:
-        """Enabled transitions; ``eventless`` selects ``always`` ones, their guards given ``event``."""
-        atomic = sorted((n for n in config if not n.children), key=lambda n: n.order)
-        chosen: list[Transition] = []
-        for state in atomic:
-            for node in self._atomic_chain[state]:
-                cands = node.always if eventless else node.on.get(event.type)
-                if not cands:
-                    continue
-                hit = None
-                for t in cands:
-                    if self._guard_ok(t, ctx, event):
-                        hit = t
-                        break
-                if hit is not None:
-                    if hit not in chosen:
-                        chosen.append(hit)
-                    break
-        if len(chosen) > 1:
-            chosen = self._remove_conflicts(chosen, config)
-        return chosen
-
-    def _remove_conflicts(
-        self, transitions: list[Transition], config: Iterable[StateNode], history: Mapping | None = None
-    ) -> list[Transition]:
-        kept: list[Transition] = []
-        exits: dict[int, set[StateNode]] = {}
-        for t in transitions:
-            t_exit = self._exit_set([t], config, history or _EMPTY)
-            preempted = False
-            for k in list(kept):
-                if t_exit & exits[id(k)]:
-                    if t.source.is_descendant_of(k.source):
-                        kept.remove(k)
-                    else:
-                        preempted = True
-                        break
-            if not preempted:
-                kept.append(t)
-                exits[id(t)] = t_exit
-        return kept
-
-    # --- history ------------------------------------------------------------------------
-
-    def _history_targets(self, h: StateNode, history: Mapping[str, list]) -> list[StateNode]:
-        """What entering history state ``h`` enters: the remembered states, else its default."""
-        remembered = history.get(h.id)
-        if remembered:
-            nodes = [self._by_path.get(p) for p in remembered]
-            if all(n is not None for n in nodes):
-                return nodes  # type: ignore[return-value]
-        if h.default:
-            return list(h.default)
-        parent = h.parent
-        assert parent is not None
-        if parent.type == "parallel":
-            return list(parent.children.values())
-        return [parent.initial] if parent.initial is not None else []
-
-    def _effective_targets(self, t: Transition, history: Mapping[str, list]) -> list[StateNode]:
-        out: list[StateNode] = []
-        todo = list(t.targets)
-        while todo:
-            tg = todo.pop(0)
-            if tg.type == "history":
-                todo[:0] = self._history_targets(tg, history)
-            elif tg not in out:
-                out.append(tg)
-        return out
-
-    # --- microsteps ---------------------------------------------------------------------
-
-    def _domain(self, t: Transition, history: Mapping[str, list] = _EMPTY) -> StateNode | None:
-        """The transition domain (SCXML); static, so cached, unless a target is a history state."""
-        cached = self._domains.get(t, _NO)
-        if cached is not _NO:
-            return cached  # type: ignore[return-value]
-        if not t.targets:
-            return None
-        dynamic = any(tg.type == "history" for tg in t.targets)
-        targets = self._effective_targets(t, history) if dynamic else t.targets
-        domain = self._compute_domain(t, targets)
-        if not dynamic:
-            self._domains[t] = domain
-        return domain
-
-    def _compute_domain(self, t: Transition, targets: Iterable[StateNode]) -> StateNode | None:
-        src = t.source
-        targets = list(targets)
-        if not t.reenter and src.children and all(tg is src or tg.is_descendant_of(src) for tg in targets):
-            return src
-        if not t.reenter and not src.children and all(tg is src for tg in targets):
-            return None  # a self-transition on an atomic state that does not re-enter
-        return self._lcca([src, *targets])
-
-    def _lcca(self, nodes: list[StateNode]) -> StateNode:
-        head, rest = nodes[0], nodes[1:]
-        for anc in head.ancestors:
-            if anc.type != "compound" and anc is not self.root:
-                continue
-            if all(n.is_descendant_of(anc) for n in rest):
-                return anc
-        return self.root
-
-    def _exit_set(
-        self, transitions: list[Transition], config: Iterable[StateNode], history: Mapping[str, list]
-    ) -> set[StateNode]:
-        out: set[StateNode] = set()
-        for t in transitions:
-            domain = self._domain(t, history)
-            if domain is None:
-                continue
-            out.update(n for n in config if n.is_descendant_of(domain))
-        return out
-
-    def _microstep(self, transitions: list[Transition], work: _Work, event: Event) -> None:
-        config = work.config
-        dynamic = bool(self._dynamic) and any(t in self._dynamic for t in transitions)
-        key = None if dynamic else (frozenset(config), tuple(transitions))
-        plan = self._plans.get(key) if key is not None else None
-        if plan is None:
-            exiting = sorted(
-                self._exit_set(transitions, config, work.history), key=lambda n: n.order, reverse=True
-            )
-        else:
-            exiting = plan[0]
-        for node in exiting:  # history is recorded before anything leaves (SCXML exitStates)
-            for h in node.histories.values():
-                if h.history == "deep":
-                    kept = [s.path for s in config if not s.children and s.is_descendant_of(node)]
-                else:
-                    kept = [s.path for s in config if s.parent is node]
-                work.history[h.id] = sorted(kept, key=lambda p: self._by_path[p].order)
-        for node in exiting:
-            self._run(node.exit, work.ctx, event)
-            self._stop(node, work)
-            config.discard(node)
-        for t in sorted(transitions, key=lambda t: t.source.order) if len(transitions) > 1 else transitions:
-            self._run(t.actions, work.ctx, event)
-        if plan is not None:
-            self._enter_sorted(plan[1], work, event)
-            return
-        to_enter: set[StateNode] = set()
-        for t in transitions:
-            domain = self._domain(t, work.history)
-            if domain is None:
-                continue
-            for tg in t.targets:
-                self._add_descendants(tg, to_enter, work)
-            for tg in self._effective_targets(t, work.history) if dynamic else t.targets:
-                self._add_ancestors(tg, domain, to_enter, work)
-            if domain.type == "parallel":  # like XState v5: the domain's other regions are re-entered
-                self._fill_regions(domain, to_enter, work)
-        entering = sorted(to_enter - config, key=lambda n: n.order)
-        if key is not None and len(self._plans) < PLAN_CACHE:  # same configuration + transitions: same sets
-            self._plans[key] = (exiting, entering)
-        self._enter_sorted(entering, work, event)
-
-    def _stop(self, node: StateNode, work: _Work) -> None:
-        for a in node.after:
-            work.timers.pop(a.event, None)
-        for d in node.invoke:
-            work.invocations.pop(d.id, None)
-
-    def _add_ancestors(self, node: StateNode, upto: StateNode, to_enter: set[StateNode], work: _Work) -> None:
-        for anc in node.ancestors:
-            if anc is upto:
-                break
-            to_enter.add(anc)
-            self._fill_regions(anc, to_enter, work)
-
-    def _fill_regions(self, node: StateNode, to_enter: set[StateNode], work: _Work) -> None:
-        """Every region of a parallel ``node`` that nothing enters or keeps gets its default entry."""
-        if node.type != "parallel":
-            return
-        for child in node.children.values():
-            if not any(s is child or s.is_descendant_of(child) for s in to_enter | work.config):
-                self._add_descendants(child, to_enter, work)
-
-    def _add_descendants(self, node: StateNode, out: set[StateNode], work: _Work) -> None:
-        if node.type == "history":
-            targets = self._history_targets(node, work.history)
-            for s in targets:
-                self._add_descendants(s, out, work)
-            for s in targets:
-                self._add_ancestors(s, node.parent, out, work)  # type: ignore[arg-type]
-            return
-        out.add(node)
-        if node.type == "compound":
-            if not any(c in out or c in work.config for c in node.children.values()):
-                self._add_descendants(node.initial, out, work)  # type: ignore[arg-type]
-        elif node.type == "parallel":
-            for child in node.children.values():
-                if not any(s is child or s.is_descendant_of(child) for s in out):
-                    self._add_descendants(child, out, work)
-
-    def _delay(self, ref: int | str, ctx: Mapping, event: Event) -> int:
-        if isinstance(ref, int):
-            return ref
-        d = self.delays.get(ref)
-        if d is None:
-            raise MachineError(f"delay {ref!r} has no implementation: pass delays={{{ref!r}: ms}}")
-        ms = d(ctx, event) if callable(d) else d
-        if type(ms) not in (int, float) or ms < 0:
-            raise MachineError(f"delay {ref!r} gave {ms!r}; a delay is a non-negative number of ms")
-        return int(ms)
-
-    def _enter(self, to_enter: set[StateNode], work: _Work, event: Event) -> None:
-        self._enter_sorted(sorted(to_enter - work.config, key=lambda n: n.order), work, event)
-
-    def _enter_sorted(self, entering: list[StateNode], work: _Work, event: Event) -> None:
-        config = work.config
-        completed: set[StateNode] = set()
-        for node in entering:
-            config.add(node)
-            self._run(node.entry, work.ctx, event)
-            for a in node.after:
-                delay = self._delay(a.delay, work.ctx, event)
-                work.timers[a.event] = None if work.time is None else work.time + delay
-            for d in node.invoke:
-                work.invocations[d.id] = {"src": d.src, "input": d.input, "state": node.path}
-            if node.type != "final":
-                continue
-            # XState v5 enterStates: done events for the parent and completed parallel ancestors
-            parent = node.parent
-            assert parent is not None
-            marker = parent if parent.type == "parallel" else parent.parent
-            if parent.type == "compound":
-                output = copy_json(node.output) if node.has_output else None
-                work.internal.append(Event(f"xstate.done.state.{parent.id}", output, event.time))
-            while (
-                marker is not None
-                and marker.type == "parallel"
-                and marker not in completed
-                and self._in_final(config, marker)
-            ):
-                completed.add(marker)
-                work.internal.append(Event(f"xstate.done.state.{marker.id}", None, event.time))
-                marker = marker.parent
-            if marker is not None:
-                continue
-            work.done = True
-            work.output = copy_json(self.root.output) if self.root.has_output else None
-        if work.done:  # the machine is done: every active state exits (innermost first)
-            for n in sorted(config, key=lambda n: n.order, reverse=True):
-                self._run(n.exit, work.ctx, event)
-
-    def _in_final(self, config: Iterable[StateNode], node: StateNode) -> bool:
-        if node.type == "compound":
-            return any(c.type == "final" and c in config for c in node.children.values())
-        if node.type == "parallel":
-            return all(self._in_final(config, c) for c in node.children.values())
-        return node.type == "final"
-
-    def _settle(self, work: _Work, event: Event) -> int:
-        """Take eventless transitions and internal events until none is enabled; the count."""
-        steps = 0
-        trigger = event
-        while not work.done:
-            selected = self._select(work.config, work.ctx, trigger, True) if self._has_always else []
-            if not selected:
-                if not work.internal:
-                    break
-                trigger = work.internal.pop(0)
-                selected = self._select(work.config, work.ctx, trigger)
-                if not selected:
-                    continue
-            steps += 1
-            if steps > self.max_microsteps:
-                states = ", ".join(sorted({t.source.path or "(root)" for t in selected}))
-                raise EndlessLoop(
-                    f"eventless transitions fired more than {self.max_microsteps} times in a row "
-                    f"(from: {states}); make their guards eventually false"
-                )
-            self._microstep(selected, work, trigger)
-        return steps
-
-
-def stamp_invocations(snapshot: Snapshot, index: int, fork: int) -> Snapshot:
-    """``snapshot`` with each newly started invocation (one without ``"at"``) given the index and
-    fork of the log entry that records its start: its idempotency key is then
-    ``invocation_key(id, invocation)``, the same on every retry and after a restart."""
-    if not snapshot.invocations or all("at" in v for v in snapshot.invocations.values()):
-        return snapshot
-    invs = {k: v if "at" in v else {**v, "at": index, "fork": fork} for k, v in snapshot.invocations.items()}
-    return Snapshot(
-        snapshot.value,
-        snapshot.context,
-        snapshot.done,
-        snapshot.output,
-        snapshot.history,
-        snapshot.timers,
-        invs,
-        snapshot._config,
-    )
-
-
-def invocation_key(invoke_id: str, invocation: Mapping[str, Any]) -> str:
-    """The idempotency key of a running invocation: ``<fork>:<index>:<id>`` of the entry that started it."""
-    return f"{invocation.get('fork', 0)}:{invocation.get('at', '?')}:{invoke_id}"
-
 
 def initial(chart: Statechart, time: int | None = None) -> Snapshot:
     """The initial snapshot of ``chart``."""
@@ -842,3 +384,16 @@ def initial(chart: Statechart, time: int | None = None) -> Snapshot:
 def transition(chart: Statechart, snapshot: Snapshot, event: Event) -> Snapshot:
     """The snapshot after ``event`` (pure: same inputs, same result)."""
     return chart.transition(snapshot, event)
+
+
+__all__ = [
+    "INIT_EVENT",
+    "Event",
+    "Snapshot",
+    "Statechart",
+    "copy_json",
+    "initial",
+    "invocation_key",
+    "stamp_invocations",
+    "transition",
+]

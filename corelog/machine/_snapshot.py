@@ -1,0 +1,158 @@
+"""The interpreter's values: :class:`Event` and :class:`Snapshot` (immutable), JSON copying,
+and the invocation stamps the runtime adds to a snapshot (``stamp_invocations``).
+
+The interpreter (``_interpreter``) and the microstep algorithm (``_microstep``) build these;
+the runtime records and restores them (``_entries``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+_EMPTY: Mapping[str, Any] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An event: its type, optional data, and the time (ms) it happened."""
+
+    type: str
+    data: Any = None
+    time: int | None = None
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"type": self.type}
+        if self.data is not None:
+            out["data"] = self.data
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """An immutable state of a machine: the XState value, the context, ``done`` and ``output``.
+
+    ``history`` maps each history state's id to the states it remembers;
+    ``timers`` maps the event of each pending delayed transition
+    (``xstate.after.<delay>.<stateId>``) to its due time in ms (None when the
+    entering event had no time); ``invocations`` maps each running invocation's
+    id to ``{"src", "input", "state"}`` (the runtime adds ``"at"``, the index of
+    the entry that started it). Entering a state starts its timers and
+    invocations, leaving it cancels them: a driver compares two snapshots to
+    know what to start and stop. Treat everything as read-only.
+    """
+
+    value: str | dict
+    context: Mapping[str, Any]
+    done: bool = False
+    output: Any = None
+    history: Mapping[str, list] = field(default_factory=dict)
+    timers: Mapping[str, int | None] = field(default_factory=dict)
+    invocations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    _config: frozenset = field(default=frozenset(), compare=False, repr=False)
+
+    def matches(self, state: str | Mapping) -> bool:
+        """True if the state (``"parent.child"`` or a partial value dict) is active."""
+        paths = _value_paths(state) if isinstance(state, Mapping) else [state]
+        active = (
+            {n.path for n in self._config} if self._config else set(_value_paths(self.value, prefixes=True))
+        )
+        return all(p in active for p in paths)
+
+    def extras(self) -> dict[str, Any]:
+        """The non-empty ``output``/``history``/``timers``/``invocations`` as a JSON dict (for storage)."""
+        out: dict[str, Any] = {}
+        if self.output is not None:
+            out["output"] = self.output
+        if self.history:
+            out["history"] = {k: list(v) for k, v in self.history.items()}
+        if self.timers:
+            out["timers"] = dict(self.timers)
+        if self.invocations:
+            out["invocations"] = {k: dict(v) for k, v in self.invocations.items()}
+        return out
+
+    @classmethod
+    def restored(
+        cls,
+        value: Any,
+        context: Any,
+        done: bool,
+        extras: Mapping[str, Any] | None,
+        config: frozenset = frozenset(),
+    ) -> Snapshot:
+        """The inverse of :meth:`extras`: a snapshot from a stored value, context, done flag and extras."""
+        x = extras or _EMPTY
+        return cls(
+            value,
+            context,
+            done,
+            x.get("output"),
+            x.get("history") or {},
+            x.get("timers") or {},
+            x.get("invocations") or {},
+            config,
+        )
+
+    def to_dict(self) -> dict:
+        return {"value": self.value, "context": self.context, "done": self.done, **self.extras()}
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        ctx = escape(json.dumps(self.context, default=str, ensure_ascii=False))
+        val = escape(json.dumps(self.value, ensure_ascii=False))
+        done = " <b>(done)</b>" if self.done else ""
+        return (
+            f"<table><tr><th style='text-align:left'>state</th><td><code>{val}</code>{done}</td></tr>"
+            f"<tr><th style='text-align:left'>context</th><td><code>{ctx}</code></td></tr></table>"
+        )
+
+
+def _value_paths(value: Any, prefix: str = "", prefixes: bool = False) -> list[str]:
+    if isinstance(value, str):
+        return [f"{prefix}{value}"]
+    out: list[str] = []
+    for k, v in value.items():
+        here = f"{prefix}{k}"
+        if prefixes or v == {}:
+            out.append(here)
+        out.extend(_value_paths(v, f"{here}.", prefixes))
+    return out
+
+
+def copy_json(value: Any) -> Any:
+    """A fast deep copy for JSON-shaped data (dicts, lists, scalars)."""
+    if isinstance(value, dict):  # read-only FrozenDict/FrozenList (the runtime's) copy to plain ones
+        return {k: copy_json(v) if isinstance(v, dict | list) else v for k, v in value.items()}
+    if isinstance(value, list):
+        return [copy_json(v) if isinstance(v, dict | list) else v for v in value]
+    if isinstance(value, Mapping):
+        return {k: copy_json(v) for k, v in value.items()}
+    return value
+
+
+def stamp_invocations(snapshot: Snapshot, index: int, fork: int) -> Snapshot:
+    """``snapshot`` with each newly started invocation (one without ``"at"``) given the index and
+    fork of the log entry that records its start: its idempotency key is then
+    ``invocation_key(id, invocation)``, the same on every retry and after a restart."""
+    if not snapshot.invocations or all("at" in v for v in snapshot.invocations.values()):
+        return snapshot
+    invs = {k: v if "at" in v else {**v, "at": index, "fork": fork} for k, v in snapshot.invocations.items()}
+    return Snapshot(
+        snapshot.value,
+        snapshot.context,
+        snapshot.done,
+        snapshot.output,
+        snapshot.history,
+        snapshot.timers,
+        invs,
+        snapshot._config,
+    )
+
+
+def invocation_key(invoke_id: str, invocation: Mapping[str, Any]) -> str:
+    """The idempotency key of a running invocation: ``<fork>:<index>:<id>`` of the entry that started it."""
+    return f"{invocation.get('fork', 0)}:{invocation.get('at', '?')}:{invoke_id}"
