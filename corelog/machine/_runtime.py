@@ -12,31 +12,35 @@ on any error) and ``commit_locked`` (after the compare-and-append).
 Values handed out are never the log's own state: contexts, state values and
 event data are frozen (read-only deep copies, ``_frozen``) before any reader
 or action sees them, and a definition given as a dict is copied on load.
+
+Beside this module: ``_reads`` holds the read side both faces share (state at
+the cursor, history navigation), ``_history`` the lazy ``History`` sequence,
+``_charts`` the compiled-chart cache (``compile_chart``) and definition diffs.
 """
 
 from __future__ import annotations
 
-import threading
 import time as _time
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, overload
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from corelog import Log
 from corelog.errors import NotWritable, OutOfRange
 
-from ._core import RETRIES, LogCore, Recorded, _Moved, append_at, core_for, frozen_entry
-from ._definition import definition_hash
-from ._entries import (
-    HistoryEntry,
-    _pack_definition,
-    decode,
-    encode_header,
-    encode_transition,
-    packed_definition,
+from ._charts import (
+    _impl_key,
+    compile_chart,
+    definition_diff,
+    definition_hash,
+    frozen_definition,
+    missing_implementations,
 )
+from ._core import RETRIES, LogCore, Recorded, _Moved, append_at, core_for, frozen_entry
+from ._entries import HistoryEntry, decode, encode_header, encode_transition, packed_definition
 from ._frozen import _SCALARS, FrozenDict, freeze
+from ._history import History
 from ._interpreter import Event, Snapshot, Statechart, copy_json, stamp_invocations
+from ._reads import _Reads
 from .errors import DefinitionError, DefinitionMismatch, HeadMoved, MachineError, NotAtHead
 
 
@@ -55,192 +59,6 @@ def as_event(event: Any, data: Any = None) -> tuple[str, Any]:
     if isinstance(event, tuple) and len(event) == 2 and isinstance(event[0], str):
         return event[0], event[1]
     raise TypeError(f"an event is a type string, (type, data), an Event or a dict with 'type'; got {event!r}")
-
-
-def definition_diff(
-    old: Any, new: Any, path: str = "", out: list[str] | None = None, limit: int = 6
-) -> list[str]:
-    """Up to ``limit`` human-readable differences between two definitions (``states.a.on.GO added``)."""
-    if out is None:
-        out = []
-    if isinstance(old, Mapping) and isinstance(new, Mapping):
-        for k in sorted(set(old) | set(new), key=str):
-            if len(out) >= limit:
-                break
-            p = f"{path}.{k}" if path else str(k)
-            if k not in old:
-                out.append(f"{p} added")
-            elif k not in new:
-                out.append(f"{p} removed")
-            else:
-                definition_diff(old[k], new[k], p, out, limit)
-    elif old != new and len(out) < limit:
-        out.append(f"{path or '<root>'} changed from {old!r:.40} to {new!r:.40}")
-    return out
-
-
-def missing_implementations(problems: list[tuple[str, str]]) -> dict[str, list[str]]:
-    """``{"actions": [...], "guards": [...]}`` named by DefinitionError problems about implementations."""
-    import re
-
-    found: dict[str, list[str]] = {}
-    for _, msg in problems:
-        m = re.match(r"unknown (action|guard) '([^']*)'", msg)
-        if m and m.group(2) not in found.setdefault(m.group(1) + "s", []):
-            found[m.group(1) + "s"].append(m.group(2))
-    return found
-
-
-class History(Sequence):
-    """The recorded entries of a machine log, read lazily from the log."""
-
-    def __init__(self, face: _Face):
-        self._core = face
-
-    def __len__(self) -> int:
-        return self._core.log.contiguous_length
-
-    @overload
-    def __getitem__(self, i: int) -> HistoryEntry: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[HistoryEntry]: ...
-
-    def __getitem__(self, i):
-        n = len(self)
-        if isinstance(i, slice):
-            r = range(*i.indices(n))
-            if r.step != 1:
-                return [decode(j, self._core.log.get(j)) for j in r]
-            return [decode(j, b) for j, b in enumerate(self._core.log.iter(r.start, r.stop), r.start)]
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise OutOfRange(f"history has {n} entries; index {i} is outside it")
-        return decode(i, self._core.log.get(i))
-
-    def __iter__(self) -> Iterator[HistoryEntry]:
-        for j, b in enumerate(self._core.log.iter(0, len(self))):
-            yield decode(j, b)
-
-    def to_dataframe(self):
-        """A pandas DataFrame (index, time, event, data, state, context columns...)."""
-        try:
-            import pandas as pd
-        except ImportError:
-            raise ImportError("to_dataframe() needs pandas: pip install 'corelog[notebook]'") from None
-        rows = []
-        for e in self:
-            row = {
-                "index": e.index,
-                "time": pd.to_datetime(e.time, unit="ms") if e.time is not None else None,
-                "event": e.event.type if e.event else f"({e.kind})",
-                "data": e.event.data if e.event else None,
-                "state": e.state if isinstance(e.state, str) else str(e.state),
-            }
-            for k, v in e.context.items():
-                row[f"context.{k}"] = v
-            rows.append(row)
-        return pd.DataFrame(rows).set_index("index")
-
-    def _repr_html_(self, limit: int = 200) -> str:
-        import json
-        from html import escape
-
-        n = len(self)
-        start = max(0, n - limit)
-        pos = self._core.position
-        out = ["<table><tr><th>#</th><th>event</th><th>data</th><th>state</th><th>context</th></tr>"]
-        for e in self[start:n]:
-            mark = " style='background:#ffe9a8'" if e.index == pos else ""
-            ev = e.event.type if e.event else f"({e.kind})"
-            data = json.dumps(e.event.data) if e.event and e.event.data is not None else ""
-            out.append(
-                f"<tr{mark}><td>{e.index}</td><td>{escape(ev)}</td><td>{escape(data)}</td>"
-                f"<td><code>{escape(json.dumps(e.state))}</code></td>"
-                f"<td><code>{escape(json.dumps(e.context, default=str))}</code></td></tr>"
-            )
-        out.append("</table>")
-        if start:
-            out.insert(0, f"<p>last {limit} of {n} entries</p>")
-        return "".join(out)
-
-    def __repr__(self) -> str:
-        return f"<History {len(self)} entries>"
-
-
-# Compiled charts, shared by machines given the same definition and implementations: compiling is
-# most of a Machine's creation cost. Keyed by the definition's hash and the implementations'
-# identities (the cached chart holds those functions, so their ids stay theirs).
-_CHARTS: OrderedDict[tuple, Statechart] = OrderedDict()
-_CHARTS_LOCK = threading.Lock()
-_CHARTS_MAX = 256
-
-
-_FROZEN_DEFINITIONS: OrderedDict[str, Any] = OrderedDict()
-
-
-def frozen_definition(chart: Statechart) -> FrozenDict:
-    """The chart's definition as a read-only copy, made once per definition hash."""
-    with _CHARTS_LOCK:
-        frozen = _FROZEN_DEFINITIONS.get(chart.hash)
-    if frozen is None:
-        frozen = freeze(copy_json(chart.definition))
-        with _CHARTS_LOCK:
-            _FROZEN_DEFINITIONS[chart.hash] = frozen
-            if len(_FROZEN_DEFINITIONS) > _CHARTS_MAX:
-                _FROZEN_DEFINITIONS.popitem(last=False)
-    return frozen
-
-
-def _impl_key(impl: Mapping[str, Callable] | None) -> tuple:
-    return tuple(sorted((k, id(v)) for k, v in impl.items())) if impl else ()
-
-
-_HASHES: OrderedDict[bytes, str] = OrderedDict()
-
-
-def _hash_of(definition: Mapping) -> str:
-    """``definition_hash(definition)``, remembered by the definition's msgpack bytes.
-
-    Packing is a fraction of the canonical JSON's cost; equal bytes mean equal content, types and
-    key order, hence an equal canonical JSON (a reordered or re-typed dict is only a miss).
-    """
-    try:
-        packed = _pack_definition(definition)
-    except Exception:
-        return definition_hash(definition)
-    with _CHARTS_LOCK:
-        found = _HASHES.get(packed)
-    if found is None:
-        found = definition_hash(definition)
-        with _CHARTS_LOCK:
-            _HASHES[packed] = found
-            if len(_HASHES) > _CHARTS_MAX:
-                _HASHES.popitem(last=False)
-    return found
-
-
-def compile_chart(
-    definition: Mapping, actions: Mapping[str, Callable] | None, guards: Mapping[str, Callable] | None
-) -> Statechart:
-    """A chart for a copy of ``definition`` (later changes to the caller's dict change nothing)."""
-    if not isinstance(definition, Mapping):
-        return Statechart(definition, actions, guards)  # raises DefinitionError
-    try:  # the canonical JSON hash of the caller's dict: a cached chart holds a copy made earlier
-        key = (_hash_of(definition), _impl_key(actions), _impl_key(guards))
-    except Exception:  # not JSON: let the compiler report every problem
-        return Statechart(copy_json(definition), actions, guards)
-    with _CHARTS_LOCK:
-        chart = _CHARTS.get(key)
-        if chart is not None:
-            _CHARTS.move_to_end(key)
-            return chart
-    chart = Statechart(copy_json(definition), actions, guards)
-    with _CHARTS_LOCK:
-        _CHARTS[key] = chart
-        if len(_CHARTS) > _CHARTS_MAX:
-            _CHARTS.popitem(last=False)
-    return chart
 
 
 class _Face:
@@ -567,104 +385,6 @@ def prepare_event(event: Any, data: Any) -> tuple[str, Any]:
     """The event's type and a frozen copy of its data (actions see it read-only; the caller keeps theirs)."""
     etype, edata = as_event(event, data)
     return etype, freeze(edata, "event data")
-
-
-class _Reads:
-    """The read side every face shares: state at the cursor, the chart, history navigation."""
-
-    __slots__ = ()
-
-    _face: _Face
-
-    @property
-    def log(self) -> Log:
-        return self._face.log
-
-    @property
-    def history(self) -> History:
-        """The recorded entries, read lazily from the log."""
-        return History(self._face)
-
-    @property
-    def snapshot(self) -> Snapshot:
-        """The snapshot at the cursor (read-only: its context cannot be changed)."""
-        snap = self._face.snapshot
-        if snap is None:
-            raise MachineError("the log has no entries yet (a replica waiting for data)")
-        return snap
-
-    @property
-    def state(self) -> Any:
-        return self.snapshot.value
-
-    @property
-    def context(self) -> Mapping[str, Any]:
-        """The context at the cursor: a read-only dict (``copy.deepcopy`` it to get a mutable one)."""
-        return self.snapshot.context
-
-    @property
-    def done(self) -> bool:
-        return self.snapshot.done
-
-    @property
-    def chart(self) -> Statechart | None:
-        face = self._face
-        return face.chart_for(face.core.current())
-
-    @property
-    def definition(self) -> dict | None:
-        """The stored definition governing the head (read-only)."""
-        return self._face.core.current().definition
-
-    @property
-    def definition_hash(self) -> str | None:
-        return self._face.core.current().header_hash
-
-    def matches(self, state: str | Mapping) -> bool:
-        return self.snapshot.matches(state)
-
-    def can(self, event: str | Event) -> bool:
-        chart = self.chart
-        return chart is not None and not self._face.view_only_reason and chart.can(self.snapshot, event)
-
-    def available_events(self) -> list[str]:
-        chart = self.chart
-        return chart.available_events(self.snapshot) if chart else []
-
-    # history navigation
-    @property
-    def position(self) -> int:
-        """Index of the entry whose snapshot is shown."""
-        return self._face.position
-
-    @property
-    def at_head(self) -> bool:
-        return self._face.at_head
-
-    def seek(self, index: int) -> Snapshot:
-        """Show entry ``index`` (negative counts from the end); OutOfRange outside the history."""
-        return self._face.seek(index)
-
-    def backward(self, n: int = 1) -> Snapshot:
-        """Move the cursor ``n`` entries back (stops at entry 0)."""
-        return self._face.seek(max(0, self.position - n))
-
-    def forward(self, n: int = 1) -> Snapshot:
-        """Move the cursor ``n`` entries forward (stops at the head)."""
-        return self._face.seek(min(self._face.head_index, self.position + n))
-
-    def live(self) -> Snapshot:
-        """Back to the head."""
-        return self._face.seek(self._face.head_index)
-
-    def _repr_html_(self) -> str:
-        return self.snapshot._repr_html_()
-
-    def __repr__(self) -> str:
-        snap = self._face.snapshot
-        where = "head" if self.at_head else f"entry {self.position}"
-        name = type(self).__name__
-        return f"<{name} {snap.value if snap else None!r} at {where} of {self._face.head_index + 1}>"
 
 
 class Machine(_Reads):
