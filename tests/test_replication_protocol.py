@@ -93,6 +93,25 @@ def test_initial_sync_live_updates_and_truncation(writer, make_store):
     assert rep.audit().ok
 
 
+def test_a_request_window_opens_small_and_doubles_to_the_batch(writer, make_store):
+    ws, log = writer
+    rs = make_store("reader")
+    rep = rs.get(key=log.key)
+    asked: list[tuple[int, int]] = []
+
+    def spy(msg):
+        if isinstance(msg, Request):
+            asked.append((msg.start, msg.end))
+        return msg
+
+    a, b = pair(rs, ws, batch_blocks=64)  # the replica initiates: its requests go a -> b
+    pump(a, b, tamper=spy)
+    assert rep.length == 300 and list(rep) == list(log) and rep.audit().ok
+    sizes = [end - start for start, end in asked]
+    assert sizes[:5] == [4, 8, 16, 32, 64] and set(sizes[5:-1]) == {64}, sizes
+    assert [s for s, _ in asked] == [0, *[e for _, e in asked[:-1]]], "contiguous, in order, no gaps"
+
+
 def test_relay_a_to_b_to_c(writer, make_store):
     ws, log = writer
     bs, cs = make_store("b"), make_store("c")

@@ -303,7 +303,8 @@ class FrameDecoder:
             raise FrameTooLarge(f"the peer sent a {n}-byte frame; the limit is {self.max_frame}")
         if len(buf) - pos - 4 < n:
             return None
-        body = bytes(buf[pos + 4 : pos + 4 + n])
+        with memoryview(buf) as view:
+            body = bytes(view[pos + 4 : pos + 4 + n])  # (one copy)
         self._pos = pos + 4 + n
         return body
 

@@ -30,6 +30,11 @@ Per log (channel):
   peer's in-flight limit (capped by ``max_requests``). Each answer becomes a
   ``Commit`` (``Log.apply`` verifies and commits it in one transaction, or
   rejects it, writing nothing).
+* Slow start: a window of requests (all answered, then new ones) opens with a
+  small request, 1/2**SLOW_START of a batch, and each next request doubles up
+  to the batch size. The first answer is small, so its commit starts while the
+  peer still reads the bigger ones instead of after a whole batch has been
+  read, sent and decoded; the number of requests in flight is unchanged.
 * Requests from the peer (at most our announced ``max_inflight``) wait as
   small records; the driver asks for the next answer only when it can write
   it, so answers are produced as fast as the peer drains them, never ahead.
@@ -84,7 +89,7 @@ from ._messages import (
     Pong,
     Request,
 )
-from ._work import Commit, Limits, Read, Stats, _Channel
+from ._work import SLOW_START, Commit, Limits, Read, Stats, _Channel
 from .errors import ProtocolError
 
 
@@ -154,6 +159,7 @@ class Replicator:
         self._next_ping = 1
         self.progress_at = clock()  # last useful event from the peer (not Pings)
         self.backlog = 0  # bytes of received Data queued as Commits
+        self.handled = 0  # frames received and handled (a driver wakes its tasks only when it grows)
 
     # --- state ------------------------------------------------------------------------
 
@@ -174,6 +180,16 @@ class Replicator:
     def busy(self) -> bool:
         """Work queued for the driver (frames, commits or answers)."""
         return bool(self._out or self._heads or self._commits or self._reads)
+
+    @property
+    def wants_write(self) -> bool:
+        """Frames or peer requests are queued for the writer."""
+        return bool(self._out or self._heads or self._reads)
+
+    @property
+    def has_commits(self) -> bool:
+        """Received Data is queued for ``next_commit``."""
+        return bool(self._commits)
 
     @property
     def next_deadline(self) -> float | None:
@@ -362,6 +378,7 @@ class Replicator:
             ev = self.conn.next_event()
             if ev is NEED_DATA or ev is CLOSED:
                 break
+            self.handled += 1
             self._handle(ev)  # type: ignore[arg-type]
         self._pump_all()
         self._maybe_done()
@@ -571,7 +588,7 @@ class Replicator:
             )
         )
         self.stats.blocks_sent += len(proof.blocks)
-        self.stats.bytes_sent += sum(map(len, proof.blocks))
+        self.stats.bytes_sent += work.block_bytes
 
     # --- receiving ----------------------------------------------------------------
 
@@ -585,7 +602,8 @@ class Replicator:
             return
         ch.committing += 1
         work = Commit(ch.log, msg, ch, probe=probe, tail=tail)
-        work.size = sum(map(len, msg.blocks)) + 48 * len(msg.nodes)
+        work.block_bytes = sum(map(len, msg.blocks))
+        work.size = work.block_bytes + 48 * len(msg.nodes)
         self.backlog += work.size
         self._commits.append(work)
         self._touch(ch)
@@ -631,7 +649,7 @@ class Replicator:
             if work.tail:
                 self.stats.pushed += len(work.data.blocks)
             self.stats.blocks_received += len(work.data.blocks)
-            self.stats.bytes_received += sum(map(len, work.data.blocks))
+            self.stats.bytes_received += work.block_bytes
         self._window_end(ch)
         self._touch(ch)
         self._pump_all()
@@ -726,13 +744,14 @@ class Replicator:
         assert rh is not None
         dkey = log.discovery_key
         fork, contig = log.fork, log.contiguous_length
+        step = self._batch_for(rh)
         if not ch.inflight:
             ch.next_start = contig
             ch.window_mark = (fork, contig)
             ch.retry_at = 0.0
+            ch.ramp = max(1, step >> SLOW_START)  # (see "Slow start" above)
             if ch.tail is not None and ch.tail_range[0] == fork:
                 ch.next_start = max(contig, ch.tail_range[1])  # the parked tail brings those
-        step = self._batch_for(rh)
         if rh.fork != fork:  # reorg: one request at a time until we are on the new fork
             if not ch.inflight and not ch.committing and self.conn.can_request:
                 rid = self.conn.next_request_id
@@ -742,7 +761,8 @@ class Replicator:
             return
         while ch.next_start < rh.contiguous and self.conn.can_request:
             start = ch.next_start
-            end = min(rh.contiguous, start + step)
+            end = min(rh.contiguous, start + min(step, ch.ramp))
+            ch.ramp = min(2 * ch.ramp, step)
             rid = self.conn.next_request_id
             self._out.append(self.conn.request(dkey, fork, start, start, end))
             ch.inflight[rid] = (start, end)

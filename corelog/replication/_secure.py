@@ -78,7 +78,8 @@ class SecureStream(trio.abc.Stream):
         self._send, self._recv = noise.split()
         self._send_lock = trio.Lock()
         self._recv_lock = trio.Lock()
-        self._raw = bytearray(leftover)  # ciphertext received, not decrypted yet
+        self._raw = bytearray(leftover)  # ciphertext received, not decrypted yet (from _rpos on)
+        self._rpos = 0
         self._remaining = 0  # bytes of the current incoming message still to come
         self._pending = memoryview(b"")  # decrypted, not yet returned by receive_some
         self._parts: list[memoryview] = []  # a message receive_message is assembling
@@ -164,12 +165,17 @@ class SecureStream(trio.abc.Stream):
 
     def _take_record(self) -> bytes | None:
         """The next record decrypted, if it is wholly buffered; else None."""
-        raw = self._raw
-        if len(raw) >= 2:
-            (n,) = _LEN.unpack_from(raw)
-            if len(raw) >= 2 + n:
-                record = bytes(memoryview(raw)[2 : 2 + n])
-                del raw[: 2 + n]
+        raw, pos = self._raw, self._rpos
+        if len(raw) - pos >= 2:
+            (n,) = _LEN.unpack_from(raw, pos)
+            end = pos + 2 + n
+            if len(raw) >= end:
+                with memoryview(raw) as view:
+                    record = bytes(view[pos + 2 : end])
+                if end == len(raw):
+                    raw.clear()
+                    end = 0
+                self._rpos = end  # (records are taken by offset: no copying the rest down each time)
                 return self._recv.decrypt_with_ad(b"", record)
         return None
 
@@ -180,13 +186,16 @@ class SecureStream(trio.abc.Stream):
             if plaintext is not None:
                 return plaintext
             if self._eof:
-                if self._raw:
+                if len(self._raw) > self._rpos:
                     raise ProtocolError(
-                        f"the connection ended inside an encrypted record ({len(self._raw)} bytes of it received)"
+                        "the connection ended inside an encrypted record "
+                        f"({len(self._raw) - self._rpos} bytes of it received)"
                     )
                 return None
             data = await self.inner.receive_some(RECEIVE_SIZE)
             if data:
+                del self._raw[: self._rpos]  # (at most part of one record is left)
+                self._rpos = 0
                 self._raw += data
             else:
                 self._eof = True

@@ -36,9 +36,12 @@ Where each byte waits:
   (never while a batch is in a thread): that costs less than the thread hop;
 * as small Request records (at most our announced ``max_inflight``) until the
   **writer** is free: only then is the range read and the Data frame built, so
-  answers are produced exactly as fast as the peer drains them, one frame at a
-  time. A live peer's tail request waits parked until its log grows; the
-  writer then sends the Head and the Data answering it in one write;
+  answers are produced exactly as fast as the peer drains them. One thread hop
+  reads small answers together (up to ``READ_BATCH`` bytes) or one bigger
+  answer alone, and its frames are sent before the next hop reads more, so the
+  first answer leaves as soon as it is read. A live peer's tail request waits
+  parked until its log grows; the writer then sends the Head and the Data
+  answering it in one write;
 * as control frames (Open, Head coalesced per channel, Request, NoData, Pong:
   each bounded by channels, credit or ``max_pings``) until the writer sends them.
 
@@ -72,7 +75,7 @@ from .errors import ProtocolError, SyncIncomplete, SyncTimeout
 # decrypted in a C call that releases the GIL, and getting it back can take a switch interval
 # (5 ms) while the storage worker verifies: one record per step keeps the loop's turns short.
 RECEIVE_SIZE = 65514
-READ_BATCH = 1024 * 1024  # answers built per thread hop (bytes, roughly)
+READ_BATCH = 64 * 1024  # answers built per thread hop (bytes, roughly; a bigger one alone)
 INLINE_READ = 16 * 1024  # answers this small are read on the event loop (live updates)
 INLINE_COMMIT = 16 * 1024  # received Data this small is committed on the loop, if it needs no fsync
 _log = logging.getLogger("corelog.replication")
@@ -232,8 +235,13 @@ class Session:
     # --- tasks ---------------------------------------------------------------------
 
     def _kick(self) -> None:
-        self._writer_wake.set()
-        self._storage_wake.set()
+        """Wake the tasks that have something to do (a waiting task costs a loop turn to wake)."""
+        rep = self.replicator
+        assert rep is not None
+        if rep.wants_write or rep.error is not None or rep.next_deadline is not None:
+            self._writer_wake.set()  # (it also retries backed-off channels)
+        if rep.has_commits:
+            self._storage_wake.set()
         self._super_wake.set()
 
     async def _reader(self) -> None:
@@ -244,7 +252,10 @@ class Session:
                 await self._reader_wake.wait()  # storage is behind: let it catch up (never the writer)
             data = await self.stream.receive_some(RECEIVE_SIZE)
             self._last_rx = trio.current_time()
+            handled = rep.handled
             rep.feed(data)
+            if rep.handled == handled and data and rep.error is None:
+                continue  # part of a frame: nothing changed, nobody to wake
             self._commit_small()  # a live update: committed before anything else runs
             self._watch_new_logs()
             if rep.synced and not self._synced.is_set():
@@ -304,6 +315,7 @@ class Session:
         rep = self.replicator
         assert rep is not None
         keepalive = self.idle_timeout / 3
+        held: Read | None = None
         await self._send(self._first)
         while True:
             for dkey in self._take_dirty():
@@ -311,12 +323,18 @@ class Session:
                 if log is not None:
                     rep.announce(log)
             out = rep.data_to_send()
-            read = rep.next_read() if rep.error is None else None
+            if rep.error is not None:
+                read = held = None
+            else:
+                read, held = held or rep.next_read(), None
             if read is not None:
                 # small answers are read together (one thread hop); a big one alone: at most
-                # ~READ_BATCH bytes of answers exist before the peer has drained them
+                # ~READ_BATCH bytes of answers (or one answer) exist before the peer drained them
                 reads, budget = [read], READ_BATCH - read.estimate
                 while budget > 0 and (more := rep.next_read()) is not None:
+                    if more.estimate > budget:
+                        held = more  # the next hop's first read: this one's answers go out first
+                        break
                     reads.append(more)
                     budget -= more.estimate
                 if READ_BATCH - budget <= INLINE_READ:

@@ -16,6 +16,7 @@ from ._messages import DEFAULT_MAX_ARRAY, DEFAULT_MAX_FRAME, Data, Head, Request
 
 DEFAULT_BATCH_BYTES = 512 * 1024
 DEFAULT_BATCH_BLOCKS = 4096
+SLOW_START = 4  # a request window opens with 1/2**SLOW_START of a batch, doubling per request
 _FRAME_SLACK = 4096  # room for a Data frame's fields besides blocks and nodes
 
 
@@ -54,6 +55,7 @@ class _Channel:
     tail: int | None = None  # the request id of our tail request parked with the peer
     tail_range: tuple[int, int] = (0, 0)  # its (fork, end)
     tail_refused: Head | None = None  # the peer head at which it answered a tail with NoData
+    ramp: int = 1  # blocks the next request of this window asks for (slow start: doubles to the batch)
 
 
 @dataclass
@@ -83,6 +85,7 @@ class Commit:
     gap: bool = False  # the proof starts past what we hold (an earlier answer was clipped)
     error: BaseException | None = None
     size: int = 0  # bytes it holds (counted against Limits.max_backlog)
+    block_bytes: int = 0  # bytes of its blocks
     probe: bool = False  # the self-contained proof asked for to tell equivocation from forgery
     tail: bool = False  # the answer to our parked tail request
 
@@ -117,6 +120,7 @@ class Read:
     estimate: int = 0  # bytes the answer will hold, roughly (for batching reads)
     proof: Proof | None = None
     reason: str | None = None  # NoData reason
+    block_bytes: int = 0  # bytes of the answer's blocks
     error: BaseException | None = None
 
     def run(self) -> None:
@@ -145,8 +149,12 @@ class Read:
         try:
             proof = log.proof(start, end, have=have)
             limit = self.frame_limit - _FRAME_SLACK
-            while (size := _proof_size(proof)) > limit and end > start + 1:  # clip to the frame limit
-                end = start + max(1, (end - start) // 2)
+            while True:
+                block_bytes = sum(map(len, proof.blocks))
+                size = block_bytes + 5 * len(proof.blocks) + 48 * len(proof.nodes)  # (the frame, roughly)
+                if size <= limit or end <= start + 1:
+                    break
+                end = start + max(1, (end - start) // 2)  # clip to the frame limit
                 proof = log.proof(start, end, have=have)
         except OutOfRange:
             self.reason = "range not held"
@@ -154,8 +162,4 @@ class Read:
         if size > limit:
             self.reason = "a block is larger than your frame limit"
             return
-        self.proof = proof
-
-
-def _proof_size(proof: Proof) -> int:
-    return sum(map(len, proof.blocks)) + 5 * len(proof.blocks) + 48 * len(proof.nodes)
+        self.proof, self.block_bytes = proof, block_bytes
