@@ -188,7 +188,7 @@ def scale(path: str, m: int) -> dict:
             t0 = time.perf_counter()
             with f._env.begin() as txn:
                 row = fs.index_row(txn, f._dbs, mid)
-                st = fs.load_log_state(txn, f._dbs, f._seed, row[1])
+                st = fs.load_log_state(txn, f._dbs, row[1])
                 slot = fl.restore(txn, f._dbs, mid, kind, st)
             times.append(time.perf_counter() - t0)
             assert slot.snapshot.value == "open"

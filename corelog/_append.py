@@ -2,8 +2,9 @@
 
 Each function runs inside the store writer's transaction (``_writer``) and
 computes from the log's pending state (``LogState``), returning the caller's
-result and the new state; the writer signs and writes the head once per log per
-batch. ``append_part`` is a *flat* part: it raises nothing but ``lmdb.Error``
+result and the new state; the writer writes the head once per log per batch,
+unsigned: the log signs it when it is read (``_heads``), so an append makes no
+signature. ``append_part`` is a *flat* part: it raises nothing but ``lmdb.Error``
 after its first write, so a group commit can run it in the batch transaction
 itself.
 """
@@ -11,18 +12,41 @@ itself.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import lmdb
 
 from . import _crypto, _flat
-from ._keys import BLOCK, FORK_VALUE, KEY, NODE, NODE_VALUE, fork_key
-from ._tree import MAX_LENGTH, Node
+from ._keys import BLOCK, FORK_VALUE, KEY, NODE, NODE_VALUE, block_key, fork_key, node_key
+from ._tree import MAX_BLOCK_SIZE, MAX_LENGTH, Node
 from ._writer import LogState
-from .errors import LengthMismatch, OutOfRange
+from .errors import BlockTooLarge, LengthMismatch, OutOfRange
 
 if TYPE_CHECKING:
     from ._log import Log
+
+
+def blocks_arg(data: bytes | bytearray | memoryview | Iterable[bytes]) -> list[bytes]:
+    if type(data) is bytes and len(data) <= MAX_BLOCK_SIZE:  # the common case, quickly
+        return [data]
+    if isinstance(data, bytes | bytearray | memoryview):
+        blocks = [bytes(data)]
+    elif isinstance(data, str):
+        raise TypeError("append() takes bytes or a list of bytes, not str; encode it first")
+    else:
+        blocks = []
+        for b in data:
+            if not isinstance(b, bytes | bytearray | memoryview):
+                raise TypeError(f"append() takes bytes blocks, got {type(b).__name__}")
+            blocks.append(bytes(b))
+    for b in blocks:
+        if len(b) > MAX_BLOCK_SIZE:
+            raise BlockTooLarge(
+                f"a {len(b)}-byte block is over corelog.MAX_BLOCK_SIZE ({MAX_BLOCK_SIZE} bytes), the "
+                "largest block replication can carry; split it into several blocks"
+            )
+    return blocks
 
 
 def append_part(
@@ -118,7 +142,23 @@ def truncate_part(log: Log, txn: lmdb.Transaction, st: LogState, length: int) ->
     log._check_complete(st)
     roots = tuple(log._node(txn, r) for r in _flat.full_roots(length))
     fork = st.fork + 1
-    log._delete_from(txn, length, st.length)
+    delete_from(log, txn, length, st.length)
     txn.put(fork_key(log.id, fork), FORK_VALUE.pack(st.fork, length), db=log._db)
     th = _crypto.tree_hash(roots)
     return None, LogState(fork, length, length, sum(r.size for r in roots), th, None, roots, st.record)
+
+
+def delete_from(log: Log, txn: lmdb.Transaction, length: int, old_length: int) -> None:
+    """Delete every block >= length and every node not wholly inside [0, length)."""
+    lid, db = log.id, log._db
+    for start, prefix in (
+        (block_key(lid, length), block_key(lid, 0)[:5]),
+        (node_key(lid, 2 * length), node_key(lid, 0)[:5]),
+    ):
+        cur = txn.cursor(db=db)
+        if cur.set_range(start):
+            while cur.key()[: len(prefix)] == prefix:
+                if not cur.delete():
+                    break
+    for x in _flat.crossing_ancestors(length, max(old_length, length)):
+        txn.delete(node_key(lid, x), db=db)

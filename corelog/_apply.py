@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import lmdb
 
 from . import _crypto, _flat
+from ._append import delete_from
 from ._keys import (
     BLOCK,
     FORK_VALUE,
@@ -113,14 +114,41 @@ def check_head(log: Log, head: Head) -> bool:
             f"log {log.key.hex()[:16]}…"
         )
     st = log._fresh()
-    if head.fork == st.fork and head.length == st.length and head.tree_hash != st.tree_hash and st.signature:
-        info = _conflict_info(st, head.fork, head.length, head.tree_hash, head.signature, None)
+    # (a signature None is our own head, signed when read: it is ours all the same)
+    if (
+        head.fork == st.fork
+        and head.length == st.length
+        and head.tree_hash != st.tree_hash
+        and st.signature != b""
+    ):
+        info = _conflict_info(log._signed(st), head.fork, head.length, head.tree_hash, head.signature, None)
         if not log._store.readonly:
             log._set_record(conflict=info)
         raise _conflict_error(log, info)
     if head.fork != st.fork:
         return head.fork > st.fork
     return head.length > st.length
+
+
+def common_prefix(log: Log, fork: int, contiguous: int) -> int:
+    """``Log.common_prefix``: how much of a peer's log at ``fork`` holding ``contiguous`` blocks
+    matches ours, from the truncation history (0 where it is missing)."""
+    st = log._fresh()
+    if fork == st.fork:
+        return min(contiguous, st.contig)
+    if fork > st.fork:
+        return 0
+    keep = min(contiguous, st.contig)
+    cur = st.fork
+    with log._read() as txn:
+        while cur > fork:
+            raw = txn.get(fork_key(log.id, cur), db=log._db)
+            if raw is None:
+                return 0
+            prev, kept = FORK_VALUE.unpack(raw)
+            keep = min(keep, kept)
+            cur = prev
+    return keep
 
 
 def _mismatch(
@@ -216,7 +244,7 @@ def apply_part(log: Log, txn: lmdb.Transaction, st: LogState, proof: Proof) -> t
             f"proof assumes {proof.have} blocks held but this replica holds {contig}; request a new proof"
         )
     verified = verify(proof, log.key, _crypto.public_key_of(manifest), _lookup(log, txn))
-    if not reorg and st.signature:
+    if not reorg and st.signature != b"":  # we hold a signed head (a replica's: its peer's signature)
         # equivocation: a proof of this fork whose tree disagrees with what we hold
         node = _mismatch(log, txn, verified.nodes, max(length, contig), (proof.start, proof.end))
         if node is not None or (proof.length == length and verified.tree_hash != st.tree_hash):
@@ -233,7 +261,7 @@ def apply_part(log: Log, txn: lmdb.Transaction, st: LogState, proof: Proof) -> t
         )
     db, lid, kpack, vpack = log._db, log.id, KEY.pack, NODE_VALUE.pack
     if reorg:
-        log._delete_from(txn, keep, max(length, contig))
+        delete_from(log, txn, keep, max(length, contig))
         txn.put(fork_key(log.id, proof.fork), FORK_VALUE.pack(fork, keep), db=db)
     new_contig = max(keep, proof.end)
     record = st.record

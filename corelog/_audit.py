@@ -1,4 +1,12 @@
-"""Audit: recompute a log's tree from its blocks and check the signed head."""
+"""Audit: recompute a log's tree from its blocks and check the signed head.
+
+A head of a log this store writes is stored unsigned (``_heads``): audit signs it
+(and checks the signature against the manifest's public key, so a key pair that
+does not match the log is caught), and since no stored signature then covers
+the head's fork, checks it against the truncation records instead (the head's
+fork is the last one recorded, or 0 if there is none), as it checks the length
+and tree hash against the recomputed tree.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +18,8 @@ from typing import TYPE_CHECKING
 import lmdb
 
 from . import _crypto, _flat
-from ._keys import HEAD, KEY, NODE, NODE_VALUE, block_key, dense_values, node_key
+from ._heads import UNSIGNED
+from ._keys import FORK, HEAD, KEY, NODE, NODE_VALUE, block_key, dense_values, node_key
 from ._tree import MAX_BYTES, Node
 from .errors import BlockNotAvailable, Corrupt, InvalidProof
 
@@ -135,10 +144,14 @@ def audit(self: Log, progress: Callable[[int, int], None] | None = None) -> Audi
             bad(first_bad if first_bad is not None else 0, "the tree hash does not match the stored head")
         if sum(r.size for r in roots) != byte_length:
             bad(first_bad if first_bad is not None else 0, "the byte length does not match the tree")
-        if sig and self._manifest is not None:
+        if sig == UNSIGNED and self.owned:  # our own head, signed when read: sign it now
+            if last_fork(self, txn) != fork:
+                bad(first_bad if first_bad is not None else 0, "the head's fork is not the last one recorded")
+            sig = self._signature(fork, length, contig, th) or UNSIGNED
+        if sig != UNSIGNED and self._manifest is not None:
             if not _crypto.verify(_crypto.signable(self.key, th, length, fork), sig, self.public_key or b""):
                 bad(length, "the head signature does not verify (head or key altered)")
-        elif not sig and length:
+        elif sig == UNSIGNED and length:
             bad(length, "the head is not signed")
     return AuditReport(self.key, length, contig, first_bad, tuple(problems))
 
@@ -159,3 +172,16 @@ def stored_nodes(self: Log, txn: lmdb.Transaction, lo: int, hi: int) -> dict[int
                 break
             out[idx] = v
     return out
+
+
+def last_fork(self: Log, txn: lmdb.Transaction) -> int:
+    """The fork of the last truncation recorded for the log (0: none)."""
+    cur = txn.cursor(db=self._db)
+    # the key just before the log's first node key: its last fork record, if it has any
+    if cur.prev() if cur.set_range(node_key(self.id, 0)) else cur.last():
+        key = cur.key()
+        if len(key) == KEY.size:
+            lid, kind, fork = KEY.unpack(key)
+            if lid == self.id and kind == FORK:
+                return fork
+    return 0

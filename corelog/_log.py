@@ -4,9 +4,13 @@ A ``Log`` is cheap: its committed state (``LogState``: head, roots of at most 64
 nodes, the log's record) and references to the Store's LMDB databases. Every
 change (append, truncate, a verified download, a record update) is a part of a
 group commit by the store's writer (``_writer``): one LMDB transaction holding
-the new blocks, nodes and signed head, so a crash leaves either the old head or
-the new one. The writer publishes the new state and bumps ``version``, which
+the new blocks, nodes and head, so a crash leaves either the old head or the
+new one. The writer publishes the new state and bumps ``version``, which
 ``wait_changed`` / ``wait_changed_async`` wait on.
+
+Heads of a log this store writes are stored unsigned and signed when read
+(``head``, ``proof``, ``check_head``, ``audit``: see ``_heads``), once per head,
+cached; a replica's heads carry the signature its peer sent.
 
 Writers keep their state in memory (they are the only writer: the Store holds an
 exclusive lock). Logs of a read-only Store re-read the head on each access, so a
@@ -17,31 +21,29 @@ reader in another process always sees a consistent, committed head (and its
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import lmdb
 
 from . import _apply, _audit, _crypto, _flat
-from ._append import append_part, truncate_part
+from ._append import append_part, blocks_arg, truncate_part
 from ._changes import Changes
+from ._heads import UNSIGNED, Head, stored_signature
 from ._keys import (
     BLOCK,
-    FORK_VALUE,
     HEAD,
     KEY,
     block_key,
     decode_node,
     dense_values,
-    fork_key,
     head_key,
     node_key,
 )
-from ._tree import MAX_BLOCK_SIZE, Node, Proof, Verified, needed_nodes, parent_node
+from ._tree import Node, Proof, Verified, needed_nodes, parent_node
 from ._wakers import wake_all
 from ._writer import LogState, signed
 from .errors import (
     BlockNotAvailable,
-    BlockTooLarge,
     Corrupt,
     IncompleteLog,
     InvalidKey,
@@ -59,45 +61,6 @@ EMPTY_TREE_HASH = _crypto.tree_hash([])
 __all__ = ["HEAD", "Head", "Log", "block_key", "check_key", "head_key", "node_key"]
 
 
-class Head(NamedTuple):
-    """A signed head: what the writer vouches for."""
-
-    fork: int
-    length: int
-    tree_hash: bytes
-    signature: bytes  # 64 raw bytes; ``encoded_signature`` gives Hypercore's 68-byte form
-    byte_length: int
-
-    @property
-    def encoded_signature(self) -> bytes:
-        return _crypto.encode_signature(self.signature)
-
-    def signable(self, key: bytes) -> bytes:
-        return _crypto.signable(key, self.tree_hash, self.length, self.fork)
-
-
-def _blocks_arg(data: bytes | bytearray | memoryview | Iterable[bytes]) -> list[bytes]:
-    if type(data) is bytes and len(data) <= MAX_BLOCK_SIZE:  # the common case, quickly
-        return [data]
-    if isinstance(data, bytes | bytearray | memoryview):
-        blocks = [bytes(data)]
-    elif isinstance(data, str):
-        raise TypeError("append() takes bytes or a list of bytes, not str; encode it first")
-    else:
-        blocks = []
-        for b in data:
-            if not isinstance(b, bytes | bytearray | memoryview):
-                raise TypeError(f"append() takes bytes blocks, got {type(b).__name__}")
-            blocks.append(bytes(b))
-    for b in blocks:
-        if len(b) > MAX_BLOCK_SIZE:
-            raise BlockTooLarge(
-                f"a {len(b)}-byte block is over corelog.MAX_BLOCK_SIZE ({MAX_BLOCK_SIZE} bytes), the "
-                "largest block replication can carry; split it into several blocks"
-            )
-    return blocks
-
-
 class Log(Changes):
     """A signed, append-only Merkle log (Hypercore 11 format) stored in a :class:`Store`.
 
@@ -113,7 +76,8 @@ class Log(Changes):
         "_manifest",
         "_raw",
         "_secret",
-        "_sig0",
+        "_sigc",
+        "_signer",
         "_st",
         "_store",
         "discovery_key",
@@ -139,7 +103,9 @@ class Log(Changes):
         self.discovery_key = _crypto.discovery_key(key)
         self.name: str | None = record.get("name")
         self._secret: bytes | None = None
-        self._sig0: bytes | None = None  # the empty head's signature, made when first asked for
+        self._signer: bytes | None = None  # the secret a read-only store signs with in memory
+        # the last head signed on demand: (tree hash, length, fork, signature), replaced whole
+        self._sigc: tuple[bytes, int, int, bytes] | None = None
         self._hkey = head_key(log_id)
         self._raw: bytes | None = None  # the head as last read (read-only stores)
         self._version = 0
@@ -160,16 +126,26 @@ class Log(Changes):
         return _crypto.keypair_from_seed(seed)[1]
 
     def _signed(self, st: LogState) -> LogState:
-        """``st`` with its signature: a new log has no stored head until its first change, and
-        its empty head (fork 0, length 0) is signed here when first asked for (Ed25519 is
-        deterministic: the bytes a commit would have stored)."""
-        if st.signature or st.length or st.fork or not st.record.get("writable"):
+        """``st`` with its signature (a head of this store's own log is signed here, when read)."""
+        if st.signature is not None:
             return st
-        sig = self._sig0
-        if sig is None:
-            secret = self._secret or self._derive_secret(st.record)  # a read-only store has the seed
-            sig = self._sig0 = _crypto.sign(_crypto.signable(self.key, st.tree_hash, 0, 0), secret)
-        return signed(st, sig)
+        return signed(st, self._signature(st.fork, st.length, st.contig, st.tree_hash))
+
+    def _signature(self, fork: int, length: int, contig: int, tree_hash: bytes) -> bytes:
+        """The signature of our own head (fork, length, tree hash), made on demand and cached
+        (Ed25519 is deterministic: the bytes a commit would have stored; see ``_heads``).
+        ``b""`` (unsigned) if this store lacks blocks of it: it never signs over missing data."""
+        c = self._sigc
+        if c is not None and c[0] == tree_hash and c[1] == length and c[2] == fork:
+            return c[3]
+        if contig < length:
+            return b""
+        secret = self._secret or self._signer
+        if secret is None:  # a read-only store holds the seed: it signs in memory, writes nothing
+            secret = self._signer = self._derive_secret(self._st.record)
+        sig = _crypto.sign(_crypto.signable(self.key, tree_hash, length, fork), secret)
+        self._sigc = (tree_hash, length, fork, sig)
+        return sig
 
     def _load(self) -> None:
         """Re-read the committed state from disk and publish it (bumping ``version``).
@@ -186,13 +162,14 @@ class Log(Changes):
     def _read_state(self, txn: lmdb.Transaction, record: dict) -> LogState:
         raw = txn.get(self._hkey, db=self._db)
         self._raw = None if raw is None else bytes(raw)
-        if raw is None:  # nothing committed yet: the empty head (see ``_signed``)
-            return LogState(0, 0, 0, 0, EMPTY_TREE_HASH, None if record.get("writable") else b"", (), record)
+        owned = bool(record.get("writable"))
+        if raw is None:  # nothing committed yet: the empty head (signed when read, if ours)
+            return LogState(0, 0, 0, 0, EMPTY_TREE_HASH, None if owned else b"", (), record)
         fork, length, contig, byte_length, th, sig = HEAD.unpack(raw)
         roots: tuple[Node, ...] = ()
         if self._secret is not None and contig >= length:
             roots = tuple(self._node(txn, r) for r in _flat.full_roots(length))
-        return LogState(fork, length, contig, byte_length, th, sig, roots, record)
+        return LogState(fork, length, contig, byte_length, th, stored_signature(sig, owned), roots, record)
 
     def _fresh(self) -> LogState:
         """The committed state; re-read when another process may be writing (read-only stores)."""
@@ -241,7 +218,7 @@ class Log(Changes):
     def _put_head(self, txn: lmdb.Transaction, st: LogState) -> None:
         txn.put(
             self._hkey,
-            HEAD.pack(st.fork, st.length, st.contig, st.byte_length, st.tree_hash, st.signature or b""),
+            HEAD.pack(st.fork, st.length, st.contig, st.byte_length, st.tree_hash, st.signature or UNSIGNED),
             db=self._db,
         )
 
@@ -315,9 +292,12 @@ class Log(Changes):
         return self._st.record.get("conflict")
 
     def head(self) -> Head:
-        """The current signed head."""
-        st = self._signed(self._fresh())
-        return Head(st.fork, st.length, st.tree_hash, st.signature or b"", st.byte_length)
+        """The current signed head (a head of a log this store writes is signed here, once)."""
+        st = self._fresh()
+        sig = st.signature
+        if sig is None:
+            sig = self._signature(st.fork, st.length, st.contig, st.tree_hash)
+        return Head(st.fork, st.length, st.tree_hash, sig, st.byte_length)
 
     def roots(self) -> list[Node]:
         """The roots of the current signed tree."""
@@ -440,9 +420,6 @@ class Log(Changes):
     def _sign(self, root_hash: bytes, length: int, fork: int) -> bytes:
         return _crypto.sign(_crypto.signable(self.key, root_hash, length, fork), self._secret)  # type: ignore[arg-type]
 
-    def _signable(self, st: LogState) -> bytes:
-        return _crypto.signable(self.key, st.tree_hash, st.length, st.fork)
-
     def _check_complete(self, st: LogState) -> None:
         if st.contig < st.length:
             raise IncompleteLog(
@@ -460,7 +437,7 @@ class Log(Changes):
         concurrent appends, from any threads and to any logs of the store, share
         one transaction and one fsync (see ``Store.batch``).
         """
-        blocks = _blocks_arg(data)
+        blocks = blocks_arg(data)
         self._check_writable()
         return self._store._writer.run(
             self, lambda txn, st: append_part(self, txn, st, blocks, expected_length), True
@@ -475,7 +452,7 @@ class Log(Changes):
         completes and its result is returned (the cancellation surfaces at the
         next checkpoint).
         """
-        blocks = _blocks_arg(data)
+        blocks = blocks_arg(data)
         self._check_writable()
         return await self._store._writer.run_async(
             self, lambda txn, st: append_part(self, txn, st, blocks, expected_length), True
@@ -492,20 +469,6 @@ class Log(Changes):
         length = _index(length)
         self._check_writable()
         await self._store._writer.run_async(self, lambda txn, st: truncate_part(self, txn, st, length))
-
-    def _delete_from(self, txn: lmdb.Transaction, length: int, old_length: int) -> None:
-        """Delete every block >= length and every node not wholly inside [0, length)."""
-        for start, prefix in (
-            (block_key(self.id, length), block_key(self.id, 0)[:5]),
-            (node_key(self.id, 2 * length), node_key(self.id, 0)[:5]),
-        ):
-            cur = txn.cursor(db=self._db)
-            if cur.set_range(start):
-                while cur.key()[: len(prefix)] == prefix:
-                    if not cur.delete():
-                        break
-        for x in _flat.crossing_ancestors(length, max(old_length, length)):
-            txn.delete(node_key(self.id, x), db=self._db)
 
     def _set_record(self, **changes: object) -> None:
         """Update this log's record (e.g. a conflict mark) through the writer."""
@@ -535,16 +498,17 @@ class Log(Changes):
             )
         with self._read() as txn:
             raw = txn.get(self._hkey, db=self._db)
-            if raw is None:  # nothing committed: the empty head, signed on demand
-                e = self._signed(LogState(0, 0, 0, 0, EMPTY_TREE_HASH, None, (), self._st.record))
-                raw = HEAD.pack(0, 0, 0, 0, e.tree_hash, e.signature or b"")
-            head = HEAD.unpack(raw)
-            fork, length, contig = head[0], head[1], head[2]
+            if raw is None:  # nothing committed: the empty head
+                fork, length, contig, th, sig = 0, 0, 0, EMPTY_TREE_HASH, UNSIGNED
+            else:
+                fork, length, contig, _, th, sig = HEAD.unpack(raw)
             if end > contig:
                 raise OutOfRange(f"cannot prove up to {end}: only {contig} blocks held")
             nodes = tuple(self._node(txn, x) for x in needed_nodes(length, have, start, end))
             blocks = tuple(self._blocks(txn, start, end))
-        return Proof(fork, length, head[5], start, blocks, nodes, have, self._manifest)
+        if sig == UNSIGNED and self._st.record.get("writable"):  # our own head: signed now
+            sig = self._signature(fork, length, contig, th) or UNSIGNED
+        return Proof(fork, length, sig, start, blocks, nodes, have, self._manifest)
 
     def upgrade_proof(self, from_length: int) -> Proof:
         """What a replica holding ``[0, from_length)`` needs to trust the current head."""
@@ -569,22 +533,7 @@ class Log(Changes):
         The replica re-checks the real prefix against the signed head when it
         applies a reorganising proof, so this is only a hint for requests.
         """
-        st = self._fresh()
-        if fork == st.fork:
-            return min(contiguous, st.contig)
-        if fork > st.fork:
-            return 0
-        keep = min(contiguous, st.contig)
-        cur = st.fork
-        with self._read() as txn:
-            while cur > fork:
-                raw = txn.get(fork_key(self.id, cur), db=self._db)
-                if raw is None:
-                    return 0
-                prev, kept = FORK_VALUE.unpack(raw)
-                keep = min(keep, kept)
-                cur = prev
-        return keep
+        return _apply.common_prefix(self, fork, contiguous)
 
     def apply(self, proof: Proof) -> bool:
         """Verify a proof from a peer and commit its blocks, nodes and head in one transaction.

@@ -12,8 +12,9 @@ LMDB; blocks sort last within a log so appends fill pages at the right edge.
  names     log name (utf-8)                log key
  dkeys     discovery key (32 bytes)        log key (``find`` in O(1); built on open if missing)
  data      u32 id || 0                     the head: fork, length, contiguous, byte length,
-                                           tree hash, signature (``_log.HEAD``); absent until
-                                           the log's first change (``Log._signed``)
+                                           tree hash, signature (``_log.HEAD``; zeroed for
+                                           our own logs: signed when read, ``_heads``); absent
+                                           until the log's first change
  data      u32 id || 1 || u64 fork         previous fork, length kept (truncation history)
  data      u32 id || 2 || u64 flat index   node: u64 size (LE) || 32-byte hash
  data      u32 id || 3 || u64 index        block bytes
@@ -358,8 +359,8 @@ class Store:
             record = self._unpack_record(existing) if existing else None
             state = None
             if record is None:
-                # no head is stored until the first change: the empty head is signed on demand
-                # (Log._signed), so a new log costs one key derivation and no signature
+                # no head is stored until the first change: the empty head is signed when read
+                # (``_heads``), so a new log costs one key derivation and no signature
                 record = {"id": self._new_id(txn), "name": name, "writable": True, "manifest": manifest}
                 if key_seed is not None:
                     record["key_seed"] = key_seed

@@ -7,8 +7,7 @@ commit costs one fsync whatever it holds. So a Store has exactly one writer
 (this module) and every change (append, truncate, a verified download, a new
 log, a record update) is a *part*: a function run inside the writer's
 transaction. Parts that arrive while a commit is in progress queue up, and the
-next commit takes them all: one LMDB transaction, one fsync, one signature per
-log (group commit).
+next commit takes them all: one LMDB transaction, one fsync (group commit).
 
 Leader and followers: a caller that finds the writer idle becomes the *leader*
 and commits its own part at once (a lone caller pays nothing for batching).
@@ -27,10 +26,10 @@ them runs in the batch transaction itself, without a nested transaction per
 part; an ``lmdb.Error`` in the middle of one spoils the transaction, and the
 batch is then run again part by part, nested. Parts compute from the batch's *pending*
 state of their log (``LogState``), so two appends to one log in one batch
-chain; heads are written (and signed, for logs this store writes) once per
-log at the end of the batch, side by side on the spare cores
-(``_crypto.sign_many``). Trio tasks of one run are woken with one
-``run_sync_soon`` per commit. Callers return once the commit is durable
+chain; heads are written once per log at the end of the batch. A head of a
+log this store writes is written unsigned and signed when it is read (see
+``_heads``): a commit makes no signature, and a head nobody reads is never
+signed. Trio tasks of one run are woken with one ``run_sync_soon`` per commit. Callers return once the commit is durable
 (``sync=True``) and the logs' in-memory state and change versions are
 published.
 
@@ -49,7 +48,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import lmdb
 
-from . import _crypto
 from ._tree import Node
 from ._wakers import TrioTaskWake, wake_all
 from .errors import CorelogError, StoreClosed, StoreFull
@@ -67,7 +65,7 @@ class LogState(NamedTuple):
     contig: int
     byte_length: int
     tree_hash: bytes
-    signature: bytes | None  # None: to be signed by this store at the end of the batch
+    signature: bytes | None  # None: our own head, stored unsigned, signed when read (``_heads``)
     roots: tuple[Node, ...]  # roots of ``length`` (writable, contiguous logs only)
     record: dict[str, Any]
     encoded_roots: bytes | None = None  # ``_crypto.encode_roots(roots)``, once an append has made it
@@ -207,20 +205,9 @@ class _Batch:
             self.txn = self.store._env.begin(write=True)
 
     def commit(self) -> list[tuple[Log, LogState]]:
-        """Sign and write every touched head, commit; returns what to publish.
-
-        The heads are signed together (``_crypto.sign_many``: on the spare cores).
-        """
+        """Write every touched head (our own logs' unsigned), commit; returns what to publish."""
         out = list(self.states.values())
         try:
-            unsigned = [i for i, (_, st) in enumerate(out) if st.signature is None]
-            if unsigned:
-                sigs = _crypto.sign_many(
-                    [out[i][0]._signable(out[i][1]) for i in unsigned],
-                    [out[i][0]._secret for i in unsigned],  # type: ignore[misc]
-                )
-                for i, sig in zip(unsigned, sigs, strict=True):
-                    out[i] = (out[i][0], signed(out[i][1], sig))
             for log, st in out:
                 log._put_head(self.txn, st)
             self.txn.commit()
@@ -412,8 +399,6 @@ class Writer:
         try:
             result, new = part.fn(txn, st)
             if new is not st:
-                if new.signature is None:
-                    new = signed(new, _crypto.sign(log._signable(new), log._secret))  # type: ignore[arg-type]
                 log._put_head(txn, new)
             txn.commit()
         except Followup:

@@ -92,7 +92,8 @@ def verify_restore(log: Log) -> None:
     """Refuse to continue a machine whose signed tree or restore entries do not verify: O(log n).
 
     Checks that the stored roots hash to the signed head's tree hash under a valid signature (what
-    the next append extends and re-signs), and that the last entry and its header (what the machine
+    the next append extends; ``log.head()`` signs a head this store stored unsigned, so this also
+    checks that the store's key pair is the log's), and that the last entry and its header (what the machine
     restores from) match their Merkle leaves. Damage in older entries does not change the state the
     machine continues from; ``Log.audit()`` / ``corelog audit`` find it.
     """

@@ -9,7 +9,7 @@ the store's group-commit writer (``corelog._writer``: one LMDB transaction,
 shared with whatever else the store commits meanwhile). Inside it, it runs each machine's
 transition (``_fleet_stage``) on its committed snapshot in queue order (so each machine runs to
 completion, one event after another, while different machines share the
-batch), writes every machine's new blocks under one signature per machine, the
+batch), writes every machine's new blocks and head (signed when read), the
 index rows, the change-feed rows and listener cursors, commits (one fsync with
 ``sync=True``), and only then updates its cache and wakes the waiters. An
 operation that fails (unknown event, an action raising, an unserialisable
@@ -416,7 +416,7 @@ class Fleet:
         known = self._kinds.get(row[0])
         if known is None:
             raise UnknownKind(f"machine {op.mid!r} is a {row[0]!r}, a kind this fleet has not registered")
-        state = fs.load_log_state(txn, self._dbs, self._seed, row[1])
+        state = fs.load_log_state(txn, self._dbs, row[1])
         if state is None or state.length == 0:
             raise MachineError(f"the log of machine {op.mid!r} is missing or empty; the store is damaged")
         kind, log = known, state
@@ -485,8 +485,6 @@ class Fleet:
         dbs = self._dbs
         meta = dbs.meta
         try:
-            heads: list[tuple[fs.LogState, bytes, int]] = []
-            byte_lengths: list[int] = []
             for mid, st in stages.items():
                 if not st.blocks:
                     continue
@@ -495,8 +493,7 @@ class Fleet:
                     fs.create_log(txn, self.store, log)
                 roots, length, byte_length, th = fs.put_blocks(txn, dbs, log, st.blocks)
                 st.result = (roots, length, byte_length)
-                heads.append((log, th, length))
-                byte_lengths.append(byte_length)
+                fs.put_head(txn, dbs, log, length, byte_length, th)  # unsigned: signed when read
                 snap = st.snapshot
                 assert snap is not None
                 txn.put(
@@ -513,11 +510,6 @@ class Fleet:
                     ),
                     db=meta,
                 )
-            # one signature per machine, all made together (spread over the spare cores)
-            for (log, th, length), byte_length, sig in zip(
-                heads, byte_lengths, fs.sign_heads(heads), strict=True
-            ):
-                fs.put_head(txn, dbs, log, length, byte_length, th, sig)
             if feed and (self._feed_on or self.listeners.active):
                 self._feed_on = True
                 seq = self._seq

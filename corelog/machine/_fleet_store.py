@@ -11,17 +11,19 @@ every fleet key starts with ``fleet/``)::
 
 Each machine is an ordinary writable log named ``fleet:<id>`` (signed, Merkle,
 replicable, auditable). A fleet commit writes, in ONE LMDB transaction, the new
-logs' records, every machine's blocks, tree nodes and signed head (one signature
-per machine per commit), the index rows, the feed rows and the listener cursors,
-so a crash leaves all of it or none of it.
+logs' records, every machine's blocks, tree nodes and head, the index rows, the
+feed rows and the listener cursors, so a crash leaves all of it or none of it.
+Heads are written unsigned, as the log layer's own appends write them: the
+``Log`` signs a head when it is read (``corelog._heads``), so a fleet commit
+makes no signature.
 
 A fleet batch is ONE part of the store's group-commit writer (``corelog._writer``),
 so it shares the transaction and the fsync with whatever else the store commits.
-Inside it the fleet writes its machines' blocks, nodes and signed heads itself
-(the same keys and values as ``corelog._keys``: one signature per machine per
-batch), then tells any open ``Log`` object (``Log._load``). A machine whose
-``Log`` is open is checked against its signed head first (compare-and-append),
-so appends made outside the fleet are reloaded, never overwritten.
+Inside it the fleet writes its machines' blocks, nodes and heads itself (the
+same keys and values as ``corelog._keys``), then tells any open ``Log`` object
+(``Log._load``). A machine whose ``Log`` is open is checked against its head
+first (compare-and-append), so appends made outside the fleet are reloaded,
+never overwritten.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import lmdb
 import msgpack
 
 from corelog import _crypto, _flat
+from corelog._heads import UNSIGNED
 from corelog._keys import BLOCK, HEAD, KEY, NODE, NODE_VALUE, head_key
 from corelog._tree import Node, append_nodes
 
@@ -73,13 +76,13 @@ def unpack(raw: bytes) -> Any:
 
 
 class LogState:
-    """What a commit needs to extend one log: id, key, secret, roots, length."""
+    """What a commit needs to extend one log: id, key, roots, length (no secret: heads are
+    written unsigned, and the ``Log`` signs them when read)."""
 
-    __slots__ = ("lid", "key", "name", "secret", "roots", "length", "byte_length", "fork", "manifest")
+    __slots__ = ("lid", "key", "name", "roots", "length", "byte_length", "fork", "manifest")
 
-    def __init__(self, name: str, secret: bytes, key: bytes, manifest: bytes):
+    def __init__(self, name: str, key: bytes, manifest: bytes):
         self.name = name
-        self.secret = secret
         self.key = key
         self.manifest = manifest
         self.lid = 0  # assigned when the log is created (in the commit that first writes it)
@@ -90,13 +93,13 @@ class LogState:
 
 
 def new_log_state(store_seed: bytes, name: str) -> LogState:
-    public, secret = _crypto.keypair_from_seed(_crypto.derive_seed(store_seed, name))
+    public, _ = _crypto.keypair_from_seed(_crypto.derive_seed(store_seed, name))
     manifest = _crypto.manifest_for(public)
-    return LogState(name, secret, _crypto.log_key(manifest), manifest)
+    return LogState(name, _crypto.log_key(manifest), manifest)
 
 
 def read_head(txn: lmdb.Transaction, dbs: Any, lid: int) -> tuple[int, int, int] | None:
-    """(fork, length, byte length) of log ``lid``'s signed head, or None."""
+    """(fork, length, byte length) of log ``lid``'s head, or None."""
     raw = txn.get(head_key(lid), db=dbs.data)
     if raw is None:
         return None
@@ -104,7 +107,7 @@ def read_head(txn: lmdb.Transaction, dbs: Any, lid: int) -> tuple[int, int, int]
     return fork, length, byte_length
 
 
-def load_log_state(txn: lmdb.Transaction, dbs: Any, store_seed: bytes, key: bytes) -> LogState | None:
+def load_log_state(txn: lmdb.Transaction, dbs: Any, key: bytes) -> LogState | None:
     """The write state of an existing writable log (None if the store does not hold it)."""
     raw = txn.get(key, db=dbs.logs)
     if raw is None:
@@ -112,10 +115,7 @@ def load_log_state(txn: lmdb.Transaction, dbs: Any, store_seed: bytes, key: byte
     record = msgpack.unpackb(raw)
     if not record.get("writable"):
         return None
-    name = record.get("name") or ""
-    seed = record.get("key_seed") or _crypto.derive_seed(store_seed, name)
-    _, secret = _crypto.keypair_from_seed(seed)
-    st = LogState(name, secret, key, record.get("manifest"))
+    st = LogState(record.get("name") or "", key, record.get("manifest"))
     st.lid = record["id"]
     head = read_head(txn, dbs, st.lid)
     if head is not None:
@@ -158,7 +158,7 @@ def put_blocks(
     txn: lmdb.Transaction, dbs: Any, st: LogState, blocks: list[bytes]
 ) -> tuple[list[Node], int, int, bytes]:
     """Put ``blocks`` and their tree nodes; returns (roots, length, byte length, tree hash) for
-    the head that ``put_head`` writes once it is signed (``st`` is not modified)."""
+    the head that ``put_head`` writes (``st`` is not modified)."""
     start = st.length
     new_nodes, roots = append_nodes(st.roots, start, blocks)
     length = start + len(blocks)
@@ -172,18 +172,9 @@ def put_blocks(
     return roots, length, byte_length, _crypto.tree_hash(roots)
 
 
-def put_head(
-    txn: lmdb.Transaction, dbs: Any, st: LogState, length: int, byte_length: int, th: bytes, sig: bytes
-) -> None:
-    txn.put(head_key(st.lid), HEAD.pack(st.fork, length, length, byte_length, th, sig), db=dbs.data)
-
-
-def sign_heads(heads: list[tuple[LogState, bytes, int]]) -> list[bytes]:
-    """The signatures of new heads ``(log, tree hash, length)``, made together (on the spare cores)."""
-    return _crypto.sign_many(
-        [_crypto.signable(st.key, th, length, st.fork) for st, th, length in heads],
-        [st.secret for st, _, _ in heads],
-    )
+def put_head(txn: lmdb.Transaction, dbs: Any, st: LogState, length: int, byte_length: int, th: bytes) -> None:
+    """Write the machine log's new head, unsigned: its ``Log`` signs it when read (``corelog._heads``)."""
+    txn.put(head_key(st.lid), HEAD.pack(st.fork, length, length, byte_length, th, UNSIGNED), db=dbs.data)
 
 
 # --- reading (also from a read-only store: the CLI) -------------------------------------
