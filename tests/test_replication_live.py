@@ -44,7 +44,7 @@ def test_an_append_reaches_a_live_replica_with_its_head_without_a_request(make_s
     rep = rs.get(key=log.key)
     a, b = live_pair(ws, rs, batch_blocks=16)
     assert rep.contiguous_length == 100 and b.synced
-    assert b.stats.tails_sent == 1 and sum(len(v) for v in a._parked.values()) == 1  # parked with a
+    assert b.stats.tails_sent == 1 and sum(len(v) for v in a._answers.parked.values()) == 1  # parked with a
     log.append([b"live 1", b"live 2"])
     out = frames(a.local_changed(log))
     assert [type(m) for m in out] == [Head, Data]  # the Head and the blocks, in one flight
@@ -68,10 +68,10 @@ def test_a_tail_answered_with_nodata_is_not_parked_again_until_a_new_head(make_s
     log.append([b"x"] * 10)
     rep = rs.get(key=log.key)
     a, b = live_pair(ws, rs)
-    ((dkey, parked),) = a._parked.items()
+    ((dkey, parked),) = a._answers.parked.items()
     ch, msg = parked.pop()
-    del a._parked[dkey]
-    a._no_data(ch, msg.id, "not now")  # a peer that refuses to keep tails
+    del a._answers.parked[dkey]
+    a._answers.no_data(ch, msg.id, "not now")  # a peer that refuses to keep tails
     back = frames(b.receive_data(a.data_to_send()))
     assert not any(isinstance(m, Request) for m in back) and b.synced  # no retry loop
     assert b.stats.tails_sent == 1
@@ -103,7 +103,7 @@ def test_tails_are_a_quarter_of_the_credit_at_most(make_store):
         lg.append(b"x")
         rs.get(key=lg.key)
     a, b = live_pair(ws, rs, max_inflight=16, max_requests=16)
-    assert b.synced and b.stats.tails_sent == 4 and sum(len(v) for v in a._parked.values()) == 4
+    assert b.synced and b.stats.tails_sent == 4 and sum(len(v) for v in a._answers.parked.values()) == 4
     for lg in logs:  # channels with a tail get pushed; the others still follow Heads
         lg.append(b"y")
         pump(a, b, a.local_changed(lg), b"")

@@ -18,6 +18,12 @@ Driver interface (what ``_session.Session`` does)::
 ``receive_data``/``local_changed``/``add_log`` are the same with storage work
 run inline (tests and simple synchronous drivers).
 
+The Replicator dispatches frames and owns the channels (opening, heads,
+conflicts, errors). Two helpers it owns hold the rest: ``Requests``
+(:mod:`._requests`: what we ask the peer for, within its credit) and
+``Answers`` (:mod:`._answers`: the peer's requests we answer); the limits,
+channel records and storage work items are in :mod:`._work`.
+
 Per log (channel):
 
 * Only the initiator opens channels, and only for the logs it was given. A
@@ -75,6 +81,7 @@ from corelog import Head as LogHead
 from corelog import Log, Store
 from corelog.errors import Conflict, InvalidProof, NotWritable
 
+from ._answers import Answers
 from ._connection import CLOSED, NEED_DATA, ChannelState, Connection
 from ._messages import (
     Close,
@@ -89,7 +96,8 @@ from ._messages import (
     Pong,
     Request,
 )
-from ._work import SLOW_START, Commit, Limits, Read, Stats, _Channel
+from ._requests import Requests
+from ._work import Commit, Limits, Read, Stats, _Channel
 from .errors import ProtocolError
 
 
@@ -148,14 +156,9 @@ class Replicator:
         self._pongs = 0  # Pongs queued since the driver last drained the outbox
         self._heads: OrderedDict[bytes, None] = OrderedDict()  # channels with a Head to announce
         self._commits: deque[Commit] = deque()
-        self._reads: deque[tuple[_Channel, Request]] = deque()
-        self._parked: dict[bytes, list[tuple[_Channel, Request]]] = {}  # peer's tails, by channel
-        self._tails = 0  # our tail requests parked with the peer
+        self._answers = Answers(self.conn, limits, self.stats, self._out)  # the peer's requests
+        self._requests = Requests(self.conn, limits, self.stats, self._out, clock, live)  # ours
         self._dummy_key = os.urandom(32)
-        # per-channel work lists, so each event costs O(1) whatever the number of channels
-        self._unsynced: dict[bytes, _Channel] = {}  # requests in flight, commits queued, or wants more
-        self._todo: OrderedDict[bytes, _Channel] = OrderedDict()  # may have requests to issue
-        self._backoff: dict[bytes, _Channel] = {}  # waiting for retry_at
         self._next_ping = 1
         self.progress_at = clock()  # last useful event from the peer (not Pings)
         self.backlog = 0  # bytes of received Data queued as Commits
@@ -174,17 +177,17 @@ class Replicator:
     @property
     def synced(self) -> bool:
         """True once the barrier passed and every open channel holds what the peer announced."""
-        return self._barrier_done and not self._unsynced
+        return self._barrier_done and not self._requests.unsynced
 
     @property
     def busy(self) -> bool:
         """Work queued for the driver (frames, commits or answers)."""
-        return bool(self._out or self._heads or self._commits or self._reads)
+        return bool(self._out or self._heads or self._commits or self._answers.reads)
 
     @property
     def wants_write(self) -> bool:
         """Frames or peer requests are queued for the writer."""
-        return bool(self._out or self._heads or self._reads)
+        return bool(self._out or self._heads or self._answers.reads)
 
     @property
     def has_commits(self) -> bool:
@@ -194,7 +197,7 @@ class Replicator:
     @property
     def next_deadline(self) -> float | None:
         """When ``tick()`` should run next (a backed-off channel may retry), if ever."""
-        return min((ch.retry_at for ch in self._backoff.values()), default=None)
+        return self._requests.next_deadline
 
     def channel_open(self, log: Log) -> bool:
         return self.conn.channel_state(log.discovery_key) is ChannelState.OPEN
@@ -257,45 +260,28 @@ class Replicator:
 
     def next_read(self) -> Read | None:
         """The next peer Request to answer (run it, then ``read_done``); None when none waits."""
-        while self._reads and self.error is None:
-            ch, msg = self._reads.popleft()
-            dkey = ch.log.discovery_key
-            if self.conn.channel_state(dkey) is not ChannelState.OPEN:
+        answers = self._answers
+        while answers.reads and self.error is None:
+            ch, msg = answers.reads.popleft()
+            if self.conn.channel_state(ch.log.discovery_key) is not ChannelState.OPEN:
                 continue  # closed meanwhile: the request was dropped with it
             if ch.closed_reason:
-                self._guard(functools.partial(self._no_data, ch, msg.id, "conflicted"))
+                self._guard(functools.partial(answers.no_data, ch, msg.id, "conflicted"))
                 continue
-            log = ch.log
-            if msg.fork == log.fork and msg.start == log.contiguous_length:
-                self._parked.setdefault(dkey, []).append((ch, msg))  # a tail: answered when we grow
-                continue
-            avg = log.byte_length // log.length + 8 if log.length else 8
-            end = min(msg.end, log.contiguous_length) if msg.fork == log.fork else msg.end
-            span = min(max(0, end - msg.start), self.limits.batch_blocks) + 1  # (what we hold)
-            return Read(
-                log,
-                msg,
-                ch,
-                self.conn.channel_number(dkey),
-                self.conn.send_limit,
-                self.limits.batch_blocks,
-                estimate=min(span * avg, self.conn.send_limit),
-            )
+            if answers.park(ch, msg):
+                continue  # a tail: answered when we grow
+            return answers.read(ch, msg)
         return None
 
     def read_done(self, work: Read) -> bytes:
         """The frame answering a finished Read (plus any control frames queued)."""
-        self._guard(lambda: self._read_done(work))
+        self._guard(lambda: self._answers.read_done(work))
         return self.data_to_send()
 
     def tick(self) -> None:
         """Retry channels whose back-off expired."""
-        now = self.clock()
-        for dkey, ch in list(self._backoff.items()):
-            if ch.retry_at <= now:
-                del self._backoff[dkey]
-                self._todo[dkey] = ch
-        self._guard(self._pump_all)
+        self._requests.retry_due(self.clock())
+        self._guard(self._requests.pump_all)
 
     def open_log(self, log: Log) -> None:
         """Start replicating one more log on this connection (see the privacy rule above)."""
@@ -323,9 +309,7 @@ class Replicator:
         dkey = log.discovery_key
         if dkey in self._channels and not self.conn.closed:
             self._heads[dkey] = None
-            parked = self._parked.pop(dkey, None)
-            if parked:
-                self._reads.extend(parked)  # next_read parks them again if nothing is new
+            self._answers.unpark(dkey)
 
     def receive_data(self, data: bytes) -> bytes:
         """``feed`` with the storage work run inline; returns every byte to send back."""
@@ -360,8 +344,7 @@ class Replicator:
             self.error = exc
             self._commits.clear()
             self.backlog = 0
-            self._reads.clear()
-            self._parked.clear()
+            self._answers.clear()
             self._heads.clear()
             if not self.conn.closed:
                 self._out.append(self.conn.error_frame(exc))
@@ -380,7 +363,7 @@ class Replicator:
                 break
             self.handled += 1
             self._handle(ev)  # type: ignore[arg-type]
-        self._pump_all()
+        self._requests.pump_all()
         self._maybe_done()
 
     def _maybe_done(self) -> None:
@@ -418,30 +401,26 @@ class Replicator:
         dkey = self.conn.discovery_key_of(msg.channel)  # type: ignore[attr-defined]
         ch = self._channels.get(dkey)
         if isinstance(msg, Close):
-            self._parked.pop(dkey, None)
+            self._answers.drop(dkey)
             if ch is not None:
                 ch.closed_reason = f"closed by peer: {msg.reason}"
-                ch.inflight.clear()
-                self._end_tail(ch)
-                self._touch(ch)
+                self._requests.drop(ch)
             return
         if ch is None:  # open on the wire but not accepted by us: only reachable by a bug
             raise ProtocolError("message on a channel we never accepted")
         if isinstance(msg, Head):
             self._on_head(ch, msg)
         elif isinstance(msg, Request):
-            self._reads.append((ch, msg))  # small; bounded by our max_inflight (Connection checks)
+            self._answers.add(ch, msg)
         elif isinstance(msg, Data):
             self._on_data(ch, msg)
         elif isinstance(msg, NoData):
             if msg.id == ch.tail:
-                self._end_tail(ch)
-                ch.tail_refused = ch.remote_head  # not again until the peer announces a new head
-                self._touch(ch)  # (requests what the tail was to bring, if the peer announced it)
+                self._requests.refuse_tail(ch)
                 return
             ch.inflight.pop(msg.id, None)
             self._window_end(ch)
-            self._touch(ch)
+            self._requests.touch(ch)
 
     # --- channels -----------------------------------------------------------------
 
@@ -524,20 +503,16 @@ class Replicator:
             self._close_conflict(ch, exc)
             return
         old = ch.remote_head
-        dkey = ch.log.discovery_key
         if ch.log.manifest is not None and (old is None or (old.fork, old.length) != (msg.fork, msg.length)):
-            ch.fruitless, ch.retry_at = 0, 0.0  # a verified new head: worth trying again
-            self._backoff.pop(dkey, None)
+            self._requests.new_head(ch)  # a verified new head: worth trying again
         ch.remote_head = msg
-        self._touch(ch)
+        self._requests.touch(ch)
 
     def _close_conflict(self, ch: _Channel, exc: Conflict) -> None:
         dkey = ch.log.discovery_key
         ch.closed_reason = str(exc)
-        ch.inflight.clear()
-        self._end_tail(ch)
-        self._parked.pop(dkey, None)  # (the peer's tails on it die with the channel)
-        self._touch(ch)
+        self._requests.drop(ch)
+        self._answers.drop(dkey)
         if ch.log.key not in self.stats.conflicts:
             self.stats.conflicts.append(ch.log.key)
         if self.conn.channel_state(dkey) not in (None, ChannelState.CLOSED):
@@ -546,58 +521,16 @@ class Replicator:
     def _give_up(self, ch: _Channel, reason: str) -> None:
         dkey = ch.log.discovery_key
         ch.closed_reason = reason
-        ch.inflight.clear()
-        self._end_tail(ch)
-        self._parked.pop(dkey, None)  # (the peer's tails on it die with the channel)
-        self._touch(ch)
+        self._requests.drop(ch)
+        self._answers.drop(dkey)
         self.stats.failures[ch.log.key] = reason
         if self.conn.channel_state(dkey) not in (None, ChannelState.CLOSED):
             self._out.append(self.conn.send(Close(self.conn.channel_number(dkey), "giving up")))
 
-    # --- serving ------------------------------------------------------------------
-
-    def _no_data(self, ch: _Channel, rid: int, reason: str) -> None:
-        dkey = ch.log.discovery_key
-        if self.conn.channel_state(dkey) is ChannelState.OPEN:
-            self._out.append(self.conn.send(NoData(self.conn.channel_number(dkey), rid, reason)))
-
-    def _read_done(self, work: Read) -> None:
-        if work.error is not None:
-            raise work.error
-        ch, msg = work.channel, work.request
-        if self.conn.channel_state(ch.log.discovery_key) is not ChannelState.OPEN:
-            return
-        if work.proof is None:
-            self._no_data(ch, msg.id, work.reason or "cannot answer")
-            return
-        proof = work.proof
-        self._out.append(
-            self.conn.send(
-                Data(
-                    work.number,
-                    msg.id,
-                    proof.fork,
-                    proof.length,
-                    proof.signature,
-                    proof.start,
-                    list(proof.blocks),
-                    [[n.index, n.size, n.hash] for n in proof.nodes],
-                    proof.have,
-                    proof.manifest,
-                )
-            )
-        )
-        self.stats.blocks_sent += len(proof.blocks)
-        self.stats.bytes_sent += work.block_bytes
-
     # --- receiving ----------------------------------------------------------------
 
     def _on_data(self, ch: _Channel, msg: Data) -> None:
-        ch.inflight.pop(msg.id, None)
-        tail = msg.id == ch.tail
-        if tail:
-            self._end_tail(ch)
-        probe = msg.id == ch.probe
+        tail, probe = self._requests.on_answer(ch, msg.id)
         if ch.closed_reason:
             return
         ch.committing += 1
@@ -606,7 +539,7 @@ class Replicator:
         work.size = work.block_bytes + 48 * len(msg.nodes)
         self.backlog += work.size
         self._commits.append(work)
-        self._touch(ch)
+        self._requests.touch(ch)
 
     def _commit_done(self, work: Commit) -> None:
         self.backlog -= work.size
@@ -629,12 +562,8 @@ class Replicator:
             # A proof that fails against our stored nodes may come from a writer that signed two
             # histories. Ask for block 0 with a self-contained proof: the log layer compares its
             # nodes with ours and records the conflict; if it is not one, the peer is at fault.
-            dkey = ch.log.discovery_key
             ch.suspect = exc
-            ch.probe = self.conn.next_request_id
-            self._out.append(self.conn.request(dkey, ch.log.fork, 0, 0, 1))
-            ch.inflight[ch.probe] = (0, 1)
-            self._touch(ch)
+            ch.probe = self._requests.probe(ch)
             return
         if isinstance(exc, Conflict):
             self._close_conflict(ch, exc)
@@ -651,155 +580,15 @@ class Replicator:
             self.stats.blocks_received += len(work.data.blocks)
             self.stats.bytes_received += work.block_bytes
         self._window_end(ch)
-        self._touch(ch)
-        self._pump_all()
+        self._requests.touch(ch)
+        self._requests.pump_all()
         self._maybe_done()
 
-    # --- requesting ---------------------------------------------------------------
-
     def _window_end(self, ch: _Channel) -> None:
-        """After an answer: when the window drained, judge whether it brought anything."""
-        if ch.inflight or ch.committing or ch.closed_reason:
-            return
-        log = ch.log
-        now_mark = (log.fork, log.contiguous_length)
-        ch.next_start = log.contiguous_length
-        if now_mark > ch.window_mark:
-            ch.fruitless, ch.retry_at = 0, 0.0
-            return
-        if not self._wants(ch):
-            return
-        ch.fruitless += 1
-        if ch.fruitless > self.limits.max_fruitless:
-            self._give_up(
-                ch,
-                f"the peer announced data it did not deliver ({ch.fruitless - 1} retries of "
-                f"[{log.contiguous_length}, ...) answered with nothing usable)",
-            )
-            return
-        ch.retry_at = self.clock() + self.limits.backoff * 2 ** (ch.fruitless - 1)
-
-    def _touch(self, ch: _Channel) -> None:
-        """Re-file a channel after its state changed (O(1))."""
-        dkey = ch.log.discovery_key
-        live = not ch.closed_reason and self.conn.channel_state(dkey) is ChannelState.OPEN
-        wants = live and self._wants(ch)
-        if live and (ch.inflight or ch.committing or wants):
-            self._unsynced[dkey] = ch
-        else:
-            self._unsynced.pop(dkey, None)
-            self._todo.pop(dkey, None)
-            self._backoff.pop(dkey, None)
-            if live and self.live and ch.tail is None:
-                self._park_tail(ch)
-            return
-        if wants and dkey not in self._backoff:
-            if ch.retry_at:
-                self._backoff[dkey] = ch
-            else:
-                self._todo[dkey] = ch
-
-    def _wants(self, ch: _Channel) -> bool:
-        rh = ch.remote_head
-        log = ch.log
-        if rh is None or log.writable or ch.closed_reason or log.store.readonly:
-            return False  # (a read-only store serves, it cannot take data)
-        if rh.fork > log.fork:
-            return True
-        return rh.fork == log.fork and rh.contiguous > log.contiguous_length
-
-    def _pump_all(self) -> None:
-        now = None
-        todo = self._todo
-        while todo and self.conn.can_request:
-            dkey, ch = next(iter(todo.items()))
-            if ch.retry_at:
-                now = self.clock() if now is None else now
-                if now < ch.retry_at:
-                    del todo[dkey]
-                    self._backoff[dkey] = ch
-                    continue
-            self._pump(ch)
-            if self.conn.can_request or not self._wants(ch) or not self._more_to_request(ch):
-                del todo[dkey]  # issued all it can for now; an answer or a Head re-files it
-            self._touch_unsynced(ch)
-
-    def _more_to_request(self, ch: _Channel) -> bool:
-        rh = ch.remote_head
-        return (
-            rh is not None and rh.fork == ch.log.fork and bool(ch.inflight) and ch.next_start < rh.contiguous
-        )
-
-    def _touch_unsynced(self, ch: _Channel) -> None:
-        if ch.inflight or ch.committing:
-            self._unsynced[ch.log.discovery_key] = ch
-
-    def _pump(self, ch: _Channel) -> None:
-        if not self._wants(ch) or self.conn.channel_state(ch.log.discovery_key) is not ChannelState.OPEN:
-            return
-        if ch.committing and not ch.inflight:
-            return  # let the queued commits land first: a new window starts from what we hold
-        log = ch.log
-        rh = ch.remote_head
-        assert rh is not None
-        dkey = log.discovery_key
-        fork, contig = log.fork, log.contiguous_length
-        step = self._batch_for(rh)
-        if not ch.inflight:
-            ch.next_start = contig
-            ch.window_mark = (fork, contig)
-            ch.retry_at = 0.0
-            ch.ramp = max(1, step >> SLOW_START)  # (see "Slow start" above)
-            if ch.tail is not None and ch.tail_range[0] == fork:
-                ch.next_start = max(contig, ch.tail_range[1])  # the parked tail brings those
-        if rh.fork != fork:  # reorg: one request at a time until we are on the new fork
-            if not ch.inflight and not ch.committing and self.conn.can_request:
-                rid = self.conn.next_request_id
-                self._out.append(self.conn.request(dkey, fork, contig, contig, contig + step))
-                ch.inflight[rid] = (contig, contig + step)
-                self.stats.requests_sent += 1
-            return
-        while ch.next_start < rh.contiguous and self.conn.can_request:
-            start = ch.next_start
-            end = min(rh.contiguous, start + min(step, ch.ramp))
-            ch.ramp = min(2 * ch.ramp, step)
-            rid = self.conn.next_request_id
-            self._out.append(self.conn.request(dkey, fork, start, start, end))
-            ch.inflight[rid] = (start, end)
-            ch.next_start = end
-            self.stats.requests_sent += 1
-
-    def _park_tail(self, ch: _Channel) -> None:
-        """Park a request for the blocks after the peer's end (see "Live updates")."""
-        log, rh = ch.log, ch.remote_head
-        if (
-            rh is None
-            or rh is ch.tail_refused
-            or log.writable
-            or log.store.readonly
-            or ch.closed_reason
-            or rh.fork != log.fork
-            or rh.contiguous != log.contiguous_length
-            or not self.conn.can_request
-            or self._tails >= max(1, self.conn.request_limit // 4)
-            or ch.committing
-        ):
-            return
-        start = rh.contiguous
-        ch.tail = self.conn.next_request_id
-        ch.tail_range = (rh.fork, start + self._batch_for(rh))
-        self._out.append(self.conn.request(log.discovery_key, rh.fork, start, start, ch.tail_range[1]))
-        self._tails += 1
-        self.stats.tails_sent += 1
-
-    def _end_tail(self, ch: _Channel) -> None:
-        if ch.tail is not None:
-            ch.tail = None
-            self._tails -= 1
-
-    def _batch_for(self, rh: Head) -> int:
-        avg = rh.byte_length / rh.length if rh.length else 1
-        return max(1, min(self.limits.batch_blocks, int(self.limits.batch_bytes / max(avg, 1))))
+        """After an answer: when the channel's request window drained, judge it (``Requests``)."""
+        reason = self._requests.window_end(ch)
+        if reason is not None:
+            self._give_up(ch, reason)
 
 
 __all__ = ["Commit", "Limits", "Read", "Replicator", "Stats", "InvalidProof"]
