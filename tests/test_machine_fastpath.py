@@ -183,3 +183,50 @@ def test_initial_snapshot_shared_only_when_it_cannot_depend_on_time():
     timed = Statechart(TIMED, **IMPL)
     a, b = timed.initial_readonly(1), timed.initial_readonly(2)
     assert a is not b and a.timers != b.timers and a.context == {"n": 1}
+
+
+def test_fast_constructors_and_copies_equal_the_plain_ones():
+    """make_event/make_snapshot (slots set directly) give the same frozen values as the dataclass
+    constructors; copy_json's and freeze's flat-dict shortcuts give the same copies as their
+    general paths (nested containers still copied, non-JSON still refused)."""
+    import dataclasses
+
+    from corelog.machine import FrozenDict, FrozenList, Snapshot, UnserializableContext
+    from corelog.machine._frozen import freeze
+    from corelog.machine._snapshot import copy_json, make_event, make_snapshot
+
+    e = make_event("GO", {"a": 1}, 5)
+    assert e == Event("GO", {"a": 1}, 5) and type(e) is Event and repr(e) == repr(Event("GO", {"a": 1}, 5))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        e.type = "X"  # type: ignore[misc]
+    cfg = frozenset({1})
+    args = ("run", {"n": 1}, True, {"o": 1}, {"h": ["a"]}, {"t": 3}, {"i": {"src": "s"}}, cfg)
+    s = make_snapshot(*args)
+    assert s == Snapshot(*args) and s._config is cfg
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.context = {}  # type: ignore[misc]
+
+    frozen = freeze({"n": 1, "tags": ["a", {"b": 2}], "meta": {"k": 1.5}, "ok": True, "x": None})
+    for value in (frozen, dict(frozen), FrozenDict({"n": 1, "s": "t"})):
+        c = copy_json(value)
+        assert c == value and type(c) is dict and c is not value
+        c["n"] = 2  # the copy is mutable and independent
+        assert value["n"] == 1
+    c = copy_json(frozen)
+    assert type(c["tags"]) is list and type(c["tags"][1]) is dict and type(c["meta"]) is dict
+    c["tags"].append(1)
+    assert frozen["tags"] == ["a", {"b": 2}]
+
+    flat = {"a": 1, "b": "x", "c": True, "d": None}
+    f = freeze(flat)
+    assert type(f) is FrozenDict and f == flat and f is not flat
+    flat["a"] = 2
+    assert f["a"] == 1
+    assert type(freeze({"l": [1]})["l"]) is FrozenList
+    for bad, where in (
+        ({1: 2}, "non-string key"),
+        ({"a": float("nan")}, "NaN"),
+        ({"a": {1, 2}}, "context.a"),
+    ):
+        with pytest.raises(UnserializableContext, match=where):
+            freeze(bad)

@@ -67,27 +67,33 @@ class FrozenList(list):
 
 
 _SCALARS = (str, bool, int, type(None))
+_SCALAR_SET = frozenset(_SCALARS)  # (a set lookup: one hash, not up to four comparisons)
 
 
 def freeze(value: Any, path: str = "context") -> Any:
     """A deep read-only copy of the JSON value ``value``; UnserializableContext if it is not JSON."""
     t = type(value)
-    if t is FrozenDict or t is FrozenList or t in _SCALARS:
+    if t is FrozenDict or t is FrozenList or t in _SCALAR_SET:
         return value
     if t is float:
         if not math.isfinite(value):
             raise UnserializableContext(f"{path} is {value!r}; NaN and infinities cannot be recorded")
         return value
     if t is dict:
+        for k, v in value.items():
+            if type(k) is not str or type(v) not in _SCALAR_SET:
+                break
+        else:  # string keys, scalar values (the common context): one C-level copy
+            return FrozenDict(value)
         out = {}
         for k, v in value.items():
             if type(k) is not str:
                 raise UnserializableContext(f"{path} has a non-string key {k!r}; use string keys")
-            out[k] = v if type(v) in _SCALARS else freeze(v, f"{path}.{k}")
+            out[k] = v if type(v) in _SCALAR_SET else freeze(v, f"{path}.{k}")
         return FrozenDict(out)
     if t is list:
         return FrozenList(
-            [v if type(v) in _SCALARS else freeze(v, f"{path}[{i}]") for i, v in enumerate(value)]
+            [v if type(v) in _SCALAR_SET else freeze(v, f"{path}[{i}]") for i, v in enumerate(value)]
         )
     raise UnserializableContext(
         f"{path} is a {t.__name__} ({value!r:.60}); only JSON values (dict, list, str, int, float, bool, None) "

@@ -56,15 +56,16 @@ from typing import Any
 from ._definition import ActionRef, StateNode, Transition, compile_definition, definition_hash
 from ._frozen import FrozenDict, freeze
 from ._microstep import PLAN_CACHE, Microsteps, _Work
-from ._snapshot import Event, Snapshot, copy_json, invocation_key, stamp_invocations
+from ._snapshot import Event, Snapshot, copy_json, invocation_key, make_snapshot, stamp_invocations
 from .errors import EventNotAccepted, MachineError
 
 INIT_EVENT = "xstate.init"
+_NO: Any = object()
 
 
 def _same_config(snapshot: Snapshot, ctx: Any, config: Any) -> Snapshot:
     """The snapshot after a transition that kept its configuration: only the context changed."""
-    return Snapshot(
+    return make_snapshot(
         snapshot.value, ctx, False, None, snapshot.history, snapshot.timers, snapshot.invocations, config
     )
 
@@ -197,7 +198,9 @@ class Statechart(Microsteps):
         config_in = snapshot._config or self._config_from_value(snapshot.value)
         ctx_in = snapshot.context
         key = (config_in, event.type)
-        fast = self._fast[key] if key in self._fast else self._fast_plan(config_in, event.type)
+        fast = self._fast.get(key, _NO)
+        if fast is _NO:
+            fast = self._fast_plan(config_in, event.type)
         if fast is not None:  # one unguarded transition that keeps the configuration: only its actions
             if fast or type(ctx_in) is not FrozenDict:
                 ctx = copy_json(ctx_in)
@@ -318,7 +321,7 @@ class Statechart(Microsteps):
         if work.done:  # a done machine has no pending timers or running invocations
             work.timers.clear()
             work.invocations.clear()
-        return Snapshot(
+        return make_snapshot(
             self._value(self.root, work.config),
             work.ctx,
             work.done,

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from corelog import Log
-from corelog.errors import NotWritable, OutOfRange
+from corelog.errors import LengthMismatch, NotWritable, OutOfRange
 
 from ._charts import (
     _impl_key,
@@ -35,13 +35,16 @@ from ._charts import (
     frozen_definition,
     missing_implementations,
 )
-from ._core import RETRIES, LogCore, Recorded, _Moved, append_at, core_for, frozen_entry
+from ._core import RETRIES, LogCore, Recorded, _Moved, core_for, frozen_entry
 from ._entries import HistoryEntry, decode, encode_header, encode_transition, packed_definition
 from ._frozen import _SCALARS, FrozenDict, freeze
 from ._history import History
 from ._interpreter import Event, Snapshot, Statechart, copy_json, stamp_invocations
 from ._reads import _Reads
+from ._snapshot import _set_context, make_event
 from .errors import DefinitionError, DefinitionMismatch, HeadMoved, MachineError, NotAtHead
+
+_tuple_new = tuple.__new__
 
 
 def now_ms() -> int:
@@ -307,13 +310,13 @@ class _Face:
         snap = h.snapshot if h.snapshot is not None and h.chart is chart else self.head_snapshot(h)
         if chart is None or snap is None:
             raise MachineError("no machine definition is known for this log yet")
-        ev = Event(etype, edata, self.clock())
+        ev = make_event(etype, edata, self.clock())
         new = chart.transition(snap, ev)
         if new.invocations:
             new = stamp_invocations(new, h.length, h.fork)
         if type(new.value) is str and new.output is None:  # the common case of frozen_snapshot
             if type(new.context) is not FrozenDict:
-                object.__setattr__(new, "context", freeze(new.context))
+                _set_context(new, freeze(new.context))  # (new: not handed out yet)
         else:
             new = frozen_snapshot(new)
         if new.output is None and not new.history and not new.timers and not new.invocations:
@@ -324,31 +327,34 @@ class _Face:
 
     def commit_locked(self, h: Recorded, new: Snapshot, index: int, extras: dict[str, Any] | None) -> None:
         self.core.set_locked(
-            Recorded(
-                index,
-                h.fork,
-                new.value,
-                new.context,
-                new.done,
-                h.header_index,
-                h.header_hash,
-                h.definition,
-                new,
-                self._chart,
-                extras,
+            _tuple_new(  # Recorded(...) without its Python-level __new__
+                Recorded,
+                (
+                    index,
+                    h.fork,
+                    new.value,
+                    new.context,
+                    new.done,
+                    h.header_index,
+                    h.header_hash,
+                    h.definition,
+                    new,
+                    self._chart,
+                    extras,
+                ),
             )
         )
 
     def send_locked(self, etype: str, edata: Any) -> Snapshot:
         """prepare, compare-and-append, commit (lock held); on a moved log catch up and run again."""
-        core = self.core
+        log = self.log
         for attempt in range(RETRIES):
             h, new, entry, extras = self.prepare_locked(etype, edata, attempt > 0)
-            try:
-                index = append_at(core.log, entry, h.length)
-            except _Moved:
+            try:  # compare-and-append (``append_at``, inlined)
+                n = log.append(entry, expected_length=h.index + 1)
+            except LengthMismatch:
                 continue
-            self.commit_locked(h, new, index, extras)
+            self.commit_locked(h, new, n - 1, extras)
             return new
         raise HeadMoved(
             f"the log grew under the machine {RETRIES} times in a row (something appends to it without "

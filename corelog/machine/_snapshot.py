@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._frozen import FrozenDict
+
 _EMPTY: Mapping[str, Any] = {}
 
 
@@ -111,6 +113,49 @@ class Snapshot:
         )
 
 
+# Fast constructors: every field given, set through the slots directly (a frozen dataclass's
+# ``__init__`` calls ``object.__setattr__`` once per field: twice the cost; the interpreter makes
+# one snapshot per transition and the runtime one event per send). Same class, same values.
+_new = object.__new__
+_set_type, _set_data, _set_time = (Event.__dict__[f].__set__ for f in ("type", "data", "time"))
+_SNAPSHOT_SLOTS = ("value", "context", "done", "output", "history", "timers", "invocations", "_config")
+_set_value, _set_context, _set_done, _set_output, _set_history, _set_timers, _set_invocations, _set_config = (
+    Snapshot.__dict__[f].__set__ for f in _SNAPSHOT_SLOTS
+)
+
+
+def make_event(type: str, data: Any, time: int | None) -> Event:
+    """``Event(type, data, time)``, made faster."""
+    e = _new(Event)
+    _set_type(e, type)
+    _set_data(e, data)
+    _set_time(e, time)
+    return e
+
+
+def make_snapshot(
+    value: Any,
+    context: Any,
+    done: bool,
+    output: Any,
+    history: Mapping[str, list],
+    timers: Mapping[str, int | None],
+    invocations: Mapping[str, Mapping[str, Any]],
+    config: frozenset,
+) -> Snapshot:
+    """``Snapshot(value, context, done, output, history, timers, invocations, config)``, made faster."""
+    s = _new(Snapshot)
+    _set_value(s, value)
+    _set_context(s, context)
+    _set_done(s, done)
+    _set_output(s, output)
+    _set_history(s, history)
+    _set_timers(s, timers)
+    _set_invocations(s, invocations)
+    _set_config(s, config)
+    return s
+
+
 def _value_paths(value: Any, prefix: str = "", prefixes: bool = False) -> list[str]:
     if isinstance(value, str):
         return [f"{prefix}{value}"]
@@ -123,8 +168,18 @@ def _value_paths(value: Any, prefix: str = "", prefixes: bool = False) -> list[s
     return out
 
 
+_LEAVES = frozenset((str, int, float, bool, type(None)))
+
+
 def copy_json(value: Any) -> Any:
     """A fast deep copy for JSON-shaped data (dicts, lists, scalars)."""
+    t = type(value)
+    if t is dict or t is FrozenDict:  # (the common case: one C-level copy, nested containers replaced)
+        out = dict(value)
+        for k, v in out.items():
+            if type(v) not in _LEAVES and isinstance(v, dict | list):
+                out[k] = copy_json(v)  # an existing key: the dict does not change size
+        return out
     if isinstance(value, dict):  # read-only FrozenDict/FrozenList (the runtime's) copy to plain ones
         return {k: copy_json(v) if isinstance(v, dict | list) else v for k, v in value.items()}
     if isinstance(value, list):
