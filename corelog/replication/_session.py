@@ -69,6 +69,7 @@ from corelog import Log, Store
 from corelog.errors import CorelogError
 
 from ._replicator import Commit, Limits, Read, Replicator
+from ._work import commit_all, run_all
 from .errors import ProtocolError, SyncIncomplete, SyncTimeout
 
 # bytes the reader takes per step: one Noise record's body (_secure.START_BODY). Each record is
@@ -279,7 +280,7 @@ class Session:
                 continue
             self._committing = True
             try:
-                await trio.to_thread.run_sync(_commit_all, batch)  # not cancellable: it finishes
+                await trio.to_thread.run_sync(commit_all, batch)  # not cancellable: it finishes
             finally:
                 self._committing = False
             self._committed(batch)
@@ -297,7 +298,7 @@ class Session:
         batch: list[Commit] = []
         while (work := rep.next_commit()) is not None:
             batch.append(work)
-        _commit_all(batch)
+        commit_all(batch)
         self._committed(batch)
         return True
 
@@ -338,12 +339,12 @@ class Session:
                     reads.append(more)
                     budget -= more.estimate
                 if READ_BATCH - budget <= INLINE_READ:
-                    _run_all(reads)  # a few small blocks: an LMDB read is cheaper than a thread hop
+                    run_all(reads)  # a few small blocks: an LMDB read is cheaper than a thread hop
                 else:
                     if out:  # (our own requests and Heads go out before the long read)
                         await self._send(out)
                         out = b""
-                    await trio.to_thread.run_sync(_run_all, reads)
+                    await trio.to_thread.run_sync(run_all, reads)
                 # a live update's Head and its Data leave in one send
                 out += b"".join([rep.read_done(r) for r in reads])
                 if out:
@@ -467,41 +468,6 @@ class Session:
     def _mark(self, dkey: bytes) -> None:
         self._dirty.add(dkey)
         self._writer_wake.set()
-
-
-def _run_all(batch: list[Commit] | list[Read]) -> None:
-    for work in batch:
-        work.run()
-
-
-def _commit_all(batch: list[Commit]) -> None:
-    """Run Commits in order, as few store transactions as possible (one fsync per group).
-
-    A group holds consecutive Commits of one store, each log at most once (a
-    Commit looks at what its log holds, and writes inside a batch become visible
-    at its end). Each Commit catches its own error, so one bad proof never
-    undoes the others (each is a nested transaction of the group).
-    """
-    i = 0
-    while i < len(batch):
-        store = batch[i].log.store
-        seen: set[bytes] = set()
-        j = i
-        while j < len(batch) and batch[j].log.store is store and batch[j].log.key not in seen:
-            seen.add(batch[j].log.key)
-            j += 1
-        group = batch[i:j]
-        if len(group) > 1 and hasattr(store, "batch"):
-            try:
-                with store.batch():
-                    _run_all(group)
-            except Exception as exc:  # the group's commit itself failed (disk full, closed store)
-                for work in group:
-                    if work.error is None:
-                        work.result, work.error = None, exc
-        else:
-            _run_all(group)
-        i = j
 
 
 def _single(group: BaseExceptionGroup) -> BaseException:

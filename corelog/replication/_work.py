@@ -2,7 +2,8 @@
 
 ``Commit`` and ``Read`` are the storage work items the sans-IO Replicator hands to its driver:
 ``run()`` may block (verification, fsync, range reads), so the driver calls it off the event loop
-and gives the item back (``Replicator.commit_done`` / ``read_done``).
+(``run_all``, ``commit_all``: a batch per thread hop) and gives the item back
+(``Replicator.commit_done`` / ``read_done``).
 """
 
 from __future__ import annotations
@@ -163,3 +164,38 @@ class Read:
             self.reason = "a block is larger than your frame limit"
             return
         self.proof, self.block_bytes = proof, block_bytes
+
+
+def run_all(batch: list[Commit] | list[Read]) -> None:
+    for work in batch:
+        work.run()
+
+
+def commit_all(batch: list[Commit]) -> None:
+    """Run Commits in order, as few store transactions as possible (one fsync per group).
+
+    A group holds consecutive Commits of one store, each log at most once (a
+    Commit looks at what its log holds, and writes inside a batch become visible
+    at its end). Each Commit catches its own error, so one bad proof never
+    undoes the others (each is a nested transaction of the group).
+    """
+    i = 0
+    while i < len(batch):
+        store = batch[i].log.store
+        seen: set[bytes] = set()
+        j = i
+        while j < len(batch) and batch[j].log.store is store and batch[j].log.key not in seen:
+            seen.add(batch[j].log.key)
+            j += 1
+        group = batch[i:j]
+        if len(group) > 1 and hasattr(store, "batch"):
+            try:
+                with store.batch():
+                    run_all(group)
+            except Exception as exc:  # the group's commit itself failed (disk full, closed store)
+                for work in group:
+                    if work.error is None:
+                        work.result, work.error = None, exc
+        else:
+            run_all(group)
+        i = j
