@@ -39,6 +39,7 @@ from ._keys import (
     head_key,
     node_key,
 )
+from ._reading import Reading
 from ._tree import Node, Proof, Verified, needed_nodes, parent_node
 from ._wakers import wake_all
 from ._writer import LogState, signed
@@ -185,21 +186,9 @@ class Log(Changes):
                 self._version += 1
         return self._st
 
-    def _read(self) -> lmdb.Transaction:
-        """A read transaction (use with ``with``); StoreClosed once the store is closed."""
-        if self._store._closed:
-            raise StoreClosed(f"the store at {self._store.path} is closed; reopen it to read")
-        try:
-            return self._env.begin(buffers=False)
-        except lmdb.Error:
-            if self._store._closed:
-                raise StoreClosed(f"the store at {self._store.path} is closed; reopen it to read") from None
-            raise
-
-    def _closed_guard(self, exc: lmdb.Error) -> BaseException:
-        if self._store._closed:
-            return StoreClosed(f"the store at {self._store.path} is closed; reopen it to read")
-        return exc
+    def _read(self) -> Reading:
+        """A read transaction (use with ``with``); StoreClosed once the store is closed (``_reading``)."""
+        return Reading(self._store)
 
     def _publish(self, st: LogState, wakes: list[Callable[[], None]] | None = None) -> None:
         """Install a committed state (the writer calls this after the commit) and wake waiters
@@ -325,11 +314,8 @@ class Log(Changes):
             index += st.contig
         if not 0 <= index < st.length:
             raise OutOfRange(f"block {index} is outside the log (length {st.length})")
-        try:
-            with self._read() as txn:
-                data = txn.get(block_key(self.id, index), db=self._db)
-        except lmdb.Error as exc:
-            raise self._closed_guard(exc) from None
+        with self._read() as txn:
+            data = txn.get(block_key(self.id, index), db=self._db)
         if data is None:
             if index >= st.contig:
                 raise BlockNotAvailable(f"block {index} is not downloaded yet (have {st.contig}); sync first")
@@ -357,11 +343,8 @@ class Log(Changes):
         i = start
         while i < stop:
             chunk_end = min(stop, i + 4096)
-            try:
-                with self._read() as txn:
-                    out = self._blocks(txn, i, chunk_end)
-            except lmdb.Error as exc:
-                raise self._closed_guard(exc) from None
+            with self._read() as txn:
+                out = self._blocks(txn, i, chunk_end)
             yield from out
             i = chunk_end
 

@@ -47,6 +47,7 @@ import msgpack
 
 from . import _crypto
 from ._log import EMPTY_TREE_HASH, Log, check_key
+from ._reading import Reading
 from ._writer import LogState, Writer
 from .errors import InvalidKey, LogNotFound, NotWritable, StoreClosed, StoreLocked, StoreNotFound
 
@@ -303,7 +304,7 @@ class Store:
             if name is not None:
                 if not isinstance(name, str) or not name:
                     raise TypeError("a log name is a non-empty str")
-                with self._env.begin(buffers=False) as txn:
+                with Reading(self) as txn:
                     found = txn.get(name.encode(), db=self._dbs.names)
                 if found is None:
                     if not create or self.readonly:
@@ -314,7 +315,7 @@ class Store:
             log = self._logs.get(key)
             if log is not None:
                 return log
-            with self._env.begin(buffers=False) as txn:
+            with Reading(self) as txn:
                 raw = txn.get(key, db=self._dbs.logs)
         except lmdb.Error:
             if self._closed:
@@ -411,7 +412,7 @@ class Store:
                         self._dkeys_scanned = True
                 key = self._by_dkey.get(discovery_key)
             else:
-                with self._env.begin(buffers=False) as txn:
+                with Reading(self) as txn:
                     key = txn.get(discovery_key, db=self._dbs.dkeys)
             if key is None:
                 return None
@@ -419,7 +420,7 @@ class Store:
 
     def keys(self) -> list[bytes]:
         """Keys of every log in the store."""
-        with self._env.begin(buffers=False) as txn:
+        with Reading(self) as txn:
             return [bytes(k) for k, _ in txn.cursor(db=self._dbs.logs)]
 
     def __iter__(self) -> Iterator[Log]:
@@ -427,7 +428,7 @@ class Store:
             yield self.get(key=k)
 
     def __contains__(self, name_or_key: str | bytes) -> bool:
-        with self._env.begin(buffers=False) as txn:
+        with Reading(self) as txn:
             if isinstance(name_or_key, str):
                 return txn.get(name_or_key.encode(), db=self._dbs.names) is not None
             return txn.get(name_or_key, db=self._dbs.logs) is not None

@@ -1,5 +1,8 @@
 """Log-layer bugs of issue 8 and reorg safety of issue 9: each test fails on the old code."""
 
+import threading
+import time
+
 import pytest
 
 import corelog._crypto as crypto_mod
@@ -113,9 +116,67 @@ def test_store_closed_is_one_error(tmp_path):
         lambda: s.get("b"),
         lambda: s.find(log.discovery_key),
         lambda: s.batch(),
+        lambda: s.keys(),
+        lambda: s.list(),
+        lambda: list(s),
+        lambda: "a" in s,
+        lambda: log.key in s,
+        lambda: log.proof(0, 1),
+        lambda: log.audit(),
+        lambda: log[0:1],
     ):
         with pytest.raises(StoreClosed):
             call()
+
+
+def _race_close(path) -> list[tuple[str, str]]:
+    """Six reader threads loop on one kind of read each while the store closes under them."""
+    s = Store(path, sync=False)
+    logs = [s.get(f"l{i}") for i in range(4)]
+    for log in logs:
+        log.append([b"x" * 100] * 300)
+    go = threading.Event()
+    outcomes: list[tuple[str, str]] = []
+    calls = {
+        "keys": lambda: s.keys(),
+        "list": lambda: s.list(),
+        "in": lambda: logs[0].key in s,
+        "proof": lambda: logs[1].proof(0, 300),
+        "audit": lambda: logs[2].audit(),
+        "iter": lambda: list(logs[3].iter()),
+    }
+
+    def reader(name, call):
+        go.wait()
+        for _ in range(100_000):  # bounded; the store closes within ~20 ms
+            try:
+                call()
+            except StoreClosed:
+                outcomes.append((name, "closed"))
+                return
+            except Exception as exc:
+                outcomes.append((name, repr(exc)))
+                return
+        outcomes.append((name, "never closed"))
+
+    threads = [threading.Thread(target=reader, args=kv) for kv in calls.items()]
+    for t in threads:
+        t.start()
+    go.set()
+    time.sleep(0.02)
+    s.close()
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads)
+    return outcomes
+
+
+def test_closing_while_threads_read_gives_store_closed_or_an_answer(tmp_path):
+    """Readers racing ``close()`` (keys, list, membership, proofs, audits, blocks) get
+    StoreClosed, never a bare lmdb.Error (py-lmdb fails their transactions mid-block)."""
+    outcomes = [o for trial in range(5) for o in _race_close(tmp_path / f"s{trial}")]
+    assert len(outcomes) == 5 * 6
+    assert all(o[1] == "closed" for o in outcomes), [o for o in outcomes if o[1] != "closed"]
 
 
 def test_find_uses_the_index(tmp_path, monkeypatch):
