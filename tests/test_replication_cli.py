@@ -1,15 +1,17 @@
-"""`corelog sync` exit statuses say what happened: conflict, not held, silence, success."""
+"""`corelog sync` exit statuses say what happened: conflict, not held, silence, success; `ls`/`audit` show a conflict."""
 
 from __future__ import annotations
 
 import os
 import time
 
+import pytest
 import trio
 from click.testing import CliRunner
 
 from corelog import Store
 from corelog.cli import cli
+from corelog.errors import Conflict
 
 from ._peers import handler_thread, server_thread
 
@@ -89,3 +91,51 @@ def test_sync_cut_mid_way_exits_1(make_store, tmp_path):
         code, out = _sync(tmp_path / "mirror", log.key, port, "--timeout", "2")
     assert code == 1 and ("SyncIncomplete" in out or "sync failed" in out), out
     assert "audit ok" in out
+
+
+def _conflicted_replica(make_store, tmp_path):
+    """A replica holding one clean log and one log marked conflicted (its writer signed two histories)."""
+    seed = os.urandom(32)
+    honest, forked = make_store("w1", seed=seed), make_store("w2", seed=seed)
+    l1, l2 = honest.get("x"), forked.get("x")
+    l1.append([b"a", b"b"])
+    l2.append([b"a", b"B", b"c"])
+    clean = honest.get("clean")
+    clean.append(b"fine")
+    path = tmp_path / "replica"
+    with Store(path, sync=False) as r:
+        r.get(key=clean.key).apply(clean.proof(0, 1))
+        rep = r.get(key=l1.key)
+        rep.apply(l1.proof(0, 2))
+        with pytest.raises(Conflict):
+            rep.apply(l2.proof(0, 3))
+        assert rep.conflict is not None
+    return path, l1.key, clean.key
+
+
+def _one_line(out: str, needle: str, row: bool = False) -> str:
+    """The one line holding needle (row: the one table row, whose key column is shortened)."""
+    lines = [line for line in out.splitlines() if needle in line and line.startswith("│") == row]
+    assert len(lines) == 1, out
+    return lines[0]
+
+
+def test_ls_and_audit_show_a_recorded_conflict(make_store, tmp_path):
+    path, bad, good = _conflicted_replica(make_store, tmp_path)
+    ls = CliRunner().invoke(cli, ["ls", str(path)])
+    assert ls.exit_code == 0, ls.output
+    assert "CONFLICT" in _one_line(ls.output, bad.hex()[:8], row=True)
+    assert "CONFLICT" not in _one_line(ls.output, good.hex()[:8], row=True)
+    line = _one_line(ls.output, f"({bad.hex()})")  # the explanation under the table names key and fork
+    assert "conflict in fork 0" in line and "signed two histories" in line and "length 3" in line
+
+    audit = CliRunner().invoke(cli, ["audit", str(path)])
+    assert audit.exit_code == 1 and "clean" not in audit.output, audit.output
+    line = _one_line(audit.output, f"({bad.hex()})")
+    assert "conflict in fork 0" in line and "signed two histories" in line
+    assert "CONFLICT" in _one_line(audit.output, bad.hex()[:8], row=True)
+    assert "ok" in _one_line(audit.output, good.hex()[:8], row=True) and good.hex() not in audit.output
+    # auditing only the clean log is clean; only the conflicted one is a problem
+    assert CliRunner().invoke(cli, ["audit", str(path), good.hex()]).exit_code == 0
+    one = CliRunner().invoke(cli, ["audit", str(path), bad.hex()])
+    assert one.exit_code == 1 and "conflict in fork 0" in one.output, one.output

@@ -190,3 +190,22 @@ def when(ms: int | None) -> str:
 
 def value(state: Any) -> str:
     return state if isinstance(state, str) else json.dumps(state, ensure_ascii=False)
+
+
+def conflict_line(lg: Log) -> str:
+    """One line (rich markup) naming a conflicted log, its fork and the two signed heads that disagree."""
+    c = lg.conflict or {}
+    label = lg.name or short(lg.key)
+    ours, theirs = c.get("ours"), c.get("theirs")
+    heads = (
+        f"this store's signed head has length {c.get('ours_length', '?')}"
+        + (f" (tree {ours[:16]}…)" if ours else "")
+        + f", another validly signed head has length {c.get('theirs_length', c.get('length', '?'))}"
+        + (f" (tree {theirs[:16]}…)" if theirs else "")
+        + (f", disagreeing at node {c['node']}" if c.get("node") is not None else "")
+    )
+    return escape(
+        f"log {label} ({lg.key.hex()}): conflict in fork {c.get('fork', '?')}: the writer signed two "
+        f"histories ({heads}); the log is marked conflicted and takes no more data from peers; "
+        "`corelog info` shows both heads"
+    )

@@ -26,6 +26,7 @@ from ._app import cli
 from ._common import (
     PROBLEMS,
     UsageProblem,
+    conflict_line,
     console,
     diff,
     entries,
@@ -48,25 +49,33 @@ def ls_cmd(store: str) -> None:
 
     "held" is how many entries from 0 this store holds (contiguous), "signed" the
     length of the newest signed head it knows; a replica still syncing holds fewer.
+    A log marked conflicted (its writer signed two histories) shows CONFLICT in
+    its fork column and one line under the table naming the log and fork.
     """
     with open_store(store) as s:
         table = Table(title=f"logs in {store}")
         for col in ("name", "key", "held", "signed", "fork", "writable", "size", "machine"):
             table.add_column(col, justify="right" if col in ("held", "signed", "fork", "size") else "left")
+        conflicted: list[Log] = []
         for info in s.list():
-            header = machine_header(s.get(key=info.key, create=False))
+            lg = s.get(key=info.key, create=False)
+            header = machine_header(lg)
+            if info.conflict:
+                conflicted.append(lg)
             held = str(info.contiguous_length)
             table.add_row(
                 info.name or "-",
                 short(info.key),
                 held if info.contiguous_length == info.length else f"[yellow]{held}[/]",
                 str(info.length),
-                str(info.fork),
+                f"[bold red]{info.fork} CONFLICT[/]" if info.conflict else str(info.fork),
                 "yes" if info.writable else "replica",
                 size(info.byte_length),
                 (header or {}).get("id") or ("yes" if header else "-"),
             )
         console.print(table)
+        for lg in conflicted:
+            console.print(conflict_line(lg), soft_wrap=True)
 
 
 @cli.command()
@@ -200,6 +209,13 @@ def _brief(problems: list[str]) -> str:
     first = problems[0].splitlines()[0]
     more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
     return (first[:60] + "…" if len(first) > 60 else first) + more
+
+
+def _result(problems: list[str], conflict: dict | None) -> str:
+    """The result cell of an audit row: damage wins over a conflict mark."""
+    if problems:
+        return "[red]BAD[/]" + (" [red]CONFLICT[/]" if conflict is not None else "")
+    return "[red]CONFLICT[/]" if conflict is not None else "[green]ok[/]"
 
 
 def _load_replay(spec: str) -> Callable[[dict], Any]:
@@ -368,10 +384,12 @@ def audit(store: str, log: str | None, replay: str | None) -> None:
                 str(lg.contiguous_length),
                 str(report.length),
                 str(lg.fork),
-                "[green]ok[/]" if not problems else "[red]BAD[/]",
+                _result(problems, lg.conflict),
                 "-" if first_bad is None else str(first_bad),
                 replayed,
-                _brief(problems),
+                _brief(problems)
+                if problems or lg.conflict is None
+                else f"conflict in fork {lg.conflict['fork']}",
             )
         console.print(table)
         bad = [r for r in results if r[3]]
@@ -379,7 +397,11 @@ def audit(store: str, log: str | None, replay: str | None) -> None:
             console.print(
                 f"log {label} ({lg.key.hex()}): first bad index {first_bad}: {problems[0]}", soft_wrap=True
             )
-        if bad:
+        # a conflict mark is evidence that the writer signed two histories, even when every block is sound
+        conflicted = [r[1] for r in results if r[1].conflict is not None]
+        for lg in conflicted:
+            console.print(conflict_line(lg), soft_wrap=True)
+        if bad or conflicted:
             raise SystemExit(PROBLEMS)
         summary = f"{len(results)} log(s) clean"
         if make_chart is not None:
