@@ -18,13 +18,26 @@ stay inside the store happen exactly once. If the call raises (or a staged
 event fails), the row is retried after ``backoff`` seconds, doubling up to
 ``max_backoff``, at most ``max_attempts`` times; then it is parked as a dead
 letter (``fleet/d/<name>\\0<seq>``, with the error) and the listener moves on.
+Any exception the listener raises counts, ``BaseException`` included: a
+``KeyboardInterrupt`` or ``SystemExit`` raised in a listener thread is the
+listener's own doing (signals reach only the main thread, where Ctrl-C works
+as usual), so it is retried and parked like any failure, with a warning
+logged. If the delivery thread itself stops on an unexpected error (say, the
+store cannot be written), the error is logged and ``wait_idle`` raises it.
 ``Listeners.replay`` (or ``corelog fleet replay`` while the fleet is stopped)
 requeues parked rows; the listener delivers them before new rows. A slow or
 failing listener holds up only itself: sends never wait for listeners.
 
-The feed is trimmed below the lowest cursor of every listener the store
-knows, registered in this run or not, so a listener absent for a while
-resumes where it stopped.
+The feed is written only while the store knows a listener: from the first
+commit of a fleet that has one registered, or whose store holds any listener
+cursor (from an earlier run). It is trimmed below the lowest cursor of every
+listener the store knows, registered in this run or not, so a listener absent
+for a while resumes where it stopped. A listener new to the store (no cursor
+yet) starts with ``start="now"`` after the last committed change, and with
+``start="beginning"`` at the oldest change the feed still holds: transitions
+committed while the store knew no listener, or trimmed after every known
+listener passed them, are not delivered (a machine's whole history stays in
+its log: ``Fleet.history``).
 """
 
 from __future__ import annotations
@@ -96,6 +109,7 @@ class _Runner:
         self.replay_flag = True  # look for requeued dead letters on start
         self.replaying = False
         self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None  # why the delivery thread stopped, if not asked to
 
     # --- cursor ------------------------------------------------------------------------
 
@@ -180,12 +194,22 @@ class _Runner:
                 if staged or extra_puts or extra_deletes:
                     self._write_meta(list(extra_puts), list(extra_deletes), staged)
                 return True, "", attempt
-            except Exception as exc:
+            except BaseException as exc:  # any raise is a failed attempt (see the module docstring)
                 if isinstance(exc, MachineError) and type(exc).__name__ == "FleetClosed":
                     return False, "", attempt
                 self.failures += 1
                 error = f"{type(exc).__name__}: {exc}"
-                _log.debug("listener %s failed on %r (attempt %d): %s", self.name, change, attempt, error)
+                if isinstance(exc, Exception):
+                    _log.debug("listener %s failed on %r (attempt %d): %s", self.name, change, attempt, error)
+                else:
+                    _log.warning(
+                        "listener %s raised %s on %r (attempt %d): counted as a failed delivery "
+                        "(retried, then parked as a dead letter)",
+                        self.name,
+                        type(exc).__name__,
+                        change,
+                        attempt,
+                    )
             if attempt < self.max_attempts:
                 if self.stop.wait(min(self.max_backoff, self.backoff * 2 ** (attempt - 1))):
                     return False, "", attempt
@@ -240,44 +264,56 @@ class _Runner:
                 self._park(change, error, attempts, r)
 
     def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # recorded, logged and raised by wait_idle: never a silent wedge
+            if isinstance(exc, CorelogError) and type(exc).__name__ == "FleetClosed":
+                return
+            self.error = exc
+            _log.error(
+                "listener %s stopped at cursor %d: %s: %s",
+                self.name,
+                self.saved,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+
+    def _run(self) -> None:
         fleet = self.fleet
         env, dbs = fleet._env, fleet._dbs
-        try:
-            while not self.stop.is_set():
-                if self.replay_flag:
-                    self._replay_parked()
-                changes = self._from_memory()
-                if changes is None:
-                    with env.begin() as txn:
-                        rows = fs.read_feed(txn, dbs, self.pos, 512)
-                        changes = [
-                            (seq, None if self._skip(row[1]) else self._change(txn, seq, row))
-                            for seq, row in rows
-                        ]
-                if not changes:
-                    self._save_cursor()
-                    with fleet._feed_cond:
-                        if fleet._seq <= self.pos and not self.stop.is_set() and not self.replay_flag:
-                            fleet._feed_cond.wait(0.5)
-                    continue
-                for seq, change in changes:
-                    if change is not None:
-                        ok, error, attempts = self._deliver(change, [], [])
-                        if not ok:
-                            if not error:  # stopping
-                                return
-                            self._park(change, error, attempts)
-                        else:
-                            self.delivered += 1
-                    self.pos = seq
-                    if self.stop.is_set():
-                        break
-                    if seq & 127 == 0:
-                        self._save_cursor()  # bounds what a crash redelivers
+        while not self.stop.is_set():
+            if self.replay_flag:
+                self._replay_parked()
+            changes = self._from_memory()
+            if changes is None:
+                with env.begin() as txn:
+                    rows = fs.read_feed(txn, dbs, self.pos, 512)
+                    changes = [
+                        (seq, None if self._skip(row[1]) else self._change(txn, seq, row))
+                        for seq, row in rows
+                    ]
+            if not changes:
                 self._save_cursor()
-        except CorelogError as exc:
-            if type(exc).__name__ != "FleetClosed":
-                _log.exception("listener %s stopped: %s", self.name, exc)
+                with fleet._feed_cond:
+                    if fleet._seq <= self.pos and not self.stop.is_set() and not self.replay_flag:
+                        fleet._feed_cond.wait(0.5)
+                continue
+            for seq, change in changes:
+                if change is not None:
+                    ok, error, attempts = self._deliver(change, [], [])
+                    if not ok:
+                        if not error:  # stopping
+                            return
+                        self._park(change, error, attempts)
+                    else:
+                        self.delivered += 1
+                self.pos = seq
+                if self.stop.is_set():
+                    break
+                if seq & 127 == 0:
+                    self._save_cursor()  # bounds what a crash redelivers
+            self._save_cursor()
 
 
 class Listeners:
@@ -358,9 +394,19 @@ class Listeners:
                     pass
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
-        """Wait until every listener has delivered (or parked) the whole feed and saved its cursor."""
+        """Wait until every listener has delivered (or parked) the whole feed and saved its cursor.
+
+        Returns False on timeout. Raises MachineError (from the cause) if a listener's
+        delivery thread has stopped on an error: it would never become idle.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            for name, r in self._runners.items():
+                if r.error is not None:
+                    raise MachineError(
+                        f"listener {name!r} stopped at cursor {r.saved}: {type(r.error).__name__}: {r.error}; "
+                        "it delivers nothing more in this run (reopen the fleet to resume from its cursor)"
+                    ) from r.error
             seq = self.fleet._seq
             if all(r.saved >= seq and not (r.replay_flag or r.replaying) for r in self._runners.values()):
                 return True
