@@ -217,16 +217,40 @@ def test_listener_gets_every_change_in_machine_order(fleet):
         assert [s[3] for s in mine[1:]] == ["MSG"] * 5
 
 
-def test_follow_up_sends_commit_with_the_cursor_exactly_once(tmp_path):
+def test_follow_up_sends_commit_with_the_cursor_exactly_once(tmp_path, monkeypatch):
+    from corelog.machine import _fleet_store as fs
+    from corelog.machine._listeners import _Runner
+
     store = Store(tmp_path / "s", sync=False)
     f = Fleet(store, clock=clock)
     f.register("chat", CHAT, CHAT_IMPL)
     f.register("ticket", TICKET)
+    seqs: dict[str, int] = {}
 
     def open_ticket(change, services, send):
         if change.event.type == "INQUIRY":
+            seqs[change.id] = change.seq
             send(f"ticket-{change.id}", "ASSIGN", kind="ticket")
 
+    def durable(mid: str) -> tuple[int, bool]:
+        """(the listener's stored cursor, whether the follow-up's machine exists) as committed now."""
+        with store._env.begin() as txn:
+            return fs.cursors(txn, store._dbs)["tickets"], fs.index_row(txn, store._dbs, mid) is not None
+
+    # look at the store just before and just after each commit that carries a follow-up; the
+    # listener's thread is inside that commit, so no other cursor write of its own is in flight
+    observed: list[tuple[str, int, tuple, tuple]] = []
+    write = _Runner._write_meta
+
+    def watched(self, puts, deletes, sends=None):
+        mid = sends[0].mid if sends else None
+        before = durable(mid) if mid else None
+        out = write(self, puts, deletes, sends)
+        if mid:
+            observed.append((mid, seqs[mid[len("ticket-") :]], before, durable(mid)))
+        return out
+
+    monkeypatch.setattr(_Runner, "_write_meta", watched)
     f.listener("tickets", open_ticket, kinds=["chat"])
     with f:
         for i in range(10):
@@ -235,6 +259,12 @@ def test_follow_up_sends_commit_with_the_cursor_exactly_once(tmp_path):
         assert {m.id for m in f.machines(kind="ticket", state="assigned")} == {
             f"ticket-c{i}" for i in range(10)
         }
+    assert [o[0] for o in observed] == [f"ticket-c{i}" for i in range(10)]
+    for mid, seq, (cursor_before, existed), (cursor_after, exists) in observed:
+        # one commit made the follow-up's machine AND moved the cursor past its change: a crash
+        # leaves both or neither, so the follow-up is never sent twice nor lost
+        assert not existed and cursor_before < seq, (mid, seq, cursor_before)
+        assert exists and cursor_after >= seq, (mid, seq, cursor_after)
     # a restart redelivers nothing (the cursor moved with the follow-ups): still one entry each
     f2 = Fleet(store, clock=clock)
     f2.register("chat", CHAT, CHAT_IMPL)
@@ -243,6 +273,7 @@ def test_follow_up_sends_commit_with_the_cursor_exactly_once(tmp_path):
     with f2:
         assert f2.listeners.wait_idle(10)
         assert all(f2.info(f"ticket-c{i}").length == 2 for i in range(10))
+    assert len(observed) == 10
     store.close()
 
 

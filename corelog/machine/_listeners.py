@@ -176,8 +176,14 @@ class _Runner:
 
     # --- delivering --------------------------------------------------------------------
 
-    def _deliver(self, change: Change, extra_puts: list, extra_deletes: list) -> tuple[bool, str, int]:
-        """Call the listener with retries. (ok, last error, attempts); ok False + "" means stopping."""
+    def _deliver(
+        self, change: Change, extra_puts: list, extra_deletes: list, advance: bool = False
+    ) -> tuple[bool, str, int]:
+        """Call the listener with retries. (ok, last error, attempts); ok False + "" means stopping.
+
+        Follow-up sends commit with ``extra_puts``/``extra_deletes`` and, with ``advance``
+        (a feed row in order, not a replayed dead letter), with the cursor moved to this row.
+        """
         fleet = self.fleet
         error = ""
         for attempt in range(1, self.max_attempts + 1):
@@ -192,7 +198,13 @@ class _Runner:
             try:
                 self.fn(change, fleet.services, send)
                 if staged or extra_puts or extra_deletes:
-                    self._write_meta(list(extra_puts), list(extra_deletes), staged)
+                    # follow-ups commit in one transaction with the cursor moved to this row
+                    puts = (
+                        [*extra_puts, (self.ckey, fs.U64.pack(change.seq))] if advance else list(extra_puts)
+                    )
+                    self._write_meta(puts, list(extra_deletes), staged)
+                    if advance:
+                        self.saved = max(self.saved, change.seq)
                 return True, "", attempt
             except BaseException as exc:  # any raise is a failed attempt (see the module docstring)
                 if isinstance(exc, MachineError) and type(exc).__name__ == "FleetClosed":
@@ -301,7 +313,7 @@ class _Runner:
                 continue
             for seq, change in changes:
                 if change is not None:
-                    ok, error, attempts = self._deliver(change, [], [])
+                    ok, error, attempts = self._deliver(change, [], [], advance=True)
                     if not ok:
                         if not error:  # stopping
                             return
