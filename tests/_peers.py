@@ -51,6 +51,7 @@ class Evil:
         self.initiator = initiator
         self.received: list[Message] = []
         self.raw_received = bytearray()
+        self.eof = False  # the peer ended the connection (EOF or a broken stream)
         self._decoder = FrameDecoder(1 << 30)
 
     async def handshake(self) -> None:
@@ -83,8 +84,10 @@ class Evil:
                 try:
                     data = await self.stream.receive_some(1 << 20)
                 except Exception:
+                    self.eof = True
                     return new
                 if not data:
+                    self.eof = True
                     return new
                 self.raw_received += data
                 self._decoder.feed(data)

@@ -5,6 +5,7 @@ offers only that log."""
 from __future__ import annotations
 
 import os
+import threading
 
 import trio
 from click.testing import CliRunner
@@ -66,30 +67,41 @@ def test_cli_sync_offers_only_the_one_log(make_store, tmp_path):
     store_path = tmp_path / "local"
     target_key = os.urandom(32)
     s = make_store("local")
-    s.get("my-private-log").append(b"private")
-    s.get("another").append(b"also private")
+    others = [s.get("my-private-log"), s.get("another")]
+    others[0].append(b"private")
+    others[1].append(b"also private")
     s.get(key=target_key)
+    secrets = _secrets(*others)
     s.close()
-    seen: list = []
+    spies: list[Evil] = []
+    ended = threading.Event()
 
     async def spy(stream):
         evil = Evil(stream, initiator=False)
-        await evil.handshake()
-        await evil.send(Hello(1, 1 << 20, 16))
-        await evil.receive(lambda m: isinstance(m, Ping))
-        seen.extend(evil.received)
-        await evil.send(Pong(0), Ping(0))  # an honest "I do not have it": silence, then the barrier
-        await evil.receive(lambda m: isinstance(m, Pong))
-        await evil.send(Done())
-        await evil.receive(timeout=3)
+        spies.append(evil)
+        try:
+            await evil.handshake()
+            await evil.send(Hello(1, 1 << 20, 16))
+            await evil.receive(lambda m: isinstance(m, Ping))
+            await evil.send(Pong(0), Ping(0))  # an honest "I do not have it": silence, then the barrier
+            await evil.receive(lambda m: isinstance(m, Pong))
+            await evil.send(Done())
+            await evil.receive(timeout=10)  # and every byte after, until the client ends the connection
+        finally:
+            ended.set()
 
     with handler_thread(spy) as port:
         result = CliRunner().invoke(
             cli, ["sync", str(store_path), target_key.hex(), f"127.0.0.1:{port}", "--timeout", "2"]
         )
-    opens = [m for m in seen if isinstance(m, Open)]
+        assert ended.wait(15)  # the spy has read to the end before its server stops
+    (evil,) = spies
+    assert evil.eof, "the spy stopped reading before the connection ended"
+    opens = [m for m in evil.received if isinstance(m, Open)]
     assert len(opens) == 1, opens
     from corelog._crypto import discovery_key
 
     assert opens[0].discovery_key == discovery_key(target_key)
+    plain = bytes(evil.raw_received)  # every decrypted byte: nothing of the store's other logs
+    assert not any(secret in plain for secret in secrets)
     assert result.exit_code == 1 and "does not hold this log" in result.output, result.output
