@@ -221,6 +221,71 @@ def test_contexts_snapshots_and_event_data_handed_out_are_not_the_log(store):
     assert replays(log, ITEMS_IMPL)
 
 
+# a chart with every kind of extra a snapshot carries: a pending timer, a running invocation and a
+# history state that remembers a child
+EXTRAS = {
+    "id": "x",
+    "initial": "on",
+    "context": {"n": 0},
+    "states": {
+        "on": {
+            "initial": "a",
+            "invoke": {"id": "job", "src": "work", "input": {"k": 1}},
+            "states": {
+                "a": {"after": {"100000": "b"}, "on": {"INC": {"actions": "inc"}, "NEXT": "b"}},
+                "b": {"on": {"INC": {"actions": "inc"}}},
+                "hist": {"type": "history"},
+            },
+            "on": {"OFF": "off"},
+        },
+        "off": {"on": {"ON": "on.hist"}},
+    },
+}
+EXTRAS_IMPL = {"actions": {"inc": lambda c, e: {"n": c["n"] + 1}}}
+
+
+def _try_mutations(snap: Snapshot) -> int:
+    """Try every way to change the snapshot's extras; each must raise. Returns how many were tried."""
+    attempts = [
+        lambda: snap.timers.clear(),
+        lambda: snap.timers.__setitem__("xstate.after.1.x.on.a", 0),
+        lambda: snap.invocations.clear(),
+        lambda: snap.history.__setitem__("x.on.hist", ["on.a"]),
+    ]
+    attempts += [lambda v=v: v.__setitem__("input", {"k": 2}) for v in snap.invocations.values()]
+    attempts += [lambda v=v: v.append("on.a") for v in snap.history.values()]
+    for attempt in attempts:
+        with pytest.raises(TypeError, match="read-only"):
+            attempt()
+    return len(attempts)
+
+
+def test_history_timers_and_invocations_handed_out_are_read_only(store):
+    """Clearing a handed-out snapshot's timers (or invocations, or history) must not change what
+    the next entry records: they were the runtime's own dicts."""
+    log = store.get("x")
+    m = Machine(log, EXTRAS, **EXTRAS_IMPL)
+    first = m.snapshot
+    assert first.timers and first.invocations
+    assert _try_mutations(first) == 5
+    assert _try_mutations(m.send("INC")) == 5
+    m.send("NEXT")
+    off = m.send("OFF")
+    assert off.history and not off.timers and _try_mutations(off) == 5
+    back = m.send("ON")
+    assert back.matches("on.b")  # the history state remembered b
+    # what was recorded is what the interpreter computed, whatever was attempted on the copies
+    recorded = [m.history[i].snapshot for i in range(1, len(m.history))]
+    assert recorded[0].timers and recorded[0].invocations["job"]["input"] == {"k": 1}
+    assert recorded[2].history == {"x.on.hist": ["on.b"]}
+    assert sum(_try_mutations(past) for past in recorded) >= 20
+    # the pure interpreter hands out read-only extras as well
+    chart = Statechart(EXTRAS, **EXTRAS_IMPL)
+    pure = chart.transition(chart.initial(0), Event("INC", None, 1))
+    assert isinstance(pure.timers, FrozenDict) and isinstance(pure.invocations, FrozenDict)
+    assert replays(log, EXTRAS_IMPL)
+
+
 def test_the_definition_is_copied_on_load(store):
     definition = json.loads(json.dumps(COUNTER))
     m = Machine(store.get("c"), definition, **COUNTER_IMPL)

@@ -190,16 +190,7 @@ class HistoryEntry:
 
     @property
     def snapshot(self) -> Snapshot:
-        x = self.extras or {}
-        return Snapshot(
-            self.state,
-            self.context,
-            self.done,
-            x.get("output"),
-            x.get("history") or {},
-            x.get("timers") or {},
-            x.get("invocations") or {},
-        )
+        return Snapshot.restored(self.state, self.context, self.done, self.extras)
 
     def to_dict(self) -> dict:
         return {

@@ -56,7 +56,15 @@ from typing import Any
 from ._definition import ActionRef, StateNode, Transition, compile_definition, definition_hash
 from ._frozen import FrozenDict, freeze
 from ._microstep import PLAN_CACHE, Microsteps, _Work
-from ._snapshot import Event, Snapshot, copy_json, invocation_key, make_snapshot, stamp_invocations
+from ._snapshot import (
+    Event,
+    Snapshot,
+    copy_json,
+    frozen_map,
+    invocation_key,
+    make_snapshot,
+    stamp_invocations,
+)
 from .errors import EventNotAccepted, MachineError
 
 INIT_EVENT = "xstate.init"
@@ -326,9 +334,9 @@ class Statechart(Microsteps):
             work.ctx,
             work.done,
             work.output,
-            work.history,
-            work.timers,
-            work.invocations,
+            frozen_map(work.history, "snapshot.history"),
+            frozen_map(work.timers, "snapshot.timers"),
+            frozen_map(work.invocations, "snapshot.invocations"),
             frozenset(work.config),
         )
 

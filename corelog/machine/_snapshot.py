@@ -12,9 +12,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._frozen import FrozenDict
+from ._frozen import FrozenDict, freeze
 
 _EMPTY: Mapping[str, Any] = {}
+EMPTY_MAP: Mapping[str, Any] = FrozenDict()  # the shared, read-only empty history/timers/invocations
+
+
+def frozen_map(value: Mapping[str, Any] | None, path: str) -> Mapping[str, Any]:
+    """``value`` as a deep read-only mapping (the shared empty one when empty): a snapshot's
+    ``history``, ``timers`` and ``invocations`` are handed out, so nobody may change them."""
+    return freeze(value, path) if value else EMPTY_MAP
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,16 +50,18 @@ class Snapshot:
     id to ``{"src", "input", "state"}`` (the runtime adds ``"at"``, the index of
     the entry that started it). Entering a state starts its timers and
     invocations, leaving it cancels them: a driver compares two snapshots to
-    know what to start and stop. Treat everything as read-only.
+    know what to start and stop. ``history``, ``timers`` and ``invocations`` are
+    read-only (:class:`FrozenDict`) wherever the interpreter or runtime made the
+    snapshot; the context is read-only wherever the runtime hands it out.
     """
 
     value: str | dict
     context: Mapping[str, Any]
     done: bool = False
     output: Any = None
-    history: Mapping[str, list] = field(default_factory=dict)
-    timers: Mapping[str, int | None] = field(default_factory=dict)
-    invocations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    history: Mapping[str, list] = field(default_factory=lambda: EMPTY_MAP)
+    timers: Mapping[str, int | None] = field(default_factory=lambda: EMPTY_MAP)
+    invocations: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: EMPTY_MAP)
     _config: frozenset = field(default=frozenset(), compare=False, repr=False)
 
     def matches(self, state: str | Mapping) -> bool:
@@ -92,9 +101,9 @@ class Snapshot:
             context,
             done,
             x.get("output"),
-            x.get("history") or {},
-            x.get("timers") or {},
-            x.get("invocations") or {},
+            frozen_map(x.get("history"), "snapshot.history"),
+            frozen_map(x.get("timers"), "snapshot.timers"),
+            frozen_map(x.get("invocations"), "snapshot.invocations"),
             config,
         )
 
@@ -203,7 +212,7 @@ def stamp_invocations(snapshot: Snapshot, index: int, fork: int) -> Snapshot:
         snapshot.output,
         snapshot.history,
         snapshot.timers,
-        invs,
+        frozen_map(invs, "snapshot.invocations"),
         snapshot._config,
     )
 
