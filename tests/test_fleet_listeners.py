@@ -103,6 +103,10 @@ def test_start_beginning_is_the_oldest_change_the_feed_still_holds(tmp_path):
         assert f.listeners.wait_idle(10)
     # "beginning" is not the store's history: "before" committed while no listener was known
     assert got == {"first": ["during", "after"], "late": ["during", "after"]}
-    with fleet(("first", "now"), ("late", "now")) as f:
+    got["new"] = []
+    with fleet(("first", "now"), ("late", "now"), ("new", "now")) as f:
+        assert f.listeners.wait_idle(10) and got["new"] == []  # "now": nothing committed before
+        f.send("next", "INQUIRY", {"name": "d"})
+        assert f.listeners.wait_idle(10) and got["new"] == ["next"]
         assert [e.kind for e in f.history("before")] == ["header", "transition"]  # still in its log
     store.close()

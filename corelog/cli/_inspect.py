@@ -335,6 +335,7 @@ def audit(store: str, log: str | None, replay: str | None) -> None:
     """Verify every block, tree node and signed head of LOG (or of every log in STORE).
 
     The store is opened read-only, so an audit can run while a writer is working.
+    A log marked conflicted (its writer signed two histories) is a problem too.
     Exit status: 0 when clean, 1 when problems are found, 2 on usage errors.
     """
     make_chart = _load_replay(replay) if replay else None
