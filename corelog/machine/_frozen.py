@@ -73,13 +73,7 @@ _SCALAR_SET = frozenset(_SCALARS)  # (a set lookup: one hash, not up to four com
 def freeze(value: Any, path: str = "context") -> Any:
     """A deep read-only copy of the JSON value ``value``; UnserializableContext if it is not JSON."""
     t = type(value)
-    if t is FrozenDict or t is FrozenList or t in _SCALAR_SET:
-        return value
-    if t is float:
-        if not math.isfinite(value):
-            raise UnserializableContext(f"{path} is {value!r}; NaN and infinities cannot be recorded")
-        return value
-    if t is dict:
+    if t is dict:  # (first: a context, the common case)
         for k, v in value.items():
             if type(k) is not str or type(v) not in _SCALAR_SET:
                 break
@@ -91,6 +85,12 @@ def freeze(value: Any, path: str = "context") -> Any:
                 raise UnserializableContext(f"{path} has a non-string key {k!r}; use string keys")
             out[k] = v if type(v) in _SCALAR_SET else freeze(v, f"{path}.{k}")
         return FrozenDict(out)
+    if t is FrozenDict or t is FrozenList or t in _SCALAR_SET:
+        return value
+    if t is float:
+        if not math.isfinite(value):
+            raise UnserializableContext(f"{path} is {value!r}; NaN and infinities cannot be recorded")
+        return value
     if t is list:
         return FrozenList(
             [v if type(v) in _SCALAR_SET else freeze(v, f"{path}[{i}]") for i, v in enumerate(value)]

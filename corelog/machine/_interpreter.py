@@ -215,7 +215,16 @@ class Statechart(Microsteps):
                 self._run(fast, ctx, event)
             else:
                 ctx = ctx_in  # no action and a read-only context: nothing can change it
-            return _same_config(snapshot, ctx, config_in)
+            return make_snapshot(  # (_same_config, inlined)
+                snapshot.value,
+                ctx,
+                False,
+                None,
+                snapshot.history,
+                snapshot.timers,
+                snapshot.invocations,
+                config_in,
+            )
         consumed = self._consumes(snapshot, event)
         selected = self._select(config_in, ctx_in, event)
         if not selected and not consumed and not self._has_always:

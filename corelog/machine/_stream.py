@@ -163,9 +163,14 @@ class Coremachine(_Reads):
             etype, edata = prepare_event(event, data)
         core = face.core
         lock = self._send_lock
-        waited = not self._offload or lock.locked()
+        waited = not self._offload or lock._busy
         if waited:
-            await lock.take()  # a checkpoint; cancelled while waiting for the turn: nothing recorded
+            if lock._busy:
+                await lock.take()  # a checkpoint; cancelled while waiting for the turn: nothing recorded
+            else:  # (take()'s free path, inlined: one coroutine less per send)
+                await trio.lowlevel.checkpoint_if_cancelled()
+                lock._busy = True
+                await trio.lowlevel.cancel_shielded_checkpoint()
         else:
             # our turn at once: no scheduling round here (append_async checkpoints before writing)
             lock.take_nowait()
