@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import lmdb
 
 from . import _crypto, _flat
+from ._crypto import LEAF_HASHER, PARENT_HASHER, ROOT, ROOT_SIZE, ROOTS_HASHER
 from ._keys import BLOCK, FORK_VALUE, KEY, NODE, NODE_VALUE, block_key, fork_key, node_key
 from ._tree import MAX_BLOCK_SIZE, MAX_LENGTH, Node
 from ._writer import LogState
@@ -25,6 +26,8 @@ from .errors import BlockTooLarge, LengthMismatch, OutOfRange
 
 if TYPE_CHECKING:
     from ._log import Log
+
+_new = tuple.__new__  # a NamedTuple from a tuple of its fields, without its Python-level __new__
 
 
 def blocks_arg(data: bytes | bytearray | memoryview | Iterable[bytes]) -> list[bytes]:
@@ -60,41 +63,57 @@ def append_part(
             expected=expected,
             actual=st.length,
         )
-    log._check_complete(st)
-    if not blocks:
-        return st.length, st
     start = st.length
+    if st.contig < start:
+        log._check_complete(st)  # raises IncompleteLog
+    if not blocks:
+        return start, st
     length = start + len(blocks)
     if length >= MAX_LENGTH:
         raise OutOfRange(f"a log holds fewer than {MAX_LENGTH} blocks")
-    lid, pack, db, put = log.id, KEY.pack, log._db, txn.put
+    lid, pack = log.id, KEY.pack
     # nothing above writes; nothing below raises but lmdb.Error: the writer's "flat" part
     if len(blocks) == 1:  # the common case, without lists: block, leaf, the parents it completes
+        # (the writer's transactions default to the data database: no ``db=`` per put;
+        # _crypto.leaf_hash / parent_hash inlined; u64 size also starts the node's value)
+        put, npack = txn.put, NODE_VALUE.pack
         block = blocks[0]
         size = len(block)
-        h = _crypto.leaf_hash(block)
+        u = npack(size)
+        hasher = LEAF_HASHER.copy()
+        hasher.update(u)
+        hasher.update(block)
+        h = hasher.digest()
         x = 2 * start
-        put(pack(lid, BLOCK, start), block, db=db)
-        put(pack(lid, NODE, x), NODE_VALUE.pack(size) + h, db=db)
+        put(pack(lid, BLOCK, start), block)
+        put(pack(lid, NODE, x), u + h)
         roots = st.roots
         enc = st.encoded_roots
         if enc is None:
             enc = _crypto.encode_roots(roots)
         merges = ((start + 1) & ~start).bit_length() - 1
-        keep = len(roots) - merges
         if merges:
-            parent_hash = _crypto.parent_hash
+            keep = len(roots) - merges
             for left in reversed(roots[keep:]):  # the roots it completes, right to left
-                size += left.size
-                x = (left.index + x) >> 1
-                h = parent_hash(size, left.hash, h)
-                put(pack(lid, NODE, x), NODE_VALUE.pack(size) + h, db=db)
-            roots = (*roots[:keep], Node(x, size, h))
-            enc = enc[: keep * _crypto.ROOT_SIZE]
+                size += left[1]
+                x = (left[0] + x) >> 1
+                u = npack(size)
+                hasher = PARENT_HASHER.copy()
+                hasher.update(u + left[2] + h)
+                h = hasher.digest()
+                put(pack(lid, NODE, x), u + h)
+            roots = (*roots[:keep], _new(Node, (x, size, h)))
+            enc = enc[: keep * ROOT_SIZE] + h + ROOT.pack(x, size)
         else:
-            roots = (*roots, Node(x, size, h))
-        enc += _crypto.encode_root(x, size, h)
-        byte_length = st.byte_length + len(block)
+            roots = (*roots, _new(Node, (x, size, h)))
+            enc += h + ROOT.pack(x, size)
+        hasher = ROOTS_HASHER.copy()
+        hasher.update(enc)
+        th = hasher.digest()
+        # LogState(...) without its Python-level __new__
+        return length, _new(
+            LogState, (st.fork, length, length, st.byte_length + len(block), th, None, roots, st.record, enc)
+        )
     else:
         # append_nodes' loop, writing (key, value) pairs as it goes: no Node per new node
         # _crypto.leaf_hash / parent_hash inlined (see _audit); u64 size is also the node value's start
@@ -125,7 +144,7 @@ def append_part(
                 merges -= 1
             stack.append((x, size, h))
             i += 1
-        cur = txn.cursor(db=db)
+        cur = txn.cursor(db=log._db)
         cur.putmulti(block_items)
         cur.putmulti(node_items)
         roots = tuple(Node(*r) for r in stack)
@@ -155,7 +174,7 @@ def delete_from(log: Log, txn: lmdb.Transaction, length: int, old_length: int) -
         (block_key(lid, length), block_key(lid, 0)[:5]),
         (node_key(lid, 2 * length), node_key(lid, 0)[:5]),
     ):
-        cur = txn.cursor(db=db)
+        cur = txn.cursor(db=log._db)
         if cur.set_range(start):
             while cur.key()[: len(prefix)] == prefix:
                 if not cur.delete():

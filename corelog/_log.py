@@ -40,7 +40,7 @@ from ._keys import (
     node_key,
 )
 from ._reading import Reading
-from ._tree import Node, Proof, Verified, needed_nodes, parent_node
+from ._tree import MAX_BLOCK_SIZE, Node, Proof, Verified, needed_nodes, parent_node
 from ._wakers import wake_all
 from ._writer import LogState, signed
 from .errors import (
@@ -195,9 +195,11 @@ class Log(Changes):
         (or hand them to ``wakes``, for the writer to wake with its callers in one go)."""
         self._st = st
         self._manifest = st.record.get("manifest")
-        with self._store._watch_mu:
-            self._version += 1
-            waiters, self._waiters = self._waiters, None
+        mu = self._store._watch_mu
+        mu.acquire()  # (not ``with``: every append's path; nothing here raises)
+        self._version += 1
+        waiters, self._waiters = self._waiters, None
+        mu.release()
         if waiters:
             if wakes is None:
                 wake_all(waiters)
@@ -205,10 +207,10 @@ class Log(Changes):
                 wakes.extend(waiters)
 
     def _put_head(self, txn: lmdb.Transaction, st: LogState) -> None:
+        """Write the head (in a writer transaction: its default database is the data one)."""
         txn.put(
             self._hkey,
             HEAD.pack(st.fork, st.length, st.contig, st.byte_length, st.tree_hash, st.signature or UNSIGNED),
-            db=self._db,
         )
 
     @property
@@ -420,8 +422,12 @@ class Log(Changes):
         concurrent appends, from any threads and to any logs of the store, share
         one transaction and one fsync (see ``Store.batch``).
         """
-        blocks = blocks_arg(data)
-        self._check_writable()
+        if type(data) is bytes and len(data) <= MAX_BLOCK_SIZE:  # the common case, quickly
+            blocks = [data]
+        else:
+            blocks = blocks_arg(data)
+        if self._secret is None or self._store._closed:
+            self._check_writable()  # raises
         return self._store._writer.run(
             self, lambda txn, st: append_part(self, txn, st, blocks, expected_length), True
         )

@@ -10,13 +10,18 @@ transaction. Parts that arrive while a commit is in progress queue up, and the
 next commit takes them all: one LMDB transaction, one fsync (group commit).
 
 Leader and followers: a caller that finds the writer idle becomes the *leader*
-and commits its own part at once (a lone caller pays nothing for batching).
+and commits its own part at once (a lone caller pays nothing for batching: it
+takes the writer with one lock round trip, commits in a transaction of its
+own without a queue entry, and gives the writer back with another).
 Callers arriving meanwhile enqueue their part and sleep. When the leader is
 done it wakes the callers it committed for, then promotes the first queued
 caller to leader, which commits everything queued by then. A thread waits on a
 lock of its own; a trio task is parked (``wait_task_rescheduled``) and
 rescheduled through its run's token (``_wakers.TrioTaskWake``; the tasks of
 one run in one hop), and only a leader needs a worker thread.
+
+Every writer transaction has the store's data database as its default, so
+hot parts (``_append``) put without naming it.
 
 Isolation: in a batch of several parts, each runs in a nested LMDB
 transaction, so a part that raises is rolled back alone and its caller gets
@@ -130,7 +135,7 @@ class _Batch:
 
     def __init__(self, store: Store):
         self.store = store
-        self.txn = store._env.begin(write=True)
+        self.txn = store._env.begin(write=True, db=store._dbs.data)
         self.states: dict[int, tuple[Log, LogState]] = {}
         self.parts: list[_Part] = []
         self.count = 0
@@ -142,7 +147,11 @@ class _Batch:
         if log is not None:
             entry = self.states.get(log.id)
             st = entry[1] if entry is not None else log._st
-        txn = self.store._env.begin(write=True, parent=self.txn) if nested else self.txn
+        txn = (
+            self.store._env.begin(write=True, parent=self.txn, db=self.store._dbs.data)
+            if nested
+            else self.txn
+        )
         self.count += 1
         try:
             result, new = part.fn(txn, st)
@@ -152,7 +161,7 @@ class _Batch:
             self._undo(txn, nested)
             part.error = f.error
             # the follow-up (e.g. recording a conflict) runs in a fresh nested transaction
-            child = self.store._env.begin(write=True, parent=self.txn)
+            child = self.store._env.begin(write=True, parent=self.txn, db=self.store._dbs.data)
             try:
                 new = f.then(child, st)
                 child.commit()
@@ -202,7 +211,7 @@ class _Batch:
         txn.abort()
         if not nested:  # the batch's only part ran in the batch transaction: start afresh
             self.states.clear()
-            self.txn = self.store._env.begin(write=True)
+            self.txn = self.store._env.begin(write=True, db=self.store._dbs.data)
 
     def commit(self) -> list[tuple[Log, LogState]]:
         """Write every touched head (our own logs' unsigned), commit; returns what to publish."""
@@ -255,32 +264,50 @@ class Writer:
         ``lmdb.Error``; it may then share the batch transaction without a nested one.
         """
         batch = self._batch
-        part = _Part(log, fn, flat)
         if batch is not None and self._batch_tid == threading.get_ident():  # inside store.batch(): run now
+            part = _Part(log, fn, flat)
             batch.run(part)
             return part.outcome()
+        mu = self._mu
+        mu.acquire()  # (not ``with``: this is every append's path, and nothing here raises)
+        lone = not (self._busy or self._closed) and log is not None
+        if lone:
+            self._busy = True
+        mu.release()
+        if not lone:
+            return self._run_queued(log, fn, flat)
+        # the writer was idle: commit alone, at once (the common uncontended case), no part
+        try:
+            ok, value, changed = self._commit_alone(log, fn)  # type: ignore[arg-type]
+        except BaseException:
+            self._release_lead()
+            raise
+        if ok is None:  # it needs the general path (e.g. a conflict to record)
+            part = _Part(log, fn, flat)
+            part.status = _LEAD
+            self._lead(part)
+            return part.outcome()
+        wakes = self._wakes
+        if wakes:
+            self._wakes = []
+        self._release_lead()
+        if wakes:
+            wake_all(wakes)
+        if changed and log._watchers:  # type: ignore[union-attr]
+            log._notify()  # type: ignore[union-attr]
+        if ok:
+            return value
+        raise value
+
+    def _run_queued(self, log: Log | None, fn: PartFn, flat: bool) -> Any:
+        """``run`` when the writer is busy (or closed, or for a part of no log): queue up."""
+        part = _Part(log, fn, flat)
         lock = self._join(part)
         if lock is not None:
             lock.acquire()  # released when our part is done or we are promoted
             if part.status == _DONE:
                 return part.outcome()
-            self._lead(part)
-            return part.outcome()
-        # the writer was idle: commit our part alone, at once (the common uncontended case)
-        try:
-            changed = self._commit_one(part)
-        except BaseException:
-            self._release_lead()
-            raise
-        if changed is None:  # it needs the general path (e.g. a conflict to record)
-            self._lead(part)
-            return part.outcome()
-        wakes, self._wakes = self._wakes, []
-        self._release_lead()
-        if wakes:
-            wake_all(wakes)
-        for lg in changed:
-            lg._notify()
+        self._lead(part)  # promoted, or the writer went idle meanwhile
         return part.outcome()
 
     def _join(self, part: _Part) -> threading.Lock | None:
@@ -300,7 +327,14 @@ class Writer:
             return lock
 
     def _release_lead(self) -> None:
-        with self._mu:
+        mu = self._mu
+        mu.acquire()
+        if not self._queue and not self._closed:  # nobody waiting: go idle (every append's path)
+            self._busy = False
+            mu.release()
+            return
+        mu.release()
+        with mu:
             if self._queue and not self._closed:
                 nxt = self._queue.pop(0)
                 nxt.status = _LEAD
@@ -385,41 +419,46 @@ class Writer:
         for log in changed:  # old-style watchers run after the writer is free for them
             log._notify()
 
-    def _commit_one(self, part: _Part) -> list[Log] | None:
-        """The lone caller's commit, without batch bookkeeping; None: use the general path."""
-        log = part.log
-        if log is None:
-            return None
+    def _commit_alone(self, log: Log, fn: PartFn) -> tuple[bool | None, Any, bool]:
+        """Commit ``fn`` for ``log`` in a transaction of its own and publish the new state.
+
+        Returns ``(True, result, changed)``, ``(False, error, False)``, or ``(None, None,
+        False)`` when it needs the general path (a ``Followup``, e.g. a conflict to record:
+        rolled back, nothing written).
+        """
+        store = self._store
         st = log._st
         try:
-            txn = self._store._env.begin(write=True)
+            txn = store._env.begin(write=True, db=store._dbs.data)
         except BaseException as exc:
-            part.error = _translate(self._store, exc)
-            return []
+            return False, _translate(store, exc), False
         try:
-            result, new = part.fn(txn, st)
+            result, new = fn(txn, st)
             if new is not st:
                 log._put_head(txn, new)
             txn.commit()
         except Followup:
             txn.abort()
-            return None  # rerun through the general path, which records the follow-up
+            return None, None, False
         except BaseException as exc:
             txn.abort()
-            part.error = _translate(self._store, exc)
-            return []
-        part.result = result
+            return False, _translate(store, exc), False
         self.commits += 1
         if new is st:
-            return []
+            return True, result, False
         log._publish(new, self._wakes)
-        return [log]
+        return True, result, True
 
     def _commit(self, parts: list[_Part]) -> list[Log]:
-        if len(parts) == 1:
-            done = self._commit_one(parts[0])
-            if done is not None:
-                return done
+        lone = parts[0]
+        if len(parts) == 1 and lone.log is not None:  # without batch bookkeeping, if it can
+            ok, value, changed = self._commit_alone(lone.log, lone.fn)
+            if ok is not None:
+                if ok:
+                    lone.result = value
+                else:
+                    lone.error = value
+                return [lone.log] if changed else []
         batch = self._new_batch(parts)
         if batch is None:
             return []
