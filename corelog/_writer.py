@@ -429,7 +429,7 @@ class Writer:
         store = self._store
         st = log._st
         try:
-            txn = store._env.begin(write=True, db=store._dbs.data)
+            txn = store._env.begin(store._dbs.data, None, True)  # (db, parent, write): no keywords to parse
         except BaseException as exc:
             return False, _translate(store, exc), False
         try:
