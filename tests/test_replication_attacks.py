@@ -295,7 +295,7 @@ async def test_answers_are_built_only_as_fast_as_the_peer_reads(make_store):
             await evil.receive(lambda m: isinstance(m, Pong))
             await evil.send(*[Request(0, i, 0, 0, i * 200, i * 200 + 200) for i in range(16)])
             await trio.sleep(0.5)  # read nothing: the server must not build 16 answers meanwhile
-            # at most one batch of answers (READ_BATCH bytes, plus the one that crossed it) exists
+            # at most one hop of answers (READ_BATCH bytes, or one bigger answer alone) exists
             assert session.stats.bytes_sent <= READ_BATCH + 200 * 1000 < 16 * 200 * 1000
             got = await evil.receive(lambda m: isinstance(m, Data) and m.id == 15)
             assert sum(len(m.blocks) for m in got if isinstance(m, Data)) == 3200
