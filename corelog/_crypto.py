@@ -7,10 +7,7 @@ BLAKE2b-256 everywhere, little-endian u64s, Ed25519 over a 112-byte signable.
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import nacl.bindings
 import nacl.exceptions
@@ -156,67 +153,6 @@ def derive_seed(primary_seed: bytes, name: str) -> bytes:
 
 def sign(message: bytes, secret_key: bytes) -> bytes:
     return nacl.bindings.crypto_sign(message, secret_key)[:SIGNATURE_SIZE]
-
-
-_PARALLEL_MIN = 32  # fewer signatures than this are signed in the calling thread
-_pool: ThreadPoolExecutor | None = None
-_spare = 0
-_pool_lock = threading.Lock()
-
-
-def _signers() -> ThreadPoolExecutor | None:
-    """A small pool for ``sign_many`` (one thread per spare core; None on one core)."""
-    global _pool, _spare
-    if _pool is None:
-        spare = min((os.cpu_count() or 1) - 1, 3)
-        if spare < 1:
-            return None
-        with _pool_lock:
-            if _pool is None:
-                _spare = spare
-                _pool = ThreadPoolExecutor(spare, thread_name_prefix="corelog-sign")
-    return _pool
-
-
-def _reset_pool() -> None:  # a forked child has none of the parent's threads
-    global _pool
-    _pool = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_pool)
-
-
-def _sign_range(messages: list[bytes], secrets: list[bytes], out: list[bytes], lo: int, hi: int) -> None:
-    sign_ = nacl.bindings.crypto_sign
-    for i in range(lo, hi):
-        out[i] = sign_(messages[i], secrets[i])[:SIGNATURE_SIZE]
-
-
-def sign_many(messages: list[bytes], secrets: list[bytes]) -> list[bytes]:
-    """``[sign(m, s) for m, s in zip(messages, secrets)]``, spread over the spare cores.
-
-    libsodium runs without the GIL (cffi releases it), so a group commit's heads
-    are signed side by side; Ed25519 is deterministic, so the bytes are the same
-    as signing one by one.
-    """
-    n = len(messages)
-    out: list[bytes] = [b""] * n
-    pool = _signers() if n >= _PARALLEL_MIN else None
-    if pool is None:
-        _sign_range(messages, secrets, out, 0, n)
-        return out
-    ways = _spare + 1
-    step = -(-n // ways)
-    futures = [
-        pool.submit(_sign_range, messages, secrets, out, lo, min(n, lo + step)) for lo in range(step, n, step)
-    ]
-    try:
-        _sign_range(messages, secrets, out, 0, step)
-    finally:
-        for f in futures:
-            f.result()
-    return out
 
 
 def verify(message: bytes, signature: bytes, public_key: bytes) -> bool:
