@@ -155,7 +155,7 @@ def append_part(
 
 
 def truncate_part(log: Log, txn: lmdb.Transaction, st: LogState, length: int) -> tuple[None, LogState]:
-    """Cut the log to ``length`` blocks: fork + 1, the fork recorded; the head is re-signed by the writer."""
+    """Cut the log to ``length`` blocks: fork + 1, the fork recorded; the new head is signed when read."""
     if not 0 <= length <= st.length:
         raise OutOfRange(f"cannot truncate to {length}: the log has {st.length} blocks")
     log._check_complete(st)

@@ -448,7 +448,7 @@ class Log(Changes):
         )
 
     def truncate(self, length: int) -> None:
-        """Cut the log to ``length`` blocks: fork + 1, re-signed, one transaction."""
+        """Cut the log to ``length`` blocks: fork + 1 (the new head signed when read), one transaction."""
         length = _index(length)
         self._check_writable()
         self._store._writer.run(self, lambda txn, st: truncate_part(self, txn, st, length))

@@ -251,8 +251,8 @@ class Store:
 
         The calling thread becomes the store's writer for the block: writes in it
         run at once in an open transaction (``append`` returns the new length at
-        once) and are durable when the block exits (one fsync, one signature per
-        log). Reads in the block see the last commit, not the block's writes. If
+        once) and are durable when the block exits (one fsync; heads are signed
+        when read). Reads in the block see the last commit, not the block's writes. If
         the block raises, nothing of it is written. Writes from other threads
         wait for the block and join its commit. Batches nest (the outer one
         commits). Not for long-running work: it holds every other writer up.
