@@ -344,3 +344,29 @@ def test_fleet_commits_sign_nothing(tmp_path, signs):
             h = lg.head()
             assert _verifies(lg, h) and lg.audit().ok
         assert signs[0] == 4
+
+
+def test_a_partial_replica_of_our_own_log_hands_out_the_peers_signature(make_store, signs):
+    a = make_store("a")
+    w = a.get("mine")
+    w.append([b"w%d" % i for i in range(10)])
+    theirs = w.head()
+    b = make_store("b", seed=a.seed)  # restored from the seed: it owns the key pair
+    b.get(key=w.key).apply(w.proof(0, 5))
+    mine = b.get("mine")
+    assert mine.writable and mine.contiguous_length == 5 and mine.length == 10
+    signs[0] = 0
+    assert mine.head() == theirs and mine.proof(0, 5).signature == theirs.signature
+    assert mine.audit().ok
+    assert signs[0] == 0  # it never signs a head over blocks it does not hold
+    assert _stored_sig(b, mine) == theirs.signature
+    # even a head stored unsigned (it should never be) is not signed while blocks are missing
+    with b._env.begin(write=True) as txn:
+        fork, length, contig, byte_length, th, _ = HEAD.unpack(txn.get(head_key(mine.id), db=b._dbs.data))
+        txn.put(head_key(mine.id), HEAD.pack(fork, length, contig, byte_length, th, UNSIGNED), db=b._dbs.data)
+    b.close()
+    with Store(b.path, sync=False) as again:
+        lg = again.get("mine")
+        assert lg.head().signature == b"" and lg.proof(0, 5).signature == UNSIGNED
+        assert "the head is not signed" in lg.audit().problems
+        assert signs[0] == 0
