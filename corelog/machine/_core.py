@@ -18,6 +18,14 @@ that bypasses the core (a raw ``log.append`` on the same log) is detected by
 the compare-and-append: the sender catches up with the log and runs its event
 again on the new head, up to ``RETRIES`` times, then raises :class:`HeadMoved`.
 
+A ``Fleet`` writes its machines' logs in a part of its own (``_fleet_shared``),
+not through the ``Log``'s pending state, so the compare-and-append here
+(``cas_part``) also reads the log's head in the transaction: a head ahead of
+the state the store writer holds for the ``Log`` (the fleet wrote since) fails
+the append and hands that head to the writer, which publishes it with the
+commit; the sender then runs its event again on it. Only logs named like a
+fleet's (``fleet:<id>``) pay for that read; others append as before.
+
 Readers never wait for a writer: ``current()`` returns the recorded head,
 catching up first (when the lock is free) if the log moved without the core
 (a replica being fed, another process writing a read-only store).
@@ -32,15 +40,18 @@ awaits ``append_async`` (no thread parked per waiting send).
 
 from __future__ import annotations
 
+import struct
 import threading
 import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from corelog import Log
+from corelog._append import append_part, blocks_arg
 from corelog.errors import LengthMismatch
 
 from ._entries import HistoryEntry, decode
+from ._fleet_store import LOG_PREFIX
 from ._frozen import FrozenDict, freeze
 from ._interpreter import Snapshot, Statechart
 from .errors import MachineError, NotAMachineLog, UnserializableContext
@@ -76,16 +87,53 @@ class _Moved(Exception):
     """Internal: the log's length was not the expected one (compare-and-append failed)."""
 
 
+_FORK_LENGTH = struct.Struct(">QQ")  # the first two fields of a stored head (``corelog._keys.HEAD``)
+
+
+def cas_part(log: Log, entry: bytes, expected: int) -> Any:
+    """The store-writer part appending ``entry`` at ``expected`` (compare-and-append).
+
+    It returns -1 (appending nothing) when the head stored in the transaction is ahead of the
+    writer's state of the log (a ``Fleet`` appended to it in its own part, earlier in this batch or
+    committed but not yet published), with that head as the log's new state: the writer publishes
+    it with the commit, so the sender's retry runs on it. Flat (raises before any write).
+    """
+    blocks = blocks_arg(entry)
+    hkey, db = log._hkey, log._db
+
+    def part(txn: Any, st: Any) -> tuple[int, Any]:
+        raw = txn.get(hkey, db=db)
+        if raw is not None:
+            fork, length = _FORK_LENGTH.unpack_from(raw)
+            if fork > st.fork or (fork == st.fork and length > st.length):
+                return -1, log._read_state(txn, st.record)
+        return append_part(log, txn, st, blocks, expected)
+
+    return part
+
+
 def append_at(log: Log, entry: bytes, expected: int) -> int:
     """Append ``entry`` as block ``expected`` or raise ``_Moved``; returns its index.
 
-    Compare-and-append through the store writer (``expected_length``): the check and the
-    append are one step for every writer in this process (one process writes a store).
+    Compare-and-append through the store writer (``cas_part``): the check and the append
+    are one step for every writer in this process (one process writes a store).
     """
     try:
-        return log.append(entry, expected_length=expected) - 1
+        if not _fleet_log(log):
+            return log.append(entry, expected_length=expected) - 1
+        log._check_writable()
+        n = log.store._writer.run(log, cas_part(log, entry, expected), True)
     except LengthMismatch:
         raise _Moved from None
+    if n < 0:
+        raise _Moved
+    return n - 1
+
+
+def _fleet_log(log: Log) -> bool:
+    """A log a ``Fleet`` may write beside the Log's own writer state (only those pay for the check)."""
+    name = log.name
+    return name is not None and name.startswith(LOG_PREFIX)
 
 
 def verify_restore(log: Log) -> None:
@@ -235,10 +283,17 @@ class LogCore:
 
         Cancelled before its commit started, nothing is written; once started it completes.
         """
+        log = self.log
         try:
-            return await self.log.append_async(entry, expected_length=expected) - 1
+            if not _fleet_log(log):
+                return await log.append_async(entry, expected_length=expected) - 1
+            log._check_writable()
+            n = await log.store._writer.run_async(log, cas_part(log, entry, expected), True)
         except LengthMismatch:
             raise _Moved from None
+        if n < 0:
+            raise _Moved
+        return n - 1
 
 
 # One core per log per store, held weakly: gone with the last machine object on the log.
@@ -270,4 +325,13 @@ def live_cores(store: Store) -> int:
         return 0 if cores is None else len(cores)
 
 
-__all__ = ["RETRIES", "LogCore", "Recorded", "append_at", "core_for", "live_cores"]
+def cores_of(store: Store, keys: list[bytes]) -> list[LogCore]:
+    """The live cores of the logs with these keys (machine objects are open on them), if any."""
+    with _CORES_LOCK:
+        cores = _CORES.get(store)
+        if not cores:
+            return []
+        return [c for c in map(cores.get, keys) if c is not None]
+
+
+__all__ = ["RETRIES", "LogCore", "Recorded", "append_at", "cores_of", "core_for", "live_cores"]

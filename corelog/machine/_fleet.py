@@ -55,7 +55,8 @@ from ._fleet_records import (
     machine_history,
     restore,
 )
-from ._fleet_stage import stage_event
+from ._fleet_shared import LOCK_WAIT, Deferred, Shared, publish
+from ._fleet_stage import stage_event, stage_group
 from ._frozen import freeze
 from ._interpreter import Snapshot, Statechart
 from ._runtime import as_event, frozen_snapshot, now_ms
@@ -114,6 +115,7 @@ class Fleet:
         self._recent_rows = 0
         self.recent_max_rows = 65_536
         self._writer: threading.Thread | None = None
+        self._shared = Shared(self.store)  # the writer's dealings with logs a Machine may write too
         self._running = False
         self._closed = False
         with self._env.begin() as txn:
@@ -321,7 +323,10 @@ class Fleet:
         """The committed snapshot of a machine (from the cache, or its log's last entry)."""
         slot = self._cache.get(mid)
         if slot is not None and slot.snapshot is not None:
-            return slot.snapshot
+            log = self.store._logs.get(slot.log.key)
+            # a machine whose Log is open may have been appended outside the fleet: then from the log
+            if log is None or (log.fork, log.length) == (slot.log.fork, slot.log.length):
+                return slot.snapshot
         info = self.info(mid)
         log = self.store.get(key=info.key, create=False)
         n = log.length
@@ -359,8 +364,15 @@ class Fleet:
                     return
                 n = min(len(self._queue), self.max_batch)
                 ops = [self._queue.popleft() for _ in range(n)]
+            idle = False
             try:
-                self._commit(ops)
+                deferred = self._commit(ops)
+                if deferred:  # their machines' logs are being written outside the fleet: next batch, in order
+                    with self._cond:
+                        idle = not self._queue
+                        self._queue.extendleft(reversed(deferred))
+                    later = set(map(id, deferred))
+                    ops = [op for op in ops if id(op) not in later]
             except BaseException as exc:  # never leave a waiter hanging
                 for op in ops:
                     if op.error is None:
@@ -377,6 +389,8 @@ class Fleet:
                         pass
             with self._done:
                 self._done.notify_all()
+            # with nothing else to do, let the Machine sends deferred to finish first (else go on)
+            self._shared.wait(LOCK_WAIT if idle else 0.0)
 
     def _slot(self, txn: Any, op: _Send, stages: dict[str, _Stage]) -> _Stage:
         st = stages.get(op.mid)
@@ -395,6 +409,8 @@ class Fleet:
             self._cache.move_to_end(op.mid)
         else:
             slot = self._load(txn, op)
+        if slot.log.lid and slot.log.key in self.store._logs:  # shared with the Log's writers: take turns
+            self._shared.check(txn, slot.log, op)
         if op.kind is not None and op.kind != slot.kind.name:
             raise UnknownKind(f"machine {op.mid!r} is a {slot.kind.name!r}, not a {op.kind!r}")
         st = stages[op.mid] = _Stage(slot)
@@ -428,58 +444,66 @@ class Fleet:
         """Stage one event (``_fleet_stage``); on any error the stage is left exactly as it was."""
         return stage_event(self._slot(txn, op, stages), op, now)
 
-    def _commit(self, ops: list[_Op]) -> None:
+    def _commit(self, ops: list[_Op]) -> list[_Op]:
+        """Commit ``ops`` as one part of the store's group commit; returns the ops deferred to the
+        next batch (a machine whose log has a write of this batch pending: ``_fleet_shared``)."""
         stages: dict[str, _Stage] = {}
         feed: list[list] = []
+        deferred: list[_Op] = []
 
         def part(txn: Any, _state: Any) -> tuple[None, None]:
             stages.clear()
             feed.clear()
+            deferred.clear()
+            blocked: set[str] = set()  # machines deferred: their later ops wait too (per-machine order)
             meta_puts: list[tuple[bytes, bytes]] = []
             meta_deletes: list[bytes] = []
             now = self.clock()
-            for op in ops:
-                op.error = None
-                if isinstance(op, _Send):
-                    try:
-                        feed.append(self._prepare_send(txn, op, stages, now))
-                    except CorelogError as exc:
-                        op.error = exc
-                        self._drop_unwritten(stages, op.mid)
-                elif isinstance(op, _Group):
-                    self._prepare_group(txn, op, stages, now, feed, meta_puts, meta_deletes)
+            try:
+                for op in ops:
+                    op.error = None
+                    if isinstance(op, _Send):
+                        if op.mid in blocked:
+                            deferred.append(op)
+                            continue
+                        try:
+                            feed.append(self._prepare_send(txn, op, stages, now))
+                        except Deferred:
+                            blocked.add(op.mid)
+                            deferred.append(op)
+                        except CorelogError as exc:
+                            op.error = exc
+                            self._drop_unwritten(stages, op.mid)
+                    elif isinstance(op, _Group):
+                        mids = {send.mid for send in op.sends}
+                        try:
+                            if mids & blocked:
+                                raise Deferred
+                            stage_group(
+                                op, stages, feed, lambda send: self._prepare_send(txn, send, stages, now)
+                            )
+                            if op.error is None:  # its cursor and dead-letter writes go with its sends
+                                meta_puts.extend(op.meta_puts)
+                                meta_deletes.extend(op.meta_deletes)
+                        except Deferred:
+                            blocked |= mids
+                            deferred.append(op)
+            finally:
+                self._shared.close()
             self._write(txn, stages, feed, meta_puts, meta_deletes)
             return None, None
 
-        self.store._writer.run(None, part)  # one part of the store's group commit; durable on return
-        self._apply(stages, feed)
+        try:
+            self.store._writer.run(None, part)  # one part of the store's group commit; durable on return
+            self._apply(stages, feed)
+        finally:
+            self._shared.release()  # the core locks taken in the part, now that the logs are published
+        return deferred
 
     def _drop_unwritten(self, stages: dict[str, _Stage], mid: str) -> None:
         st = stages.get(mid)
         if st is not None and not st.blocks:
             del stages[mid]
-
-    def _prepare_group(self, txn, op: _Group, stages, now, feed, meta_puts, meta_deletes) -> None:
-        saved = {m: (len(s.blocks), s.snapshot, s.header) for m, s in stages.items()}
-        nfeed = len(feed)
-        try:
-            results = []
-            for send in op.sends:
-                feed.append(self._prepare_send(txn, send, stages, now))
-                results.append(send.result)
-            op.result = results
-            meta_puts.extend(op.meta_puts)
-            meta_deletes.extend(op.meta_deletes)
-        except CorelogError as exc:
-            op.error = exc
-            del feed[nfeed:]
-            for m in list(stages):
-                if m not in saved:
-                    del stages[m]
-                else:
-                    n, snap, header = saved[m]
-                    del stages[m].blocks[n:]
-                    stages[m].snapshot, stages[m].header = snap, header
 
     def _write(self, txn, stages: dict[str, _Stage], feed: list[list], meta_puts, meta_deletes) -> None:
         dbs = self._dbs
@@ -553,7 +577,7 @@ class Fleet:
                 self._cache[mid] = slot
             other = logs.get(log.key)  # a Log object opened on this machine outside the fleet
             if other is not None:
-                other._load()  # re-read and publish (wakes its waiters and runtimes)
+                publish(other)  # before the sends are acknowledged (wakes its waiters and runtimes)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         if feed and len(feed[-1]) > 6:

@@ -69,11 +69,12 @@ class _Stage:
 class _Op:
     """A queued request; ``finish`` is called in the writer thread with (result, error)."""
 
-    __slots__ = ("notify", "result", "error", "done")
+    __slots__ = ("notify", "result", "error", "done", "yielded")
 
     def __init__(self, notify: Callable[[_Op], None] | None):
         self.notify = notify
         self.done = False
+        self.yielded = False  # deferred once for a machine object's send on its log (``_fleet_shared``)
         self.result: Any = None
         self.error: BaseException | None = None
 

@@ -4,15 +4,19 @@
 transaction, once the machine's :class:`_Stage` is found or loaded: check a timer
 event is still due, run the transition on the staged snapshot (a new machine, or one
 recorded under another definition, gets a header entry first), and add the encoded
-entries to the stage. Nothing touches the store here; ``_fleet`` writes the stages.
+entries to the stage. :func:`stage_group` stages a listener's follow-up sends all or
+nothing. Nothing touches the store here; ``_fleet`` writes the stages.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from corelog.errors import CorelogError
 
 from ._entries import encode_header, encode_transition, packed_definition
-from ._fleet_records import _Send, _Stage
+from ._fleet_records import _Group, _Send, _Stage
+from ._fleet_shared import Deferred
 from ._interpreter import Event, stamp_invocations
 from ._runtime import frozen_snapshot
 from .errors import ActionFailed, EventNotAccepted
@@ -61,3 +65,33 @@ def stage_event(st: _Stage, op: _Send, now: int) -> list:
     index = st.slot.log.length + len(st.blocks) - 1
     op.result = new
     return [op.mid, st, index, snap, new, ev]
+
+
+def stage_group(
+    op: _Group, stages: dict[str, _Stage], feed: list[list], stage: Callable[[_Send], list]
+) -> None:
+    """Stage every send of ``op`` (``stage(send)`` gives its feed row) or none of them.
+
+    On a CorelogError it becomes ``op``'s error; on ``Deferred`` (a machine's log is being written
+    outside the fleet) it is raised again. Either way ``stages`` and ``feed`` are left as they were.
+    """
+    saved = {m: (len(s.blocks), s.snapshot, s.header) for m, s in stages.items()}
+    nfeed = len(feed)
+    try:
+        results = []
+        for send in op.sends:
+            feed.append(stage(send))
+            results.append(send.result)
+        op.result = results
+    except (CorelogError, Deferred) as exc:
+        del feed[nfeed:]
+        for m in list(stages):
+            if m not in saved:
+                del stages[m]
+            else:
+                n, snap, header = saved[m]
+                del stages[m].blocks[n:]
+                stages[m].snapshot, stages[m].header = snap, header
+        if isinstance(exc, Deferred):
+            raise
+        op.error = exc
