@@ -112,22 +112,16 @@ def cas_part(log: Log, entry: bytes, expected: int) -> Any:
     return part
 
 
-def append_at(log: Log, entry: bytes, expected: int) -> int:
-    """Append ``entry`` as block ``expected`` or raise ``_Moved``; returns its index.
-
-    Compare-and-append through the store writer (``cas_part``): the check and the append
-    are one step for every writer in this process (one process writes a store).
-    """
-    try:
-        if not _fleet_log(log):
-            return log.append(entry, expected_length=expected) - 1
-        log._check_writable()
-        n = log.store._writer.run(log, cas_part(log, entry, expected), True)
-    except LengthMismatch:
-        raise _Moved from None
+def fleet_append(log: Log, entry: bytes, expected: int) -> int:
+    """``log.append(entry, expected_length=expected)`` for a log a ``Fleet`` may write too
+    (``cas_part``): the new length, or LengthMismatch (the fleet's head, if it moved, is published)."""
+    log._check_writable()
+    n: int = log.store._writer.run(log, cas_part(log, entry, expected), True)
     if n < 0:
-        raise _Moved
-    return n - 1
+        raise LengthMismatch(
+            "a fleet appended to the log first: re-read and retry", expected=expected, actual=log.length
+        )
+    return n
 
 
 def _fleet_log(log: Log) -> bool:
@@ -184,12 +178,13 @@ def frozen_entry(entry: HistoryEntry) -> tuple[Any, FrozenDict]:
 class LogCore:
     """The per-log runtime shared by every machine object on the log (see the module docstring)."""
 
-    __slots__ = ("__weakref__", "head", "lock", "log", "readonly", "version")
+    __slots__ = ("__weakref__", "fleet", "head", "lock", "log", "readonly", "version")
 
     def __init__(self, log: Log):
         self.log = log
         self.lock = threading.Lock()
         self.readonly = log.store.readonly
+        self.fleet = _fleet_log(log)  # a Fleet may write it too: appends use ``fleet_append``
         self.version = 0  # + 1 on every change of the recorded head
         self.head = Recorded(-1, log.fork)
         with self.lock:
@@ -276,7 +271,12 @@ class LogCore:
 
     def append_locked(self, entry: bytes, expected: int) -> int:
         """Compare-and-append (lock held); ``_Moved`` if the log is not ``expected`` long."""
-        return append_at(self.log, entry, expected)
+        try:
+            if self.fleet:
+                return fleet_append(self.log, entry, expected) - 1
+            return self.log.append(entry, expected_length=expected) - 1
+        except LengthMismatch:
+            raise _Moved from None
 
     async def append_async_locked(self, entry: bytes, expected: int) -> int:
         """``append_locked`` for trio: waits for the group commit without blocking the event loop.
@@ -285,7 +285,7 @@ class LogCore:
         """
         log = self.log
         try:
-            if not _fleet_log(log):
+            if not self.fleet:
                 return await log.append_async(entry, expected_length=expected) - 1
             log._check_writable()
             n = await log.store._writer.run_async(log, cas_part(log, entry, expected), True)
@@ -334,4 +334,12 @@ def cores_of(store: Store, keys: list[bytes]) -> list[LogCore]:
         return [c for c in map(cores.get, keys) if c is not None]
 
 
-__all__ = ["RETRIES", "LogCore", "Recorded", "append_at", "cores_of", "core_for", "live_cores"]
+__all__ = [
+    "RETRIES",
+    "LogCore",
+    "Recorded",
+    "cores_of",
+    "core_for",
+    "fleet_append",
+    "live_cores",
+]

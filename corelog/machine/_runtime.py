@@ -35,7 +35,7 @@ from ._charts import (
     frozen_definition,
     missing_implementations,
 )
-from ._core import RETRIES, LogCore, Recorded, _Moved, core_for, frozen_entry
+from ._core import RETRIES, LogCore, Recorded, _Moved, core_for, fleet_append, frozen_entry
 from ._entries import HistoryEntry, decode, encode_header, encode_transition, packed_definition
 from ._frozen import _SCALARS, FrozenDict, freeze
 from ._history import History
@@ -348,10 +348,14 @@ class _Face:
     def send_locked(self, etype: str, edata: Any) -> Snapshot:
         """prepare, compare-and-append, commit (lock held); on a moved log catch up and run again."""
         log = self.log
+        fleet = self.core.fleet  # a Fleet may write the log too: its compare-and-append reads the stored head
         for attempt in range(RETRIES):
             h, new, entry, extras = self.prepare_locked(etype, edata, attempt > 0)
-            try:  # compare-and-append (``append_at``, inlined)
-                n = log.append(entry, expected_length=h.index + 1)
+            try:  # compare-and-append (``LogCore.append_locked``, inlined)
+                if fleet:
+                    n = fleet_append(log, entry, h.index + 1)
+                else:
+                    n = log.append(entry, expected_length=h.index + 1)
             except LengthMismatch:
                 continue
             self.core.set_locked(  # (commit_locked, inlined)
