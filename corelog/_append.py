@@ -11,7 +11,6 @@ itself.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -117,19 +116,17 @@ def append_part(
     else:
         # append_nodes' loop, writing (key, value) pairs as it goes: no Node per new node
         # _crypto.leaf_hash / parent_hash inlined (see _audit); u64 size is also the node value's start
-        b2, npack, leaf_tag, parent_tag = (
-            hashlib.blake2b,
-            NODE_VALUE.pack,
-            _crypto.LEAF_PREFIX,
-            _crypto.PARENT_PREFIX,
-        )
+        npack, leaf, parent = NODE_VALUE.pack, LEAF_HASHER.copy, PARENT_HASHER.copy
         stack: list[tuple[int, int, bytes]] = list(st.roots)
         block_items, node_items = [], []
         i = start
         for b in blocks:
             size = len(b)
             u = npack(size)
-            h = b2(leaf_tag + u + b, digest_size=32).digest()
+            hasher = leaf()
+            hasher.update(u)
+            hasher.update(b)
+            h = hasher.digest()
             x = 2 * i
             block_items.append((pack(lid, BLOCK, i), b))
             node_items.append((pack(lid, NODE, x), u + h))
@@ -139,7 +136,9 @@ def append_part(
                 size += lsize
                 x = (lx + x) >> 1
                 u = npack(size)
-                h = b2(parent_tag + u + lh + h, digest_size=32).digest()
+                hasher = parent()
+                hasher.update(u + lh + h)
+                h = hasher.digest()
                 node_items.append((pack(lid, NODE, x), u + h))
                 merges -= 1
             stack.append((x, size, h))

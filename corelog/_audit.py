@@ -10,7 +10,6 @@ and tree hash against the recomputed tree.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -72,12 +71,8 @@ def audit(self: Log, progress: Callable[[int, int], None] | None = None) -> Audi
         stack: list[tuple[int, int, bytes, bool]] = []
         # _crypto.leaf_hash / parent_hash inlined: H(0x00 || u64 size || block), H(0x01 || u64
         # size || left || right); a node's stored value is u64 size (the same bytes) || hash
-        b2, npack, leaf_tag, parent_tag = (
-            hashlib.blake2b,
-            NODE_VALUE.pack,
-            _crypto.LEAF_PREFIX,
-            _crypto.PARENT_PREFIX,
-        )
+        # (BLAKE2b states that have hashed the prefix, copied per hash: ``_crypto.LEAF_HASHER``)
+        npack, leaf, parent = NODE_VALUE.pack, _crypto.LEAF_HASHER.copy, _crypto.PARENT_HASHER.copy
         node_get = txn.get
         nodes_db = self._db
         lid = self.id
@@ -100,7 +95,10 @@ def audit(self: Log, progress: Callable[[int, int], None] | None = None) -> Audi
             for data in blocks:
                 size = len(data)
                 u = npack(size)
-                h = b2(leaf_tag + u + data, digest_size=32).digest()
+                hasher = leaf()
+                hasher.update(u)
+                hasher.update(data)
+                h = hasher.digest()
                 x = 2 * j
                 tainted = get(x) != u + h
                 if tainted:
@@ -113,7 +111,9 @@ def audit(self: Log, progress: Callable[[int, int], None] | None = None) -> Audi
                         raise InvalidProof(f"a tree node of {size} bytes is over the {MAX_BYTES}-byte limit")
                     x = (lx + x) >> 1
                     u = npack(size)
-                    h = b2(parent_tag + u + lh + h, digest_size=32).digest()
+                    hasher = parent()
+                    hasher.update(u + lh + h)
+                    h = hasher.digest()
                     tainted = tainted or left_tainted
                     v = get(x)
                     if v is None:

@@ -24,7 +24,6 @@ the subtrees covering ``[have, n)``.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -244,18 +243,17 @@ def verify(
         """Every node of the perfect subtree over blocks [lo, hi) (inside [start, end)) into
         ``learnt``, leaves first, as ``_append.append_part`` does (leaf and parent hashes inlined);
         returns its root."""
-        b2, pack, leaf_tag, parent_tag = (
-            hashlib.blake2b,
-            _crypto.U64.pack,
-            _crypto.LEAF_PREFIX,
-            _crypto.PARENT_PREFIX,
-        )
+        # (BLAKE2b states that have hashed the prefix, copied per hash: ``_crypto.LEAF_HASHER``)
+        pack, leaf, parent = _crypto.U64.pack, _crypto.LEAF_HASHER.copy, _crypto.PARENT_HASHER.copy
         stack: list[tuple[int, int, bytes]] = []
         j = 0
         for data in blocks[lo - start : hi - start]:
             size = len(data)
             x = 2 * (lo + j)
-            h = b2(leaf_tag + pack(size) + data, digest_size=32).digest()
+            hasher = leaf()
+            hasher.update(pack(size))
+            hasher.update(data)
+            h = hasher.digest()
             learnt[x] = n = (x, size, h)
             merges = ((j + 1) & ~j).bit_length() - 1  # (lo is a multiple of the subtree's width)
             while merges:
@@ -266,7 +264,9 @@ def verify(
                         f"a tree node of {size} bytes is over the {MAX_BYTES}-byte limit: forged sizes"
                     )
                 x = (lx + x) >> 1
-                h = b2(parent_tag + pack(size) + lh + h, digest_size=32).digest()
+                hasher = parent()
+                hasher.update(pack(size) + lh + h)
+                h = hasher.digest()
                 learnt[x] = n = (x, size, h)
                 merges -= 1
             stack.append(n)
