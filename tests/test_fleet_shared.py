@@ -314,3 +314,43 @@ def test_fleet_takes_turns_with_the_log_core_and_never_waits_on_it_for_long(tmp_
         assert m.send("MSG", {"src": "machine", "i": 0}).context["turns"] == 3
         _check_history(log, {("fleet", 0): 1, ("fleet", 1): 2, ("machine", 0): 3}, 3)
     store.close()
+
+
+def test_evicted_and_reloaded_machines_shared_with_machines_in_threads(tmp_path):
+    """Five machines through a fleet caching two (so each is evicted and reloaded over and over),
+    three of them also written by Machine objects, from three threads."""
+    store = Store(tmp_path / "s", sync=False)
+    f = Fleet(store, cache_size=2)
+    f.register("chat", CHAT, CHAT_IMPL)
+    acked: dict[tuple[str, int], int] = {}
+    errors: list = []
+    n = 150
+    with f:
+        for k in range(5):
+            f.send(f"c{k}", "INQUIRY", {"name": "a"})
+        logs = [store.get(f"fleet:c{k}") for k in range(5)]
+        ms = [Machine(logs[k], CHAT, actions=CHAT_IMPL) for k in range(3)]
+        threads = [
+            _sender("fleet-send", n, lambda d: f.send(f"c{d['i'] % 5}", "MSG", d), acked, errors),
+            _sender("fleet-post", n, lambda d: f.post(f"c{d['i'] * 7 % 5}", "MSG", d)(30), acked, errors),
+            _sender("machine", n, lambda d: ms[d["i"] % 3].send("MSG", d), acked, errors),
+        ]
+        for t in threads:
+            t.start()
+        end = time.monotonic() + DEADLINE
+        for t in threads:
+            t.join(max(0.0, end - time.monotonic()))
+        assert not any(t.is_alive() for t in threads), "the senders did not finish in time"
+        assert not errors, errors
+        recorded: dict[tuple[str, int], int] = {}
+        for log in logs:
+            rec = _recorded(log)
+            assert not set(rec) & set(recorded)
+            recorded.update(rec)
+            assert log.audit().ok
+            assert _replay(log, lambda d: Statechart(d, CHAT_IMPL), lambda i: None) is None
+            mid = log.name.removeprefix("fleet:")
+            assert f.snapshot(mid).context["turns"] == len(rec) == log.length - 2
+        assert recorded == acked  # every acknowledged send, with the snapshot its sender got
+        assert all(m.context["turns"] == logs[k].length - 2 for k, m in enumerate(ms))
+    store.close()
