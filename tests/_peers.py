@@ -153,3 +153,32 @@ def handler_thread(handler):
         token, scope = handle[0]
         token.run_sync_soon(scope.cancel)
         thread.join(10)
+
+
+def rst_relay(inner_port: int, after: int = 300_000):
+    """A ``handler_thread`` handler that relays a client to ``inner_port`` and, once ``after`` bytes
+    went to the client, resets both TCP connections (SO_LINGER 0: an RST, not a FIN)."""
+    import socket
+    import struct
+
+    async def relay(stream: trio.SocketStream) -> None:
+        upstream = await trio.open_tcp_stream("127.0.0.1", inner_port)
+        total = 0
+        async with trio.open_nursery() as nursery:
+
+            async def pump_up() -> None:
+                while data := await stream.receive_some(65536):
+                    await upstream.send_all(data)
+
+            nursery.start_soon(pump_up)
+            while data := await upstream.receive_some(65536):
+                await stream.send_all(data)
+                total += len(data)
+                if total > after:
+                    break
+            nursery.cancel_scope.cancel()
+        for s in (stream, upstream):
+            s.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.socket.close()  # with linger 0 the kernel sends an RST
+
+    return relay

@@ -13,7 +13,7 @@ from corelog import Store
 from corelog.cli import cli
 from corelog.errors import Conflict
 
-from ._peers import handler_thread, server_thread
+from ._peers import handler_thread, rst_relay, server_thread
 
 FAST = {"idle_timeout": 2.0, "progress_timeout": 2.0, "handshake_timeout": 2.0}
 
@@ -91,6 +91,27 @@ def test_sync_cut_mid_way_exits_1(make_store, tmp_path):
         code, out = _sync(tmp_path / "mirror", log.key, port, "--timeout", "2")
     assert code == 1 and ("SyncIncomplete" in out or "sync failed" in out), out
     assert "audit ok" in out
+
+
+def test_sync_reset_mid_way_exits_1_with_one_reason_then_resumes(make_store, tmp_path):
+    w = make_store("w")
+    log = w.get("big")
+    log.append([i.to_bytes(4, "big") * 50 for i in range(20000)])
+    mirror = tmp_path / "mirror"
+    with server_thread(w, **FAST) as inner_port:
+        with handler_thread(rst_relay(inner_port)) as port:
+            code, out = _sync(mirror, log.key, port, "--timeout", "2")
+        assert code == 1, out
+        lines = out.splitlines()
+        summary = [line for line in lines if "entries, fork 0, audit ok" in line]
+        errors = [line for line in lines if line.startswith("error:")]
+        assert len(summary) == 1 and len(errors) == 1, out
+        assert "sync failed: ConnectionLost:" in errors[0] and "reset" in errors[0], out
+        assert "sync again to resume" in errors[0] and "unexpected" not in out, out
+        held = int(summary[0].split(": ")[1].split()[0])
+        assert held < 20000
+        code, out = _sync(mirror, log.key, inner_port, "--timeout", "2")  # resumes to the end
+    assert code == 0 and "20000 entries, fork 0, audit ok" in out, out
 
 
 def _conflicted_replica(make_store, tmp_path):

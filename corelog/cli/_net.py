@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from corelog import Store
 from corelog.errors import CorelogError
@@ -239,7 +240,7 @@ def sync(store: str, key: str, address: str, live: bool, hypercore: bool, timeou
             if interrupted:
                 raise KeyboardInterrupt
         for problem in problems:
-            err_console.print(f"[bold red]error:[/] {problem}")
+            err_console.print(f"[bold red]error:[/] {escape(problem)}", soft_wrap=True)  # one line each
         if problems:
             raise SystemExit(PROBLEMS)
     except BaseException:

@@ -11,10 +11,12 @@ from ._messages import PROTOCOL_VERSION
 from ._noise import NoiseXX
 from ._replicator import Limits, Replicator, Stats
 from ._secure import SecureStream, secure_stream
-from ._session import Session, connect_tcp, memory_pair, replicate, serve_tcp
+from ._session import Session, replicate
 from ._signaling import MemorySignaling, Signaling, StreamSignaling, memory_signaling_pair
+from ._tcp import connect_tcp, memory_pair, serve_tcp
 from ._webrtc import WebRTCStream, candidate_addresses, connect_webrtc
 from .errors import (
+    ConnectionLost,
     FrameTooLarge,
     HandshakeError,
     ProtocolError,
@@ -29,6 +31,7 @@ __all__ = [
     "NEED_DATA",
     "PROTOCOL_VERSION",
     "ChannelState",
+    "ConnectionLost",
     "Connection",
     "FrameTooLarge",
     "HandshakeError",

@@ -64,7 +64,7 @@ from ._messages import (
     decode,
     encode,
 )
-from .errors import ProtocolError, RemoteError
+from .errors import ConnectionLost, ProtocolError, RemoteError
 
 
 class LocalProtocolError(ProtocolError):
@@ -313,7 +313,10 @@ class Connection:
             if body is None:
                 if self._eof:
                     if self._decoder.buffered:
-                        raise ProtocolError("the peer closed the connection in the middle of a frame")
+                        raise ConnectionLost(
+                            "the peer closed the connection in the middle of a frame; "
+                            "everything committed so far was verified and is kept: sync again to resume"
+                        )
                     self.closed = True
                     return CLOSED
                 return NEED_DATA

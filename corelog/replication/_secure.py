@@ -18,11 +18,12 @@ A message bigger than one record is cut into one start record and continuation
 records. ``total`` comes first, so the receiver rejects a message over its
 ``max_message`` (:class:`FrameTooLarge`) before buffering any of it. A start
 record while a message is unfinished, a continuation outside one, an unknown
-record type, a record that fails authentication, or EOF inside a record or a
-message are all :class:`ProtocolError` (:class:`HandshakeError` for failed
-decryption). A clean EOF (between messages) is *not* authenticated: an attacker
-who can cut the connection can end it early, never alter or reorder it; the
-replication protocol has its own end-of-sync agreement.
+record type, or a record that fails authentication is a :class:`ProtocolError`
+(:class:`HandshakeError` for failed decryption); EOF inside a record or a
+message is :class:`ConnectionLost` (a ProtocolError too). A clean EOF (between
+messages) is *not* authenticated: an attacker who can cut the connection can end
+it early, never alter or reorder it; the replication protocol has its own
+end-of-sync agreement.
 
 ``send_all(data)`` sends ``data`` as messages of at most one record each;
 ``receive_some`` returns the bytes of consecutive messages as one stream, so
@@ -39,7 +40,7 @@ import nacl.public
 import trio
 
 from ._noise import MAX_MESSAGE, MAX_PLAINTEXT, NoiseXX
-from .errors import FrameTooLarge, HandshakeError, ProtocolError
+from .errors import ConnectionLost, FrameTooLarge, HandshakeError, ProtocolError
 
 _LEN = struct.Struct(">H")
 _START = struct.Struct(">BI")
@@ -187,7 +188,7 @@ class SecureStream(trio.abc.Stream):
                 return plaintext
             if self._eof:
                 if len(self._raw) > self._rpos:
-                    raise ProtocolError(
+                    raise ConnectionLost(
                         "the connection ended inside an encrypted record "
                         f"({len(self._raw) - self._rpos} bytes of it received)"
                     )
@@ -249,7 +250,9 @@ class SecureStream(trio.abc.Stream):
             plaintext = await self._next_record()
             if plaintext is None:
                 if self._remaining:
-                    raise ProtocolError(f"the connection ended with {self._remaining} bytes of a message due")
+                    raise ConnectionLost(
+                        f"the connection ended with {self._remaining} bytes of a message due"
+                    )
                 return None
             return self._open_record(plaintext)
         except ProtocolError as exc:

@@ -52,8 +52,12 @@ Anything a peer sends that fails ends only this connection: the Replicator sets
 ``error`` and queues an Error frame, the writer sends it (for at most
 ``error_grace`` seconds), and ``run`` raises that typed error. ``live=False``
 always ends: success, or ``SyncTimeout`` (silence, no Hello, no progress),
-``SyncIncomplete`` (the peer withheld data or cut the connection), or the
-peer's protocol error.
+``SyncIncomplete`` (the peer withheld data), its subclass ``ConnectionLost``
+(the connection was reset, broke, was closed or ended early, on any transport:
+the reader's and writer's transport exceptions become this one typed error, and
+``_transport.root_cause`` picks it out of the tasks' exception group), or the
+peer's protocol error. Everything committed before any of these is verified
+and kept, so a second sync resumes where the first stopped.
 """
 
 from __future__ import annotations
@@ -66,11 +70,11 @@ from collections.abc import Iterable
 import trio
 
 from corelog import Log, Store
-from corelog.errors import CorelogError
 
 from ._replicator import Commit, Limits, Read, Replicator
+from ._transport import RESUME, TRANSPORT_ERRORS, connection_lost, root_cause
 from ._work import commit_all, run_all
-from .errors import ProtocolError, SyncIncomplete, SyncTimeout
+from .errors import ConnectionLost, ProtocolError, SyncIncomplete, SyncTimeout
 
 # bytes the reader takes per step: one Noise record's body (_secure.START_BODY). Each record is
 # decrypted in a C call that releases the GIL, and getting it back can take a switch interval
@@ -226,7 +230,7 @@ class Session:
                     await self._supervise(started)
                     nursery.cancel_scope.cancel()
             except BaseExceptionGroup as group:
-                raise _single(group) from None
+                raise root_cause(group, rep.error) from None
         finally:
             self._closed = True
             self._unwatch()
@@ -251,7 +255,10 @@ class Session:
         while rep.error is None:
             while rep.backlog > rep.limits.max_backlog and rep.error is None:
                 await self._reader_wake.wait()  # storage is behind: let it catch up (never the writer)
-            data = await self.stream.receive_some(RECEIVE_SIZE)
+            try:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            except TRANSPORT_ERRORS as exc:
+                raise connection_lost(exc, "receiving") from exc
             self._last_rx = trio.current_time()
             handled = rep.handled
             rep.feed(data)
@@ -392,7 +399,7 @@ class Session:
                 if rep.finished:
                     self._check_complete()
                     return
-                raise SyncIncomplete("the peer closed the connection before the sync finished")
+                raise ConnectionLost(f"the peer closed the connection before the sync finished; {RESUME}")
             deadlines = [now + 1.0]
             if rep.conn.remote_hello is None:
                 if now - started > self.handshake_timeout:
@@ -431,6 +438,8 @@ class Session:
         self._sending = True
         try:
             await self.stream.send_all(data)
+        except TRANSPORT_ERRORS as exc:
+            raise connection_lost(exc, "sending") from exc
         finally:
             self._sending = False
         self._last_tx = trio.current_time()
@@ -470,19 +479,6 @@ class Session:
         self._writer_wake.set()
 
 
-def _single(group: BaseExceptionGroup) -> BaseException:
-    """The one real error inside a nursery's group (so callers can catch typed errors)."""
-    leaves: list[BaseException] = []
-
-    def walk(g: BaseExceptionGroup) -> None:
-        for e in g.exceptions:
-            walk(e) if isinstance(e, BaseExceptionGroup) else leaves.append(e)
-
-    walk(group)
-    real = [e for e in leaves if not isinstance(e, trio.Cancelled)]
-    return real[0] if len(real) == 1 else group
-
-
 async def replicate(
     stream: trio.abc.Stream,
     source: Store | Log | Iterable[Log],
@@ -500,81 +496,3 @@ async def replicate(
     session = Session(stream, source, initiator=initiator, live=live, **kw)
     await session.run()
     return session
-
-
-async def serve_tcp(
-    source: Store | Log | Iterable[Log],
-    host: str = "127.0.0.1",
-    port: int = 0,
-    *,
-    live: bool = True,
-    handler_errors: list[BaseException] | None = None,
-    max_connections: int = 1024,
-    max_per_peer: int | None = 256,
-    task_status=trio.TASK_STATUS_IGNORED,
-    **kw,
-) -> None:
-    """Accept replication connections on TCP; ``task_status.started(port)``.
-
-    Each connection runs as a responder in its own task. Anything a peer does
-    (garbage, floods, silence, a crash of its handler) ends only its own
-    connection, with a logged reason (appended to ``handler_errors`` if given).
-    Connections over ``max_connections``, or over ``max_per_peer`` from one
-    address, are closed at once.
-    """
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    bound = listeners[0].socket.getsockname()[1]
-    active = 0
-    per_peer: dict[str, int] = {}
-
-    async def handler(stream: trio.SocketStream) -> None:
-        nonlocal active
-        try:
-            peer = str(stream.socket.getpeername()[0])
-        except OSError:
-            peer = "?"
-        if active >= max_connections or (max_per_peer is not None and per_peer.get(peer, 0) >= max_per_peer):
-            _log.warning("refusing a connection from %s: connection limit reached", peer)
-            await trio.aclose_forcefully(stream)
-            return
-        active += 1
-        per_peer[peer] = per_peer.get(peer, 0) + 1
-        try:
-            await replicate(stream, source, initiator=False, live=live, **kw)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            if handler_errors is not None:
-                handler_errors.append(exc)
-        except Exception as exc:  # the h11 rule: one peer's connection, never the server
-            level = logging.INFO if isinstance(exc, CorelogError) else logging.ERROR
-            _log.log(level, "closed a connection from %s: %s: %s", peer, type(exc).__name__, exc)
-            if handler_errors is not None:
-                handler_errors.append(exc)
-        finally:
-            active -= 1
-            per_peer[peer] -= 1
-            if not per_peer[peer]:
-                del per_peer[peer]
-
-    async with trio.open_nursery() as nursery:
-        task_status.started(bound)
-        await trio.serve_listeners(handler, listeners, handler_nursery=nursery)
-
-
-async def connect_tcp(
-    source: Store | Log | Iterable[Log],
-    host: str,
-    port: int,
-    *,
-    live: bool = True,
-    **kw,
-) -> Session:
-    """Connect to a ``serve_tcp`` peer and replicate (as the initiator)."""
-    stream = await trio.open_tcp_stream(host, port)
-    return await replicate(stream, source, initiator=True, live=live, **kw)
-
-
-def memory_pair() -> tuple[trio.abc.Stream, trio.abc.Stream]:
-    """Two connected in-memory streams (for tests and in-process peers)."""
-    import trio.testing
-
-    return trio.testing.memory_stream_pair()

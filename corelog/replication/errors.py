@@ -32,5 +32,15 @@ class SyncIncomplete(ProtocolError):
     """A one-shot sync ended without everything: the peer withheld data or the connection was cut."""
 
 
+class ConnectionLost(SyncIncomplete):
+    """The connection went away before the sync finished: reset by the peer, a broken pipe, EOF
+    (inside a frame or before the peer's end of sync), or a stream closed under the session.
+
+    Nothing the peer sent was trusted because of it: every block committed before the cut was
+    verified first and is kept, so syncing again resumes from there. Raised instead of the
+    transport's own exception (``trio.BrokenResourceError``, ``OSError``, ...) on every transport.
+    """
+
+
 class WebRTCError(ProtocolError):
     """A WebRTC data channel could not be set up: timeout, refused candidates, bad signaling."""

@@ -19,7 +19,7 @@ import trio
 
 from corelog import Log, Store
 from corelog.errors import CorelogError
-from corelog.replication._session import _single
+from corelog.replication._transport import root_cause
 from corelog.replication.errors import ProtocolError
 
 from ._protocol import Protocol
@@ -78,7 +78,7 @@ class HypercoreSession:
                 await self._receiver()
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            raise _single(group) from None
+            raise root_cause(group) from None
         finally:
             self._closed = True
             for unsubscribe in self._watched.values():
