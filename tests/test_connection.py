@@ -165,3 +165,37 @@ def test_version_limits_error_and_eof():
     h.receive_data(b"")
     with pytest.raises(ProtocolError, match="middle of a frame"):
         h.next_event()
+
+
+def test_a_send_refused_by_the_size_check_records_nothing():
+    a = Connection(HH, initiator=True)
+    b = Connection(HH, initiator=False, max_frame=1024)  # b takes frames of at most 1 KiB
+    b.receive_data(a.hello())
+    a.receive_data(b.hello())
+    assert isinstance(a.next_event(), Hello) and isinstance(b.next_event(), Hello)
+    open_channel(a, b)
+    assert a.send_limit == 1024
+    # b asks for block 0; a's answer with a 2,000-byte block is over b's limit
+    [req] = deliver(b.request(DKEY, 0, 0, 0, 1), a)
+    number = a.channel_number(DKEY)
+    before = (set(a._remote_outstanding), dict(a._outstanding), a.next_request_id, a.inflight, dict(a._state))
+    with pytest.raises(LocalProtocolError, match="exceeds the peer's limit"):
+        a.send(Data(number, req.id, 0, 1, bytes(64), 0, [bytes(2000)], [], 0, None))
+    assert (
+        set(a._remote_outstanding),
+        dict(a._outstanding),
+        a.next_request_id,
+        a.inflight,
+        dict(a._state),
+    ) == before
+    # the request is still owed: a fitting answer to it goes out, and b takes it as that answer
+    [answer] = deliver(a.send(NoData(number, req.id, "too big for your max_frame")), b)
+    assert isinstance(answer, NoData) and b.inflight == 0
+    # a Request refused by the size check is not in flight and does not use up its id
+    a.max_frame = 4  # (our own limit, lowered: no Request frame fits)
+    with pytest.raises(LocalProtocolError, match="exceeds"):
+        a.request(DKEY, 0, 0, 0, 1)
+    assert a.inflight == 0 and a.next_request_id == before[2] and a._outstanding == {}
+    a.max_frame = 1 << 20
+    [sent] = deliver(a.request(DKEY, 0, 0, 0, 1), b)
+    assert isinstance(sent, Request) and sent.id == before[2] and a.inflight == 1

@@ -186,3 +186,71 @@ async def test_live_relay_a_b_c_pushes_through(make_store):
         await _until(lambda: rc.contiguous_length == 21)
         nursery.cancel_scope.cancel()
     assert list(rc) == list(log) and rc.head() == log.head() and to_c.stats.pushed > 0
+
+
+class _Recorded(trio.abc.Stream):
+    """A plaintext stream that passes for a secure one (it has a handshake hash, so the Session
+    runs no handshake) and records, in order, every chunk it sends and receives."""
+
+    def __init__(self, inner: trio.abc.Stream, hh: bytes, timeline: list[tuple[str, bytes]]):
+        self.inner, self.handshake_hash, self.timeline = inner, hh, timeline
+        self.remote_public_key = bytes(32)
+
+    async def send_all(self, data) -> None:
+        self.timeline.append(("sent", bytes(data)))
+        await self.inner.send_all(data)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        data = await self.inner.receive_some(max_bytes)
+        self.timeline.append(("received", data))
+        return data
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_reader_never_echoes_a_head_it_received(make_store):
+    """Every frame the reader sends over a real live session (lockstep streams: each send waits
+    for the peer's read) is decoded in order with what it received: none is a Head for a head the
+    writer had announced to it, neither after the first sync nor after live appends."""
+    from corelog.replication._messages import FrameDecoder, decode
+
+    ws, rs = make_store("w"), make_store("r")
+    log = ws.get("log")
+    log.append([b"%d" % i for i in range(300)])
+    rep = rs.get(key=log.key)
+    hh = os.urandom(64)
+    w_stream, r_stream = trio.testing.lockstep_stream_pair()
+    timeline: list[tuple[str, bytes]] = []
+    reader = Session(_Recorded(r_stream, hh, timeline), [rep], initiator=False, live=True, **FAST)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(Session(_Recorded(w_stream, hh, []), [log], initiator=True, live=True, **FAST).run)
+        nursery.start_soon(reader.run)
+        with trio.fail_after(20):
+            await reader.wait_synced()
+            for n in range(5):  # live appends: each a new Head the reader receives, then its Data
+                log.append([b"live %d.%d" % (n, i) for i in range(1 + n * 7)])
+                while rep.contiguous_length < log.length:
+                    await trio.sleep(0.01)
+            await trio.sleep(0.2)  # time for a (wrong) echo of the last head to go out
+        nursery.cancel_scope.cancel()
+    assert rep.head() == log.head()
+    decoders = {"sent": FrameDecoder(1 << 24), "received": FrameDecoder(1 << 24)}
+    heard: set[tuple[int, int, bytes]] = set()
+    received_heads = sent_frames = 0
+    for direction, chunk in timeline:
+        decoders[direction].feed(chunk)
+        while (body := decoders[direction].next_frame()) is not None:
+            msg = decode(body)
+            if direction == "received":
+                if isinstance(msg, Head):
+                    heard.add((msg.fork, msg.length, msg.tree_hash))
+                    received_heads += 1
+                continue
+            sent_frames += 1
+            if isinstance(msg, Head):
+                assert (msg.fork, msg.length, msg.tree_hash) not in heard, f"the reader echoed {msg}"
+    assert received_heads >= 6 and sent_frames > 0  # (the first head and one per live append)
