@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
 from corelog.errors import CorelogError
 from corelog.replication import Session, connect_tcp, memory_pair, replicate, serve_tcp
-from corelog.replication.errors import ProtocolError
+from corelog.replication.errors import ProtocolError, SyncIncomplete
 
 
 async def _wait_for(predicate, timeout=10.0):
@@ -146,3 +147,36 @@ async def test_session_wait_synced_and_add_log(make_store):
         sb.add_log(rep_two)
         await _wait_for(lambda: rep_two.contiguous_length == 1)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_block_over_the_receivers_max_frame_ends_with_a_reason_naming_the_limit(make_store):
+    ws, rs = make_store("w"), make_store("r")
+    log = ws.get("log")
+    log.append([b"small", bytes(100_000), b"after"])
+    rep = rs.get(key=log.key)
+    a, b = memory_pair()
+    fast = {"idle_timeout": 5.0, "progress_timeout": 5.0, "max_fruitless": 2}
+
+    async def serve(stream) -> None:
+        try:
+            await replicate(stream, ws, initiator=False, live=False, **fast)
+        except CorelogError:
+            pass  # (the server side sees its peer leave early: not what this test is about)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve, a)
+        with trio.fail_after(20), pytest.raises(SyncIncomplete) as info:
+            await replicate(b, [rep], initiator=True, live=False, max_frame=65536, **fast)
+        nursery.cancel_scope.cancel()
+    message = str(info.value)
+    assert "block 1 needs a frame of about" in message and "frame limit of 65536 bytes" in message, message
+    assert "this side's max_frame is 65536 bytes: raise it" in message, message
+    assert rep.contiguous_length == 1 and rep.audit().ok  # what fits was kept
+    # with the limit raised, the same sync completes
+    rep2 = make_store("r2").get(key=log.key)
+    a, b = memory_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve, a)
+        with trio.fail_after(20):
+            await replicate(b, [rep2], initiator=True, live=False, max_frame=256 * 1024, **fast)
+    assert rep2.contiguous_length == 3 and rep2[1] == bytes(100_000)

@@ -419,6 +419,7 @@ class Replicator:
                 self._requests.refuse_tail(ch)
                 return
             ch.inflight.pop(msg.id, None)
+            ch.no_data = msg.reason[:300]
             self._window_end(ch)
             self._requests.touch(ch)
 

@@ -114,10 +114,19 @@ class Requests:
             return None
         ch.fruitless += 1
         if ch.fruitless > self.limits.max_fruitless:
-            return (
+            reason = (
                 f"the peer announced data it did not deliver ({ch.fruitless - 1} retries of "
                 f"[{log.contiguous_length}, ...) answered with nothing usable)"
             )
+            if ch.no_data:
+                reason += f"; its last NoData said {ch.no_data!r}"
+            if ch.no_data and "frame limit" in ch.no_data:
+                reason += (
+                    f"; this side's max_frame is {self.limits.max_frame} bytes: raise it "
+                    "(max_frame=... to replicate/connect_tcp/serve_tcp, or Limits(max_frame=...)), "
+                    "here and on the peer, above the largest block plus its proof"
+                )
+            return reason
         ch.retry_at = self.clock() + self.limits.backoff * 2 ** (ch.fruitless - 1)
         return None
 

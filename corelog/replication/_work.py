@@ -56,6 +56,7 @@ class _Channel:
     tail: int | None = None  # the request id of our tail request parked with the peer
     tail_range: tuple[int, int] = (0, 0)  # its (fork, end)
     tail_refused: Head | None = None  # the peer head at which it answered a tail with NoData
+    no_data: str | None = None  # the reason of the peer's last NoData (cut short: it is the peer's text)
     ramp: int = 1  # blocks the next request of this window asks for (slow start: doubles to the batch)
 
 
@@ -161,7 +162,10 @@ class Read:
             self.reason = "range not held"
             return
         if size > limit:
-            self.reason = "a block is larger than your frame limit"
+            self.reason = (
+                f"block {start} needs a frame of about {size} bytes, over the frame limit of "
+                f"{self.frame_limit} bytes (the smaller max_frame of the two peers)"
+            )
             return
         self.proof, self.block_bytes = proof, block_bytes
 
