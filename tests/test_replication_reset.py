@@ -52,7 +52,8 @@ def test_rst_mid_sync_is_connection_lost_and_a_second_sync_resumes(make_store):
         err = info.value
         assert isinstance(err, SyncIncomplete) and isinstance(err, ProtocolError)
         message = str(err)
-        assert "reset" in message and "ECONNRESET" in message and "sync again" in message, message
+        # (an RST: the reader sees ECONNRESET; a send racing it may see EPIPE first)
+        assert ("ECONNRESET" in message or "EPIPE" in message) and "sync again" in message, message
         assert "\n" not in message
         assert rep.contiguous_length < ENTRIES  # the cut really was mid-sync
         _holds_only_verified(rep, log)
