@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from corelog import Store
 from corelog.machine import Coremachine, Event, FakeClock, Machine, Statechart, TimerHeap
-from corelog.machine._interpreter import stamp_invocations
+from corelog.machine._interpreter import Snapshot, stamp_invocations
+from corelog.machine._scheduler import due_timers
 from corelog.machine.errors import EventNotAccepted
 from tests.test_statecharts import INV_IMPL, INVOKING, TIMED
 
@@ -90,6 +91,24 @@ def test_timer_heap_orders_many_machines_and_drops_stale_entries():
     assert heap.next_due() == T0 + 511
     heap.remove(11)
     assert heap.next_due() == T0 + 512
+
+
+def test_timer_heap_breaks_ties_by_event_name_like_due_timers():
+    # armed "wait" first, then "deadline", both due at the same ms: the heap fires them in the order a
+    # Machine does (due_timers: due, then event name), not in arming order
+    snap = Snapshot(
+        "racing", {}, False, None, {}, {"xstate.after.wait.j.r": T0, "xstate.after.deadline.j.r": T0}
+    )
+    heap = TimerHeap()
+    heap.sync("m", snap)
+    assert (
+        [e for _, e, _ in heap.pop_due(T0)]
+        == [e for _, e in due_timers(snap, T0)]
+        == [
+            "xstate.after.deadline.j.r",
+            "xstate.after.wait.j.r",
+        ]
+    )
 
 
 def trio_clock_ms():

@@ -104,13 +104,15 @@ class TimerHeap:
 
     ``sync(key, snapshot)`` after every change of machine ``key`` (re)arms its
     timers from the snapshot; ``pop_due(now)`` returns ``(key, event, due)`` of
-    every armed timer due at ``now``, earliest first; ``next_due()`` is the
-    earliest armed due time. O(log n) per timer; stale entries (cancelled or
-    re-armed timers) are dropped when they reach the top.
+    every armed timer due at ``now``, earliest first, ties in event-name order
+    (as :func:`due_timers`: a machine's timers due at the same ms fire in the same
+    order under a fleet as under ``Machine``, whatever order they were armed in);
+    ``next_due()`` is the earliest armed due time. O(log n) per timer; stale
+    entries (cancelled or re-armed timers) are dropped when they reach the top.
     """
 
     def __init__(self) -> None:
-        self._heap: list[tuple[int, int, Hashable, str]] = []
+        self._heap: list[tuple[int, str, int, Hashable]] = []
         self._armed: dict[Hashable, dict[str, int]] = {}
         self._seq = itertools.count()
 
@@ -123,7 +125,7 @@ class TimerHeap:
         new = {e: d for e, d in timers.items() if d is not None}
         for e, d in new.items():
             if armed.get(e) != d:
-                heapq.heappush(self._heap, (d, next(self._seq), key, e))
+                heapq.heappush(self._heap, (d, e, next(self._seq), key))
         if new:
             self._armed[key] = new
         else:
@@ -135,7 +137,7 @@ class TimerHeap:
     def _clean(self) -> None:
         heap = self._heap
         while heap:
-            d, _, key, e = heap[0]
+            d, e, _, key = heap[0]
             if self._armed.get(key, {}).get(e) == d:
                 return
             heapq.heappop(heap)
@@ -151,7 +153,7 @@ class TimerHeap:
             self._clean()
             if not heap or heap[0][0] > now:
                 return out
-            d, _, key, e = heapq.heappop(heap)
+            d, e, _, key = heapq.heappop(heap)
             armed = self._armed[key]
             del armed[e]
             if not armed:
