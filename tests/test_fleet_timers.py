@@ -9,6 +9,7 @@ import pytest
 
 from corelog import Store
 from corelog.machine import Fleet, MachineError
+from corelog.machine import _fleet_store as fs
 
 T0 = 1_700_000_000_000
 
@@ -143,3 +144,74 @@ def test_an_invocation_in_flight_at_close_runs_again_on_open(tmp_path):
         assert until(lambda: f.snapshot("u").value == "ready")
         assert f.snapshot("u").context["user"] == "again"
     store.close()
+
+
+RESTARTER = {
+    "id": "r",
+    "initial": "idle",
+    "states": {
+        "idle": {"on": {"START": "waiting"}},
+        "waiting": {"after": {"100": "expired"}, "on": {"RESTART": {"target": "waiting", "reenter": True}}},
+        "expired": {},
+    },
+}
+
+
+def test_a_commit_during_the_recovery_scan_keeps_the_timer_it_re_armed(tmp_path, monkeypatch):
+    now = [T0]
+    store = Store(tmp_path / "s", sync=False)
+    with Fleet(store, clock=lambda: now[0]) as f:
+        f.register("r", RESTARTER)
+        f.send("a", "START")  # due T0 + 100
+    f = Fleet(store, clock=lambda: now[0]).start()
+    scan = fs.iter_index
+    racer: list[threading.Thread] = []
+
+    def restart() -> None:
+        now[0] = T0 + 50
+        f.send("a", "RESTART")  # re-armed: due T0 + 150
+
+    def scan_with_a_send(txn, dbs, start=""):
+        # `register` below recovers the kind's timers from this scan: a send (another thread) that
+        # commits while the scan runs must not have its new due time overwritten by the scan's row
+        if not racer:
+            racer.append(threading.Thread(target=restart))
+            racer[0].start()
+            racer[0].join(0.3)  # the fleet holds the send back until the scan is over
+        yield from scan(txn, dbs, start)
+
+    monkeypatch.setattr(fs, "iter_index", scan_with_a_send)
+    f.register("r", RESTARTER)
+    racer[0].join(10)
+    monkeypatch.undo()
+    assert f.snapshot("a").timers == {"xstate.after.100.r.waiting": T0 + 150}
+    now[0] = T0 + 120  # the old due time: nothing fires
+    time.sleep(0.1)
+    assert f.snapshot("a").value == "waiting"
+    now[0] = T0 + 160
+    assert until(lambda: f.snapshot("a").value == "expired", 3)
+    f.close()
+    store.close()
+
+
+def test_registering_a_kind_again_does_not_run_its_running_invocations_twice(tmp_path):
+    gate, calls = threading.Event(), []
+
+    def stuck(inp, ctx, key):
+        calls.append(key)
+        gate.wait(10)
+        return "once"
+
+    with Fleet(Store(tmp_path / "s", sync=False)) as f:
+        f.register("fetch", FETCH, FETCH_ACTIONS, services={"fetchUser": stuck})
+        f.send("u", "GO")
+        assert until(lambda: len(calls) == 1)
+        # registered again while running: recovers the kind, but this process already runs `u`'s service
+        f.register("fetch", FETCH, FETCH_ACTIONS, services={"fetchUser": stuck})
+        assert f.recovered == (0, 0)
+        gate.set()
+        assert until(lambda: f.snapshot("u").value == "ready")
+        f.register("fetch", FETCH, FETCH_ACTIONS, services={"fetchUser": stuck})  # nothing left to run
+        time.sleep(0.05)
+        assert calls == ["0:1:0.fetch.loading"] and f.recovered == (0, 0)
+    f.store.close()

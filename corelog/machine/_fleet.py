@@ -116,6 +116,9 @@ class Fleet:
         self.recent_max_rows = 65_536
         self._writer: threading.Thread | None = None
         self._shared = Shared(self.store)  # the writer's dealings with logs a Machine may write too
+        # held by the writer while it commits a batch and hands it on (cache, scheduler); held by the
+        # scheduler's recovery scan, so no commit falls between what it reads and what it arms
+        self._commit_lock = threading.Lock()
         self._running = False
         self._closed = False
         with self._env.begin() as txn:
@@ -366,7 +369,8 @@ class Fleet:
                 ops = [self._queue.popleft() for _ in range(n)]
             idle = False
             try:
-                deferred = self._commit(ops)
+                with self._commit_lock:
+                    deferred = self._commit(ops)
                 if deferred:  # their machines' logs are being written outside the fleet: next batch, in order
                     with self._cond:
                         idle = not self._queue

@@ -23,6 +23,14 @@ commit hands each changed machine's old and new snapshot to this scheduler:
 On open, ``recover`` scans the index once and re-arms every pending timer (an
 overdue one fires at once) and restarts every running invocation, so a service
 call in flight at a crash runs again: at least once, as with listeners.
+
+The scan holds the fleet's commit lock, so it sees every machine as of the last
+commit, and every commit before it has already been handed to ``watch``: without
+that, a commit landing during the scan (a listener's follow-up on open, a send while
+``register`` recovers a late kind) was re-armed by ``watch`` and then overwritten by the
+scan's older row, and the re-armed timer never fired. An invocation that ``watch``
+already started (a listener's follow-up on open) is not started again: ``_running``
+holds the keys of the invocations this process runs, until their outcome is committed.
 """
 
 from __future__ import annotations
@@ -53,6 +61,9 @@ class Scheduler:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="corelog-fleet-service")
         self.fired = 0
         self.invoked = 0
+        self._running: set[tuple[str, str]] = (
+            set()
+        )  # (machine, invocation key) started, outcome not committed
 
     # --- arming (writer thread and recovery) -------------------------------------------
 
@@ -67,22 +78,29 @@ class Scheduler:
             if iid not in old:
                 self.invoke(mid, kind, iid, inv, new.context)
 
-    def invoke(self, mid: str, kind: Any, iid: str, inv: Any, context: Any = None) -> None:
+    def invoke(self, mid: str, kind: Any, iid: str, inv: Any, context: Any = None) -> bool:
+        """Run the invocation's service (or record its error); False if this process already runs it."""
         fn = kind.services.get(inv.get("src"))
         if fn is None:
             error = {"error": "MachineError", "message": f"no service {inv.get('src')!r} registered"}
             self._send(mid, f"xstate.error.actor.{iid}", error)
-            return
+            return True
+        running = (mid, invocation_key(iid, inv))
+        with self._cond:
+            if running in self._running:  # started by `watch` (or a recovery) before this scan saw it
+                return False
+            self._running.add(running)
         self.invoked += 1
         d = getattr(kind.chart, "invokes", {}).get(iid)
         self._pool.submit(self._run_service, mid, iid, fn, inv, context, d.retry if d is not None else None)
+        return True
 
     def recover(self, only: str | None = None) -> tuple[int, int]:
         """Re-arm every pending timer and restart every running invocation in the store
         (of registered kinds, or of kind ``only``); returns how many of each."""
         timers = invocations = 0
         kinds = self.fleet._kinds
-        with self.fleet._env.begin() as txn:
+        with self.fleet._commit_lock, self.fleet._env.begin() as txn:
             for mid, row in fs.iter_index(txn, self.fleet._dbs):
                 extras = row[5] if len(row) > 5 else None
                 if not extras or row[0] not in kinds or (only is not None and row[0] != only):
@@ -97,29 +115,38 @@ class Scheduler:
                 if running:
                     context = fs.last_context(txn, self.fleet._dbs, row[1])
                     for iid, inv in running.items():
-                        self.invoke(mid, kinds[row[0]], iid, inv, context)
-                        invocations += 1
+                        invocations += self.invoke(mid, kinds[row[0]], iid, inv, context)
         return timers, invocations
 
     # --- running -----------------------------------------------------------------------
 
-    def _send(self, mid: str, event: str, data: Any = None, due: int | None = None) -> None:
+    def _send(
+        self, mid: str, event: str, data: Any = None, due: int | None = None, running: Any = None
+    ) -> None:
         from ._fleet_records import _Send
 
-        op = _Send(mid, None, event, data, None)
+        # an invocation's outcome: forget the invocation once the outcome is committed (or refused)
+        op = _Send(mid, None, event, data, None if running is None else lambda _op: self._forget(running))
         op.due = due
         try:
             self.fleet._submit(op)
         except Exception:  # closed: recovery re-arms it next time
-            pass
+            if running is not None:
+                self._forget(running)
+
+    def _forget(self, running: tuple[str, str]) -> None:
+        with self._cond:
+            self._running.discard(running)
 
     def _run_service(self, mid: str, iid: str, fn: Any, inv: Any, context: Any, retry: Any) -> None:
         """``fn(input, context, key)``, as the statecharts driver calls services; ``key`` is the
         invocation's idempotency key (the same on every retry and after a restart)."""
         key = invocation_key(iid, inv)
+        running = (mid, key)
         delays = _retry_delays(retry)
         for attempt in range(len(delays) + 1):
             if self._stop:
+                self._forget(running)
                 return
             try:
                 result = fn(inv.get("input"), context, key)
@@ -127,11 +154,13 @@ class Scheduler:
                 if attempt < len(delays):
                     time.sleep(delays[attempt])
                     continue
-                self._send(
-                    mid, f"xstate.error.actor.{iid}", {"error": type(exc).__name__, "message": str(exc)}
-                )
+                error = {"error": type(exc).__name__, "message": str(exc)}
+                self._send(mid, f"xstate.error.actor.{iid}", error, running=running)
                 return
-            self._send(mid, f"xstate.done.actor.{iid}", result)
+            except BaseException:
+                self._forget(running)
+                raise
+            self._send(mid, f"xstate.done.actor.{iid}", result, running=running)
             return
 
     def _loop(self) -> None:
