@@ -207,6 +207,7 @@ def test_sigkill_with_timers_and_services_in_flight_recovers_each_once(tmp_path,
     finally:
         _kill(proc)
     kills = [_pending(path)]
+    assert sum(len(t) for t in kills[0][1].values()) >= 1000 and len(kills[0][2]) >= 100  # at scale
     opens: list[dict] = [json.loads(line)]
 
     # 2. a reopen that only recovers, SIGKILLed while it does
