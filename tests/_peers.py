@@ -108,17 +108,19 @@ class Evil:
 
 
 @contextmanager
-def server_thread(source, **kw):
-    """``serve_tcp(source, **kw)`` in its own thread and trio run; yields the port."""
+def server_thread(source, serve=None, **kw):
+    """``serve(source, **kw)`` (``serve_tcp`` by default, or e.g. ``serve_hypercore``) in its own
+    thread and trio run; yields the port."""
     from corelog.replication import serve_tcp
 
+    serve = serve or serve_tcp
     ports: queue.Queue = queue.Queue()
     handle: list = []
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             handle.append((trio.lowlevel.current_trio_token(), nursery.cancel_scope))
-            port = await nursery.start(functools.partial(serve_tcp, source, **kw))
+            port = await nursery.start(functools.partial(serve, source, **kw))
             ports.put(port)
 
     thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
@@ -155,14 +157,19 @@ def handler_thread(handler):
         thread.join(10)
 
 
-def rst_relay(inner_port: int, after: int = 300_000):
+def rst_relay(inner_port: int, after: int = 300_000, *, eof_mid_u24_frame: bool = False):
     """A ``handler_thread`` handler that relays a client to ``inner_port`` and, once ``after`` bytes
-    went to the client, resets both TCP connections (SO_LINGER 0: an RST, not a FIN)."""
+    went to the client, resets both TCP connections (SO_LINGER 0: an RST, not a FIN).
+
+    With ``eof_mid_u24_frame`` (for Hypercore's secret stream: frames with a u24 little-endian
+    length prefix) it instead ends what went to the client inside a frame and sends a clean EOF
+    (a FIN), then reads the client until it hangs up (at most 10 s)."""
     import socket
     import struct
 
     async def relay(stream: trio.SocketStream) -> None:
         upstream = await trio.open_tcp_stream("127.0.0.1", inner_port)
+        sent = bytearray()  # what went to the client (eof_mid_u24_frame only)
         total = 0
         async with trio.open_nursery() as nursery:
 
@@ -172,13 +179,34 @@ def rst_relay(inner_port: int, after: int = 300_000):
 
             nursery.start_soon(pump_up)
             while data := await upstream.receive_some(65536):
+                if eof_mid_u24_frame and total + len(data) > after and _u24_boundary(sent + data):
+                    data = data[:-1]  # the last frame's last byte never arrives
                 await stream.send_all(data)
                 total += len(data)
+                if eof_mid_u24_frame:
+                    sent += data
                 if total > after:
                     break
             nursery.cancel_scope.cancel()
+        if eof_mid_u24_frame:
+            assert not _u24_boundary(sent)
+            await stream.send_eof()
+            with trio.move_on_after(10):
+                while await stream.receive_some(65536):
+                    pass
+            await stream.aclose()
+            await upstream.aclose()
+            return
         for s in (stream, upstream):
             s.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             s.socket.close()  # with linger 0 the kernel sends an RST
 
     return relay
+
+
+def _u24_boundary(data: bytes | bytearray) -> bool:
+    """Whether ``data`` ends exactly between two u24-length-prefixed frames."""
+    pos = 0
+    while pos + 3 <= len(data):
+        pos += 3 + int.from_bytes(data[pos : pos + 3], "little")
+    return pos == len(data)

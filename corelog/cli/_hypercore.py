@@ -14,8 +14,9 @@ from pathlib import Path
 import click
 
 from corelog import Store
+from corelog.errors import CorelogError
 
-from ._common import UsageProblem, open_store, single
+from ._common import PROBLEMS, UsageProblem, fail, open_store, single
 
 
 def serve_hypercore_command(store: str, host: str, port: int) -> None:
@@ -45,7 +46,11 @@ def serve_hypercore_command(store: str, host: str, port: int) -> None:
         run_server(main, host, port)
 
 
-def sync_hypercore_command(store: str, raw_key: bytes, host: str, port: int, live: bool) -> None:
+def sync_hypercore_command(
+    store: str, raw_key: bytes, host: str, port: int, live: bool, timeout: float
+) -> None:
+    """Exit 1 with the JSON line and one ``error:`` line when the sync failed (a typed error: a lost
+    connection, a timeout, a bad or refusing peer); whatever was committed was verified and is kept."""
     import trio
 
     from corelog.replication.hypercore import connect_hypercore
@@ -60,13 +65,11 @@ def sync_hypercore_command(store: str, raw_key: bytes, host: str, port: int, liv
             lg = s.get(key=raw_key)
             error: BaseException | None = None
             try:
-                trio.run(lambda: connect_hypercore(lg, host, port, live=live))
+                trio.run(lambda: connect_hypercore(lg, host, port, live=live, timeout=timeout))
             except BaseException as exc:
                 leaf = single(exc)
-                if isinstance(leaf, OSError):
+                if isinstance(leaf, OSError):  # mid-sync transport failures are ConnectionLost
                     error = UsageProblem(f"cannot connect to {host}:{port}: {leaf.strerror or leaf}")
-                elif isinstance(leaf, KeyboardInterrupt) and live:
-                    error = leaf
                 else:
                     error = leaf
             finally:
@@ -83,6 +86,8 @@ def sync_hypercore_command(store: str, raw_key: bytes, host: str, port: int, liv
             if error is not None:
                 result["error"] = f"{type(error).__name__}: {error}"
             click.echo(json.dumps(result))
+            if isinstance(error, CorelogError):
+                fail(f"sync failed: {type(error).__name__}: {error}", PROBLEMS)
             if error is not None:
                 raise error
     except BaseException:

@@ -188,7 +188,7 @@ def sync(store: str, key: str, address: str, live: bool, hypercore: bool, timeou
     if hypercore:
         from ._hypercore import sync_hypercore_command
 
-        return sync_hypercore_command(store, raw_key, host, port, live)
+        return sync_hypercore_command(store, raw_key, host, port, live, timeout)
     existed, created_dir = (path / "data.mdb").exists(), not path.exists()
     kept = False
     problems: list[str] = []

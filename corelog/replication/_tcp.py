@@ -12,10 +12,9 @@ from collections.abc import Iterable
 import trio
 
 from corelog import Log, Store
-from corelog.errors import CorelogError
 
 from ._session import Session, replicate
-from ._transport import describe, root_cause
+from ._transport import report_closed
 
 _log = logging.getLogger("corelog.replication")
 
@@ -60,11 +59,7 @@ async def serve_tcp(
         try:
             await replicate(stream, source, initiator=False, live=live, **kw)
         except Exception as exc:  # the h11 rule: one peer's connection, never the server
-            cause = root_cause(exc)
-            level = logging.INFO if isinstance(cause, CorelogError) else logging.ERROR
-            _log.log(level, "closed a connection from %s: %s", peer, describe(cause))
-            if handler_errors is not None:
-                handler_errors.append(cause)
+            report_closed(_log, peer, exc, handler_errors)
         finally:
             active -= 1
             per_peer[peer] -= 1

@@ -12,8 +12,11 @@ that explains a connection's end out of the group its tasks' nursery raises.
 from __future__ import annotations
 
 import errno
+import logging
 
 import trio
+
+from corelog.errors import CorelogError
 
 from .errors import ConnectionLost
 
@@ -83,3 +86,16 @@ def describe(exc: BaseException) -> str:
         parts = [f"{type(e).__name__}: {e}" for e in leaves(cause) if not isinstance(e, trio.Cancelled)]
         return "; ".join(parts).replace("\n", " ")
     return f"{type(cause).__name__}: {cause}".replace("\n", " ")
+
+
+def report_closed(
+    log: logging.Logger, peer: str, exc: BaseException, handler_errors: list[BaseException] | None
+) -> None:
+    """A server's one log line for a connection that ended with ``exc`` (its root cause, one line:
+    INFO for a typed error, the peer's doing or a lost connection; ERROR for anything else, a bug),
+    and the root cause appended to ``handler_errors`` if given."""
+    cause = root_cause(exc)
+    level = logging.INFO if isinstance(cause, CorelogError) else logging.ERROR
+    log.log(level, "closed a connection from %s: %s", peer, describe(cause))
+    if handler_errors is not None:
+        handler_errors.append(cause)

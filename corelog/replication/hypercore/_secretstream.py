@@ -236,6 +236,11 @@ class SecretStream:
         self.state = OPEN
 
     @property
+    def buffered(self) -> int:
+        """Bytes received of a frame not complete yet (EOF now would cut that frame)."""
+        return len(self._buf)
+
+    @property
     def is_open(self) -> bool:
         """True once both header frames are exchanged."""
         return self.state == OPEN

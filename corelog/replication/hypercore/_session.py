@@ -6,26 +6,40 @@ a receive loop (bounded reads, a silence timeout), an announcer woken by
 keep-alive timer (an empty message after ``keepalive`` seconds without a
 write, as ``@hyperswarm/secret-stream`` does). ``serve_hypercore`` accepts
 connections on 127.0.0.1 by default; each runs in its own task and a bad peer
-ends only its own connection. ``connect_hypercore`` dials a peer (as the Noise
-initiator) and, with ``live=False``, returns once every given log caught up.
+ends only its own connection (the server logs one line with the reason).
+``connect_hypercore`` dials a peer (as the Noise initiator) and, with
+``live=False``, returns once every given log caught up.
+
+A connection reset, broken or closed under the session, EOF inside a frame, or
+(``live=False``) a clean EOF before every log caught up all end in one typed
+:class:`~corelog.replication.errors.ConnectionLost` (a ``SyncIncomplete``), as
+in corelog's own protocol: every block committed before it was verified first
+and is kept, so connecting again resumes from there.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable
 
 import trio
 
 from corelog import Log, Store
-from corelog.errors import CorelogError
-from corelog.replication._transport import root_cause
-from corelog.replication.errors import ProtocolError
+from corelog.replication._transport import (
+    RESUME,
+    TRANSPORT_ERRORS,
+    connection_lost,
+    report_closed,
+    root_cause,
+)
+from corelog.replication.errors import ConnectionLost, ProtocolError
 
 from ._protocol import Protocol
 from .errors import PeerTimeout
 
 RECEIVE_SIZE = 64 * 1024
+_log = logging.getLogger("corelog.replication.hypercore")
 
 
 class HypercoreSession:
@@ -78,7 +92,7 @@ class HypercoreSession:
                 await self._receiver()
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            raise root_cause(group) from None
+            raise root_cause(group, self.protocol.error) from None
         finally:
             self._closed = True
             for unsubscribe in self._watched.values():
@@ -93,7 +107,10 @@ class HypercoreSession:
             out = proto.data_to_send()
             if out:
                 async with self._send_lock:
-                    await self.stream.send_all(out)
+                    try:
+                        await self.stream.send_all(out)
+                    except TRANSPORT_ERRORS as exc:
+                        raise connection_lost(exc, "sending") from exc
                 self._last_send = trio.current_time()
             if not proto.backlog:
                 return
@@ -103,12 +120,20 @@ class HypercoreSession:
         proto = self.protocol
         while True:
             with trio.move_on_after(self.timeout) as scope:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
+                try:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                except TRANSPORT_ERRORS as exc:
+                    raise connection_lost(exc, "receiving") from exc
             if scope.cancelled_caught:
                 raise PeerTimeout(f"the peer sent nothing for {self.timeout:g} s (not even a keep-alive)")
             if not data:
+                if proto.stream.buffered:
+                    raise ConnectionLost(
+                        f"the peer closed the connection in the middle of a frame "
+                        f"({proto.stream.buffered} bytes of it received); {RESUME}"
+                    )
                 if not self.live and not proto.done:
-                    raise ProtocolError("the peer closed the connection before the sync finished")
+                    raise ConnectionLost(f"the peer closed the connection before the sync finished; {RESUME}")
                 return
             proto.receive_data(bytes(data))
             self._watch_new()
@@ -181,16 +206,24 @@ async def serve_hypercore(
     task_status=trio.TASK_STATUS_IGNORED,
     **kw,
 ) -> None:
-    """Serve logs to Hypercore peers over TCP (live); ``task_status.started(port)``."""
+    """Serve logs to Hypercore peers over TCP (live); ``task_status.started(port)``.
+
+    Whatever one peer does (garbage, silence, a reset, a crash of its handler) ends
+    only its own connection, with one logged line giving the root cause (appended
+    to ``handler_errors`` if given).
+    """
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
 
     async def handler(stream: trio.SocketStream) -> None:
         try:
+            peer = str(stream.socket.getpeername()[0])
+        except OSError:
+            peer = "?"
+        try:
             await replicate_hypercore(stream, source, initiator=False, live=True, **kw)
-        except (CorelogError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            if handler_errors is not None:
-                handler_errors.append(exc)
+        except Exception as exc:  # the h11 rule: one peer's connection, never the server
+            report_closed(_log, peer, exc, handler_errors)
 
     async with trio.open_nursery() as nursery:
         task_status.started(bound)
