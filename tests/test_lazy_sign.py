@@ -69,6 +69,8 @@ def test_appends_sign_nothing_and_a_read_signs_once(tmp_path, signs, sync):
         h = log.head()
         assert signs[0] == 1 and _verifies(log, h)
         assert (h.fork, h.length) == (1, n + 1)
+        # the all-zero signature field of a stored head can never pass for a signature
+        assert not _crypto.verify(h.signable(log.key), UNSIGNED, log.public_key)
         for _ in range(3):  # an unchanged head: no more signatures, whatever reads it
             assert log.head() == h
             assert log.proof(0).signature == h.signature
