@@ -25,3 +25,17 @@ def make_store(tmp_path):
     yield make
     for s in opened:
         s.close()
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    """A Fleet over a fresh sync=False store with the chat kind of tests/test_fleet.py registered."""
+    from corelog.machine import Fleet
+
+    from .test_fleet import CHAT, CHAT_IMPL, clock
+
+    f = Fleet(Store(tmp_path / "s", sync=False), clock=clock)
+    f.register("chat", CHAT, CHAT_IMPL)
+    yield f
+    f.close()
+    f.store.close()

@@ -51,15 +51,6 @@ def clock():
     return 1_700_000_000_000
 
 
-@pytest.fixture
-def fleet(tmp_path):
-    f = Fleet(Store(tmp_path / "s", sync=False), clock=clock)
-    f.register("chat", CHAT, CHAT_IMPL)
-    yield f
-    f.close()
-    f.store.close()
-
-
 def _state_of_store(store: Store) -> tuple:
     with store._env.begin() as txn:
         meta = sorted((bytes(k), bytes(v)) for k, v in txn.cursor(db=store._dbs.meta))

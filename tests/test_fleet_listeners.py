@@ -16,15 +16,6 @@ from corelog.machine._listeners import _Runner
 from .test_fleet import CHAT, CHAT_IMPL, clock
 
 
-@pytest.fixture
-def fleet(tmp_path):
-    f = Fleet(Store(tmp_path / "s", sync=False), clock=clock)
-    f.register("chat", CHAT, CHAT_IMPL)
-    yield f
-    f.close()
-    f.store.close()
-
-
 @pytest.mark.parametrize("raised", [KeyboardInterrupt, SystemExit, GeneratorExit])
 def test_a_listener_raising_a_base_exception_is_retried_then_parked(fleet, raised, caplog):
     calls: dict[str, int] = {}

@@ -52,6 +52,14 @@ def _check_history(log, acked: dict[tuple[str, int], int], total: int, start: in
     assert _replay(log, lambda d: Statechart(d, CHAT_IMPL), lambda i: None) is None  # audit --replay
 
 
+def _chat_fleet(tmp_path, **kw) -> tuple[Store, Fleet]:
+    """A fresh sync=False store with a Fleet of the chat kind (tests/test_fleet.py)."""
+    store = Store(tmp_path / "s", sync=False)
+    f = Fleet(store, **kw)
+    f.register("chat", CHAT, CHAT_IMPL)
+    return store, f
+
+
 def _sender(src: str, n: int, send, acked: dict, errors: list) -> threading.Thread:
     def run() -> None:
         for i in range(n):
@@ -75,9 +83,7 @@ def test_fleet_and_machines_in_threads_lose_no_acknowledged_send(tmp_path, monke
     """
     if not turns:
         monkeypatch.setattr(fleet_shared, "cores_of", lambda store, keys: [])
-    store = Store(tmp_path / "s", sync=False)
-    f = Fleet(store)
-    f.register("chat", CHAT, CHAT_IMPL)
+    store, f = _chat_fleet(tmp_path)
     acked: dict[tuple[str, int], int] = {}
     errors: list = []
     n = 200
@@ -114,9 +120,7 @@ def test_fleet_and_machines_in_threads_lose_no_acknowledged_send(tmp_path, monke
 
 
 def test_fleet_asend_and_coremachines_in_trio_tasks_lose_no_acknowledged_send(tmp_path):
-    store = Store(tmp_path / "s", sync=False)
-    f = Fleet(store)
-    f.register("chat", CHAT, CHAT_IMPL)
+    store, f = _chat_fleet(tmp_path)
     acked: dict[tuple[str, int], int] = {}
     n = 150
 
@@ -149,9 +153,7 @@ def test_fleet_asend_and_coremachines_in_trio_tasks_lose_no_acknowledged_send(tm
 
 def test_fleet_and_machine_alternating_see_each_others_entries(tmp_path):
     """Strict alternation (deterministic), with the fleet's cached machine evicted and reloaded."""
-    store = Store(tmp_path / "s", sync=False)
-    f = Fleet(store, cache_size=1)
-    f.register("chat", CHAT, CHAT_IMPL)
+    store, f = _chat_fleet(tmp_path, cache_size=1)
     seen: list[tuple[int, dict]] = []  # (entry index, event data) of the changes a listener is given
     f.listener("seen", lambda change, services, send: seen.append((change.index, change.event.data)))
     with f:
@@ -196,9 +198,7 @@ def test_a_machine_whose_log_was_not_told_of_fleet_writes_runs_its_event_again(t
     """The check inside the Machine's compare-and-append, alone: the fleet neither takes turns with
     the core nor tells the open Log of its commits, so the Log's state is stale at every Machine send."""
     monkeypatch.setattr(fleet_shared, "cores_of", lambda store, keys: [])
-    store = Store(tmp_path / "s", sync=False)
-    f = Fleet(store)
-    f.register("chat", CHAT, CHAT_IMPL)
+    store, f = _chat_fleet(tmp_path)
     acked: dict[tuple[str, int], int] = {}
     with f:
         f.send("c1", "INQUIRY", {"name": "a"})
@@ -218,9 +218,7 @@ def test_a_machine_whose_log_was_not_told_of_fleet_writes_runs_its_event_again(t
 
 def test_a_fleet_send_behind_a_machine_send_pending_in_the_same_batch_waits_for_it(tmp_path):
     """The fleet's check for a write of its own batch, not committed yet: deferred to the next batch."""
-    store = Store(tmp_path / "s", sync=False)
-    f = Fleet(store)
-    f.register("chat", CHAT, CHAT_IMPL)
+    store, f = _chat_fleet(tmp_path)
     with f:
         f.send("c1", "INQUIRY", {"name": "a"})
         log = store.get("fleet:c1")
@@ -254,9 +252,7 @@ def test_a_fleet_send_behind_a_machine_send_pending_in_the_same_batch_waits_for_
 
 
 def test_fleet_after_a_machine_truncated_the_log_continues_from_the_cut(tmp_path):
-    store = Store(tmp_path / "s", sync=False)
-    f = Fleet(store)
-    f.register("chat", CHAT, CHAT_IMPL)
+    store, f = _chat_fleet(tmp_path)
     with f:
         f.send("c1", "INQUIRY", {"name": "a"})
         for i in range(4):
@@ -273,9 +269,7 @@ def test_fleet_after_a_machine_truncated_the_log_continues_from_the_cut(tmp_path
 
 
 def test_fleet_takes_turns_with_the_log_core_and_never_waits_on_it_for_long(tmp_path, monkeypatch):
-    store = Store(tmp_path / "s", sync=False)
-    f = Fleet(store)
-    f.register("chat", CHAT, CHAT_IMPL)
+    store, f = _chat_fleet(tmp_path)
     with f:
         f.send("c1", "INQUIRY", {"name": "a"})
         log = store.get("fleet:c1")
@@ -319,9 +313,7 @@ def test_fleet_takes_turns_with_the_log_core_and_never_waits_on_it_for_long(tmp_
 def test_evicted_and_reloaded_machines_shared_with_machines_in_threads(tmp_path):
     """Five machines through a fleet caching two (so each is evicted and reloaded over and over),
     three of them also written by Machine objects, from three threads."""
-    store = Store(tmp_path / "s", sync=False)
-    f = Fleet(store, cache_size=2)
-    f.register("chat", CHAT, CHAT_IMPL)
+    store, f = _chat_fleet(tmp_path, cache_size=2)
     acked: dict[tuple[str, int], int] = {}
     errors: list = []
     n = 150

@@ -58,18 +58,7 @@ def _head(log, channel=0, contiguous=None):
 
 
 def _data(number, rid, proof):
-    return Data(
-        number,
-        rid,
-        proof.fork,
-        proof.length,
-        proof.signature,
-        proof.start,
-        list(proof.blocks),
-        [[n.index, n.size, n.hash] for n in proof.nodes],
-        proof.have,
-        proof.manifest,
-    )
+    return Data.from_proof(number, rid, proof)
 
 
 async def _against_evil_server(rep, script, *, limits=None, time_limit=8.0, **kw):

@@ -358,24 +358,7 @@ class _Face:
                     n = log.append(entry, expected_length=h.index + 1)
             except LengthMismatch:
                 continue
-            self.core.set_locked(  # (commit_locked, inlined)
-                _tuple_new(
-                    Recorded,
-                    (
-                        n - 1,
-                        h.fork,
-                        new.value,
-                        new.context,
-                        new.done,
-                        h.header_index,
-                        h.header_hash,
-                        h.definition,
-                        new,
-                        self._chart,
-                        extras,
-                    ),
-                )
-            )
+            self.commit_locked(h, new, n - 1, extras)
             return new
         raise HeadMoved(
             f"the log grew under the machine {RETRIES} times in a row (something appends to it without "

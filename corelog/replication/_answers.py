@@ -86,21 +86,6 @@ class Answers:
             self.no_data(ch, msg.id, work.reason or "cannot answer")
             return
         proof = work.proof
-        self.out.append(
-            self.conn.send(
-                Data(
-                    work.number,
-                    msg.id,
-                    proof.fork,
-                    proof.length,
-                    proof.signature,
-                    proof.start,
-                    list(proof.blocks),
-                    [[n.index, n.size, n.hash] for n in proof.nodes],
-                    proof.have,
-                    proof.manifest,
-                )
-            )
-        )
+        self.out.append(self.conn.send(Data.from_proof(work.number, msg.id, proof)))
         self.stats.blocks_sent += len(proof.blocks)
         self.stats.bytes_sent += work.block_bytes

@@ -138,6 +138,22 @@ class Data(Message):
     have: int
     manifest: bytes | None
 
+    @classmethod
+    def from_proof(cls, channel: int, rid: int, proof: Any) -> Data:
+        """The Data frame answering request ``rid`` on ``channel`` with a corelog ``Proof``."""
+        return cls(
+            channel,
+            rid,
+            proof.fork,
+            proof.length,
+            proof.signature,
+            proof.start,
+            list(proof.blocks),
+            [[n.index, n.size, n.hash] for n in proof.nodes],
+            proof.have,
+            proof.manifest,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class NoData(Message):
