@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import queue
 import threading
+import time
 from contextlib import contextmanager
 
 import trio
@@ -210,3 +211,20 @@ def _u24_boundary(data: bytes | bytearray) -> bool:
     while pos + 3 <= len(data):
         pos += 3 + int.from_bytes(data[pos : pos + 3], "little")
     return pos == len(data)
+
+
+def assert_one_clear_reset_line(errors: list, caplog) -> None:
+    """A server's handler recorded exactly one ConnectionLost (waited for up to 10 s) and logged one
+    clear line for it: the root cause (a reset), no ExceptionGroup text, no line breaks."""
+    from corelog.replication.errors import ConnectionLost
+
+    deadline = time.monotonic() + 10
+    while not errors and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(errors) == 1 and isinstance(errors[0], ConnectionLost), errors
+    lines = [r.getMessage() for r in caplog.records if "closed a connection from" in r.getMessage()]
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert line.startswith("closed a connection from 127.0.0.1: ConnectionLost: the connection was lost")
+    assert "ECONNRESET" in line or "EPIPE" in line, line
+    assert "ExceptionGroup" not in line and "sub-exception" not in line and "\n" not in line

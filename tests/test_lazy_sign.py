@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from functools import partial
@@ -27,6 +24,8 @@ from corelog._keys import HEAD, head_key
 from corelog.errors import Conflict
 from corelog.replication import replicate
 from corelog.replication.hypercore import connect_hypercore, serve_hypercore
+
+from .test_crash import WRITER, _spawn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -278,31 +277,9 @@ def test_many_readers_while_others_append(tmp_path):
         assert reads[0] > 0 and all(lg.length == 401 and lg.audit().ok for lg in logs)
 
 
-WRITER = textwrap.dedent(
-    """
-    import sys
-    from corelog import Store
-    store = Store(sys.argv[1], sync=True)
-    log = store.get("crash")
-    i = log.length
-    print("ready", flush=True)
-    while i < 100_000:
-        i = log.append(b"entry %d" % i)
-        print(i, flush=True)
-    """
-)
-
-
 def test_sigkill_of_a_sync_writer_then_the_head_signs_on_first_read(tmp_path, signs):
     path = str(tmp_path / "store")
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER, path],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        text=True,
-    )
+    proc = _spawn(WRITER, path)  # test_crash's sync=True writer: appends and prints each length
     reported = 0
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
