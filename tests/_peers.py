@@ -1,4 +1,5 @@
-"""Helpers for replication tests: a scriptable hostile peer, RSS sampling, a server in a thread."""
+"""Helpers for replication tests: scriptable hostile peers (ours, Hypercore), RSS sampling, a server in a
+thread, connection-cap checks."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ import trio
 from corelog.replication._connection import Connection
 from corelog.replication._messages import FrameDecoder, Message, decode, encode
 from corelog.replication._secure import secure_stream
+from corelog.replication.hypercore import _messages as m
+from corelog.replication.hypercore._caps import capability
+from corelog.replication.hypercore._encoding import Writer
+from corelog.replication.hypercore._secretstream import SecretStream
 
 
 def rss() -> int:
@@ -106,6 +111,63 @@ class Evil:
     async def drain(self) -> None:
         """Read (and keep) everything until EOF."""
         await self.receive(timeout=30)
+
+
+async def take_every_slot(port: int, slots: int, *, refused_within: float = 1.0) -> list[trio.SocketStream]:
+    """Open ``slots`` silent TCP connections to a server capped at ``slots`` (in total, or for
+    127.0.0.1), then check one more is closed at once, without a byte; returns the silent ones."""
+    held = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(slots)]
+    await trio.sleep(0.1)  # the server has accepted (and counted) them
+    extra = await trio.open_tcp_stream("127.0.0.1", port)
+    with trio.fail_after(refused_within):
+        assert await extra.receive_some(100) == b""  # refused: closed at once, nothing said
+    await extra.aclose()
+    return held
+
+
+class Attacker:
+    """A raw Hypercore connection (our sans-IO SecretStream): handshake done, then any frames we like."""
+
+    def __init__(self, sock: trio.SocketStream):
+        self.sock = sock
+        self.ss = SecretStream(True)
+        self.received: list[bytes] = []
+
+    @classmethod
+    async def connect(cls, port: int) -> Attacker:
+        a = cls(await trio.open_tcp_stream("127.0.0.1", port))
+        await a.sock.send_all(a.ss.data_to_send())
+        with trio.fail_after(5):
+            while not a.ss.is_open:
+                data = await a.sock.receive_some(65536)
+                assert data, "the server closed during the handshake"
+                a.received += a.ss.receive_data(data)
+                await a.sock.send_all(a.ss.data_to_send())
+        return a
+
+    async def send(self, *frames: bytes) -> None:
+        for f in frames:
+            self.ss.send(f)
+        await self.sock.send_all(self.ss.data_to_send())
+
+    async def open_channel(self, log) -> None:
+        cap = capability(self.ss.handshake_hash, log.key, True)
+        hs = m.encode_handshake(m.Handshake(cap))
+        await self.send(
+            Writer().uint(0).uint(1).uint(1).string(m.PROTOCOL).buffer(log.discovery_key).raw(hs).bytes()
+        )
+
+    async def closed_by_server(self, timeout: float = 5.0) -> bool:
+        with trio.move_on_after(timeout):
+            try:
+                while True:
+                    data = await self.sock.receive_some(65536)
+                    if not data:
+                        return True
+                    self.received += self.ss.receive_data(data)
+            except trio.BrokenResourceError:
+                return True
+        return False
 
 
 @contextmanager

@@ -19,54 +19,9 @@ from corelog.replication.hypercore import (
 )
 from corelog.replication.hypercore import _messages as m
 from corelog.replication.hypercore import _peer as peer_module
-from corelog.replication.hypercore._caps import capability
 from corelog.replication.hypercore._encoding import Writer, encode_uint
-from corelog.replication.hypercore._secretstream import SecretStream
 
-
-class Attacker:
-    """A raw Hypercore connection: handshake done, then any frames we like."""
-
-    def __init__(self, sock: trio.SocketStream):
-        self.sock = sock
-        self.ss = SecretStream(True)
-        self.received: list[bytes] = []
-
-    @classmethod
-    async def connect(cls, port: int) -> "Attacker":
-        a = cls(await trio.open_tcp_stream("127.0.0.1", port))
-        await a.sock.send_all(a.ss.data_to_send())
-        with trio.fail_after(5):
-            while not a.ss.is_open:
-                data = await a.sock.receive_some(65536)
-                assert data, "the server closed during the handshake"
-                a.received += a.ss.receive_data(data)
-                await a.sock.send_all(a.ss.data_to_send())
-        return a
-
-    async def send(self, *frames: bytes) -> None:
-        for f in frames:
-            self.ss.send(f)
-        await self.sock.send_all(self.ss.data_to_send())
-
-    async def open_channel(self, log) -> None:
-        cap = capability(self.ss.handshake_hash, log.key, True)
-        hs = m.encode_handshake(m.Handshake(cap))
-        await self.send(
-            Writer().uint(0).uint(1).uint(1).string(m.PROTOCOL).buffer(log.discovery_key).raw(hs).bytes()
-        )
-
-    async def closed_by_server(self, timeout: float = 5.0) -> bool:
-        with trio.move_on_after(timeout):
-            try:
-                while True:
-                    data = await self.sock.receive_some(65536)
-                    if not data:
-                        return True
-                    self.received += self.ss.receive_data(data)
-            except trio.BrokenResourceError:
-                return True
-        return False
+from ._peers import Attacker
 
 
 @pytest.fixture

@@ -65,7 +65,11 @@ def sync_hypercore_command(
             lg = s.get(key=raw_key)
             error: BaseException | None = None
             try:
-                trio.run(lambda: connect_hypercore(lg, host, port, live=live, timeout=timeout))
+                trio.run(
+                    lambda: connect_hypercore(
+                        lg, host, port, live=live, timeout=timeout, handshake_timeout=timeout
+                    )
+                )
             except BaseException as exc:
                 leaf = single(exc)
                 if isinstance(leaf, OSError):  # mid-sync transport failures are ConnectionLost

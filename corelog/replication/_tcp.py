@@ -14,7 +14,7 @@ import trio
 from corelog import Log, Store
 
 from ._session import Session, replicate
-from ._transport import report_closed
+from ._transport import serve_capped
 
 _log = logging.getLogger("corelog.replication")
 
@@ -39,36 +39,20 @@ async def serve_tcp(
     Connections over ``max_connections``, or over ``max_per_peer`` from one
     address, are closed at once.
     """
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    bound = listeners[0].socket.getsockname()[1]
-    active = 0
-    per_peer: dict[str, int] = {}
 
-    async def handler(stream: trio.SocketStream) -> None:
-        nonlocal active
-        try:
-            peer = str(stream.socket.getpeername()[0])
-        except OSError:
-            peer = "?"
-        if active >= max_connections or (max_per_peer is not None and per_peer.get(peer, 0) >= max_per_peer):
-            _log.warning("refusing a connection from %s: connection limit reached", peer)
-            await trio.aclose_forcefully(stream)
-            return
-        active += 1
-        per_peer[peer] = per_peer.get(peer, 0) + 1
-        try:
-            await replicate(stream, source, initiator=False, live=live, **kw)
-        except Exception as exc:  # the h11 rule: one peer's connection, never the server
-            report_closed(_log, peer, exc, handler_errors)
-        finally:
-            active -= 1
-            per_peer[peer] -= 1
-            if not per_peer[peer]:
-                del per_peer[peer]
+    async def run(stream: trio.SocketStream) -> None:
+        await replicate(stream, source, initiator=False, live=live, **kw)
 
-    async with trio.open_nursery() as nursery:
-        task_status.started(bound)
-        await trio.serve_listeners(handler, listeners, handler_nursery=nursery)
+    await serve_capped(
+        run,
+        host,
+        port,
+        log=_log,
+        max_connections=max_connections,
+        max_per_peer=max_per_peer,
+        handler_errors=handler_errors,
+        task_status=task_status,
+    )
 
 
 async def connect_tcp(

@@ -1,4 +1,5 @@
-"""Transport failures as one typed error, and a nursery's exception group as its root cause.
+"""Transport failures as one typed error, a nursery's exception group as its root cause, and the
+TCP accept loop both servers share (connection caps, one logged line per failed connection).
 
 Every transport (TCP, memory streams, WebRTC data channels, the secure stream over
 them) reports a dead connection in its own way: ``trio.BrokenResourceError``
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -99,3 +101,57 @@ def report_closed(
     log.log(level, "closed a connection from %s: %s", peer, describe(cause))
     if handler_errors is not None:
         handler_errors.append(cause)
+
+
+async def serve_capped(
+    run: Callable[[trio.SocketStream], Awaitable[object]],
+    host: str,
+    port: int,
+    *,
+    log: logging.Logger,
+    max_connections: int,
+    max_per_peer: int | None,
+    handler_errors: list[BaseException] | None = None,
+    task_status=trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept TCP connections on ``host:port`` and ``await run(stream)`` for each in its own task;
+    ``task_status.started(port)`` (the bound port).
+
+    The h11 rule: whatever ``run`` raises for one connection ends only that connection, with one
+    line on ``log`` (see :func:`report_closed`). A connection over ``max_connections`` open at
+    once, or over ``max_per_peer`` from one IP address (``None``: no per-address cap), is closed
+    at once without a byte, so one address cannot take every slot; a slot is freed as soon as its
+    connection ends (``run`` must end a silent or stalled peer in bounded time).
+    """
+    if max_connections < 1 or (max_per_peer is not None and max_per_peer < 1):
+        raise ValueError("max_connections and max_per_peer must be at least 1")
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = listeners[0].socket.getsockname()[1]
+    active = 0
+    per_peer: dict[str, int] = {}
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal active
+        try:
+            peer = str(stream.socket.getpeername()[0])
+        except OSError:
+            peer = "?"
+        if active >= max_connections or (max_per_peer is not None and per_peer.get(peer, 0) >= max_per_peer):
+            log.warning("refusing a connection from %s: connection limit reached", peer)
+            await trio.aclose_forcefully(stream)
+            return
+        active += 1
+        per_peer[peer] = per_peer.get(peer, 0) + 1
+        try:
+            await run(stream)
+        except Exception as exc:  # the h11 rule: one peer's connection, never the server
+            report_closed(log, peer, exc, handler_errors)
+        finally:
+            active -= 1
+            per_peer[peer] -= 1
+            if not per_peer[peer]:
+                del per_peer[peer]
+
+    async with trio.open_nursery() as nursery:
+        task_status.started(bound)
+        await trio.serve_listeners(handler, listeners, handler_nursery=nursery)

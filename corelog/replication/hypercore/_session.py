@@ -4,9 +4,16 @@
 a receive loop (bounded reads, a silence timeout), an announcer woken by
 ``Log.watch`` (live appends and truncations reach the peer at once) and a
 keep-alive timer (an empty message after ``keepalive`` seconds without a
-write, as ``@hyperswarm/secret-stream`` does). ``serve_hypercore`` accepts
-connections on 127.0.0.1 by default; each runs in its own task and a bad peer
-ends only its own connection (the server logs one line with the reason).
+write, as ``@hyperswarm/secret-stream`` does). Every connection ends in
+bounded time unless the peer keeps it alive: with :class:`PeerTimeout` when
+the Noise handshake is not done within ``handshake_timeout`` seconds (however
+the peer trickles its bytes), when the peer sends nothing for ``timeout``
+seconds, or when it reads nothing of what we send for ``timeout`` seconds.
+``serve_hypercore`` accepts connections on 127.0.0.1 by default; each runs in
+its own task and a bad peer ends only its own connection (the server logs one
+line with the reason); connections over ``max_connections``, or over
+``max_per_peer`` from one address, are closed at once (the accept loop of
+``serve_tcp``, shared).
 ``connect_hypercore`` dials a peer (as the Noise initiator) and, with
 ``live=False``, returns once every given log caught up.
 
@@ -30,8 +37,8 @@ from corelog.replication._transport import (
     RESUME,
     TRANSPORT_ERRORS,
     connection_lost,
-    report_closed,
     root_cause,
+    serve_capped,
 )
 from corelog.replication.errors import ConnectionLost, ProtocolError
 
@@ -39,6 +46,7 @@ from ._protocol import Protocol
 from .errors import PeerTimeout
 
 RECEIVE_SIZE = 64 * 1024
+SEND_SIZE = 256 * 1024  # a write must make this much progress every ``timeout`` seconds
 _log = logging.getLogger("corelog.replication.hypercore")
 
 
@@ -55,6 +63,7 @@ class HypercoreSession:
         logs: Iterable[Log] = (),
         static_seed: bytes | None = None,
         timeout: float = 30.0,
+        handshake_timeout: float = 10.0,
         keepalive: float = 5.0,
         window: int = 512,
     ):
@@ -66,6 +75,7 @@ class HypercoreSession:
             self.protocol.open(log)
         self.live = live
         self.timeout = timeout
+        self.handshake_timeout = handshake_timeout
         self.keepalive = keepalive
         self._send_lock = trio.Lock()
         self._wake = trio.Event()
@@ -107,24 +117,43 @@ class HypercoreSession:
             out = proto.data_to_send()
             if out:
                 async with self._send_lock:
-                    try:
-                        await self.stream.send_all(out)
-                    except TRANSPORT_ERRORS as exc:
-                        raise connection_lost(exc, "sending") from exc
+                    await self._send(out)
                 self._last_send = trio.current_time()
             if not proto.backlog:
                 return
             proto.pump()
 
+    async def _send(self, out: bytes) -> None:
+        """Write ``out``; a peer that reads none of a ``SEND_SIZE`` piece for ``timeout`` s is dropped."""
+        view = memoryview(out)
+        for start in range(0, len(out), SEND_SIZE):
+            piece = out if len(out) <= SEND_SIZE else view[start : start + SEND_SIZE]
+            with trio.move_on_after(self.timeout) as scope:
+                try:
+                    await self.stream.send_all(piece)
+                except TRANSPORT_ERRORS as exc:
+                    raise connection_lost(exc, "sending") from exc
+            if scope.cancelled_caught:
+                raise PeerTimeout(f"the peer read nothing of what we sent for {self.timeout:g} s")
+
     async def _receiver(self) -> None:
         proto = self.protocol
+        handshake_by = trio.current_time() + self.handshake_timeout
         while True:
-            with trio.move_on_after(self.timeout) as scope:
+            in_handshake = not proto.stream.is_open
+            deadline = trio.current_time() + self.timeout
+            if in_handshake:
+                deadline = min(deadline, handshake_by)
+            with trio.move_on_at(deadline) as scope:
                 try:
                     data = await self.stream.receive_some(RECEIVE_SIZE)
                 except TRANSPORT_ERRORS as exc:
                     raise connection_lost(exc, "receiving") from exc
             if scope.cancelled_caught:
+                if in_handshake and deadline == handshake_by:
+                    raise PeerTimeout(
+                        f"the peer did not complete the handshake in {self.handshake_timeout:g} s"
+                    )
                 raise PeerTimeout(f"the peer sent nothing for {self.timeout:g} s (not even a keep-alive)")
             if not data:
                 if proto.stream.buffered:
@@ -203,6 +232,8 @@ async def serve_hypercore(
     port: int = 0,
     *,
     handler_errors: list[BaseException] | None = None,
+    max_connections: int = 1024,
+    max_per_peer: int | None = 256,
     task_status=trio.TASK_STATUS_IGNORED,
     **kw,
 ) -> None:
@@ -210,24 +241,25 @@ async def serve_hypercore(
 
     Whatever one peer does (garbage, silence, a reset, a crash of its handler) ends
     only its own connection, with one logged line giving the root cause (appended
-    to ``handler_errors`` if given).
+    to ``handler_errors`` if given). Connections over ``max_connections``, or over
+    ``max_per_peer`` from one address, are closed at once; a peer that does not
+    finish the handshake within ``handshake_timeout`` (10 s) or goes silent for
+    ``timeout`` (30 s) loses its slot. ``kw`` goes to :class:`HypercoreSession`.
     """
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    bound = listeners[0].socket.getsockname()[1]
 
-    async def handler(stream: trio.SocketStream) -> None:
-        try:
-            peer = str(stream.socket.getpeername()[0])
-        except OSError:
-            peer = "?"
-        try:
-            await replicate_hypercore(stream, source, initiator=False, live=True, **kw)
-        except Exception as exc:  # the h11 rule: one peer's connection, never the server
-            report_closed(_log, peer, exc, handler_errors)
+    async def run(stream: trio.SocketStream) -> None:
+        await replicate_hypercore(stream, source, initiator=False, live=True, **kw)
 
-    async with trio.open_nursery() as nursery:
-        task_status.started(bound)
-        await trio.serve_listeners(handler, listeners, handler_nursery=nursery)
+    await serve_capped(
+        run,
+        host,
+        port,
+        log=_log,
+        max_connections=max_connections,
+        max_per_peer=max_per_peer,
+        handler_errors=handler_errors,
+        task_status=task_status,
+    )
 
 
 async def connect_hypercore(
