@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -164,18 +164,15 @@ class Proof:
         ints = (fork, length, start, have)
         if not all(type(i) is int and 0 <= i < MAX_LENGTH for i in ints):
             raise InvalidProof(f"proof fork/length/start/have must be integers in [0, {MAX_LENGTH})")
-        if type(signature) is not bytes or len(signature) != _crypto.SIGNATURE_SIZE:
+        if type(signature) is not bytes:
             raise InvalidProof("proof signature must be 64 bytes")
-        # (type and size of every block checked in C loops: thousands of blocks per received proof)
+        # (type of every block checked in a C loop: thousands of blocks per received proof)
         if not isinstance(blocks, list) or not set(map(type, blocks)) <= {bytes}:
             raise InvalidProof("proof blocks must be a list of byte strings")
-        if max(map(len, blocks), default=0) > MAX_BLOCK_SIZE:
-            raise InvalidProof(f"a proof block is over MAX_BLOCK_SIZE ({MAX_BLOCK_SIZE} bytes)")
         if manifest is not None and type(manifest) is not bytes:
             raise InvalidProof("proof manifest must be bytes or nil")
         if not isinstance(nodes, list):
             raise InvalidProof("proof nodes must be a list")
-        out_nodes = []
         for n in nodes:
             if (
                 not isinstance(n, list | tuple)
@@ -188,13 +185,46 @@ class Proof:
                 or len(n[2]) != 32
             ):
                 raise InvalidProof("each proof node must be [index, size, 32-byte hash]")
-            out_nodes.append(Node(n[0], n[1], n[2]))
+        return cls.from_checked(fork, length, signature, start, blocks, nodes, have, manifest)
+
+    @classmethod
+    def from_checked(
+        cls,
+        fork: int,
+        length: int,
+        signature: bytes,
+        start: int,
+        blocks: list[bytes],
+        nodes: list[list[Any]] | list[tuple[Any, ...]],
+        have: int,
+        manifest: bytes | None,
+        block_bytes: int | None = None,
+    ) -> Proof:
+        """Construct from values whose types and integer bounds are already checked.
+
+        The caller guarantees what ``build`` checks first: fork, length, start and
+        have are ints in ``[0, MAX_LENGTH)``; ``signature`` is bytes; ``manifest``
+        bytes or None; every block is bytes; every node is ``[index, size, hash]``
+        with ``index < 2 * MAX_LENGTH``, ``size <= MAX_BYTES`` and a 32-byte hash
+        (replication's frame decoder checks all of this for a Data frame). This
+        checks the rest, once: the signature's length, every block's size, and the
+        range. ``block_bytes`` (the blocks' total size, if the caller has summed
+        it) lets the size check skip its pass over the blocks when the total is
+        within ``MAX_BLOCK_SIZE``, as it always is for frames under the limit.
+        """
+        if len(signature) != _crypto.SIGNATURE_SIZE:
+            raise InvalidProof("proof signature must be 64 bytes")
+        if (block_bytes is None or block_bytes > MAX_BLOCK_SIZE) and max(
+            map(len, blocks), default=0
+        ) > MAX_BLOCK_SIZE:
+            raise InvalidProof(f"a proof block is over MAX_BLOCK_SIZE ({MAX_BLOCK_SIZE} bytes)")
         if not have <= start <= start + len(blocks) <= length:
             raise InvalidProof(
                 f"proof range is inconsistent: have={have} start={start} "
                 f"end={start + len(blocks)} length={length}"
             )
-        return cls(fork, length, signature, start, tuple(blocks), tuple(out_nodes), have, manifest)
+        out_nodes = tuple([Node(n[0], n[1], n[2]) for n in nodes])
+        return cls(fork, length, signature, start, tuple(blocks), out_nodes, have, manifest)
 
 
 class Verified(NamedTuple):

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from corelog import MAX_BLOCK_SIZE
 from corelog.errors import InvalidProof, InvalidSignature
 from corelog.replication._connection import Connection
 from corelog.replication._messages import (
@@ -217,6 +218,45 @@ def test_replayed_signature_is_rejected(writer, make_store):
         return m
 
     assert isinstance(_evil(tamper, writer, make_store), InvalidSignature | InvalidProof)
+
+
+def _data_with(m: Data, **changes) -> Data:
+    fields = {f: getattr(m, f) for f in m.__slots__}
+    fields.update(changes)
+    return Data(**fields)
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (lambda m: {"signature": m.signature[:63]}, "signature must be 64 bytes"),
+        (lambda m: {"have": m.start + 1}, "range is inconsistent"),
+        (lambda m: {"length": m.start + len(m.blocks) - 1}, "range is inconsistent"),
+    ],
+)
+def test_data_the_frame_decoder_accepts_but_that_makes_no_proof_is_rejected(change, says, writer, make_store):
+    # The replica builds its Proof with Proof.from_checked (the decoder checked types and integer
+    # bounds): the checks left to it still happen, before anything is verified or written.
+    def tamper(m):
+        return _data_with(m, **change(m)) if isinstance(m, Data) and m.blocks else m
+
+    err = _evil(tamper, writer, make_store)
+    assert isinstance(err, InvalidProof) and says in str(err), err
+
+
+def test_a_block_over_max_block_size_is_rejected_when_the_frame_limit_would_carry_it(writer, make_store):
+    ws, log, rs, rep = _synced_replica(writer, make_store)
+    before = rep.head()
+    a, b = pair(ws, rs, batch_blocks=10, max_frame=2 * MAX_BLOCK_SIZE)
+
+    def tamper(m):
+        if isinstance(m, Data) and m.blocks:
+            return _data_with(m, blocks=[b"x" * (MAX_BLOCK_SIZE + 1), *m.blocks[1:]])
+        return m
+
+    pump(a, b, tamper=tamper)
+    assert isinstance(b.error, InvalidProof) and "over MAX_BLOCK_SIZE" in str(b.error), b.error
+    assert rep.head() == before and rep.contiguous_length == 300 and rep.audit().ok
 
 
 def test_unsolicited_data_is_rejected(writer, make_store):

@@ -95,8 +95,17 @@ class Commit:
         log, d = self.log, self.data
         try:
             try:
-                proof = self.proof = Proof.build(
-                    d.fork, d.length, d.signature, d.start, d.blocks, d.nodes, d.have, d.manifest
+                # (decode() checked the types and integer bounds: from_checked checks the rest)
+                proof = self.proof = Proof.from_checked(
+                    d.fork,
+                    d.length,
+                    d.signature,
+                    d.start,
+                    d.blocks,
+                    d.nodes,
+                    d.have,
+                    d.manifest,
+                    self.block_bytes,
                 )
             except InvalidProof:
                 self.malformed = True
