@@ -69,17 +69,13 @@ def tree_hash(roots) -> bytes:
 
 
 ROOT_SIZE = 48
-ROOT = _NODE  # a root's encoding after its hash: u64 index, u64 size (``encode_root``)
+ROOT = _NODE  # a root's encoding after its hash: u64 index, u64 size (``encode_roots``)
 
 
 def encode_roots(roots) -> bytes:
     """What ``tree_hash`` hashes after its prefix: ``ROOT_SIZE`` bytes per root, in order."""
     pack = _NODE.pack
     return b"".join([r[2] + pack(r[0], r[1]) for r in roots])
-
-
-def encode_root(index: int, size: int, hash_: bytes) -> bytes:
-    return hash_ + _NODE.pack(index, size)
 
 
 def tree_hash_encoded(encoded_roots: bytes) -> bytes:

@@ -402,9 +402,6 @@ class Log(Changes):
                 "only the writer's store can append or truncate"
             )
 
-    def _sign(self, root_hash: bytes, length: int, fork: int) -> bytes:
-        return _crypto.sign(_crypto.signable(self.key, root_hash, length, fork), self._secret)  # type: ignore[arg-type]
-
     def _check_complete(self, st: LogState) -> None:
         if st.contig < st.length:
             raise IncompleteLog(
