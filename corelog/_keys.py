@@ -17,6 +17,7 @@ from ._tree import Node
 
 # head value: fork, length (signed), contiguous length, byte length, tree hash, signature
 HEAD = struct.Struct(">QQQQ32s64s")
+HEAD_FORK_LENGTH = struct.Struct(">QQ")  # a head's first two fields: ``HEAD_FORK_LENGTH.unpack_from(raw)``
 KEY = struct.Struct(">IBQ")
 HEAD_KIND, FORK, NODE, BLOCK = 0, 1, 2, 3
 _HEAD_KEY = struct.Struct(">IB")

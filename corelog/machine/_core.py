@@ -40,7 +40,6 @@ awaits ``append_async`` (no thread parked per waiting send).
 
 from __future__ import annotations
 
-import struct
 import threading
 import weakref
 from collections.abc import Mapping
@@ -48,6 +47,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from corelog import Log
 from corelog._append import append_part, blocks_arg
+from corelog._keys import HEAD_FORK_LENGTH
 from corelog.errors import LengthMismatch
 
 from ._entries import HistoryEntry, decode
@@ -87,9 +87,6 @@ class _Moved(Exception):
     """Internal: the log's length was not the expected one (compare-and-append failed)."""
 
 
-_FORK_LENGTH = struct.Struct(">QQ")  # the first two fields of a stored head (``corelog._keys.HEAD``)
-
-
 def cas_part(log: Log, entry: bytes, expected: int) -> Any:
     """The store-writer part appending ``entry`` at ``expected`` (compare-and-append).
 
@@ -104,7 +101,7 @@ def cas_part(log: Log, entry: bytes, expected: int) -> Any:
     def part(txn: Any, st: Any) -> tuple[int, Any]:
         raw = txn.get(hkey, db=db)
         if raw is not None:
-            fork, length = _FORK_LENGTH.unpack_from(raw)
+            fork, length = HEAD_FORK_LENGTH.unpack_from(raw)
             if fork > st.fork or (fork == st.fork and length > st.length):
                 return -1, log._read_state(txn, st.record)
         return append_part(log, txn, st, blocks, expected)
@@ -116,7 +113,18 @@ def fleet_append(log: Log, entry: bytes, expected: int) -> int:
     """``log.append(entry, expected_length=expected)`` for a log a ``Fleet`` may write too
     (``cas_part``): the new length, or LengthMismatch (the fleet's head, if it moved, is published)."""
     log._check_writable()
-    n: int = log.store._writer.run(log, cas_part(log, entry, expected), True)
+    return _appended(log, log.store._writer.run(log, cas_part(log, entry, expected), True), expected)
+
+
+async def fleet_append_async(log: Log, entry: bytes, expected: int) -> int:
+    """``fleet_append`` for trio: waits for the group commit without blocking the event loop."""
+    log._check_writable()
+    return _appended(
+        log, await log.store._writer.run_async(log, cas_part(log, entry, expected), True), expected
+    )
+
+
+def _appended(log: Log, n: int, expected: int) -> int:
     if n < 0:
         raise LengthMismatch(
             "a fleet appended to the log first: re-read and retry", expected=expected, actual=log.length
@@ -283,17 +291,12 @@ class LogCore:
 
         Cancelled before its commit started, nothing is written; once started it completes.
         """
-        log = self.log
         try:
-            if not self.fleet:
-                return await log.append_async(entry, expected_length=expected) - 1
-            log._check_writable()
-            n = await log.store._writer.run_async(log, cas_part(log, entry, expected), True)
+            if self.fleet:
+                return await fleet_append_async(self.log, entry, expected) - 1
+            return await self.log.append_async(entry, expected_length=expected) - 1
         except LengthMismatch:
             raise _Moved from None
-        if n < 0:
-            raise _Moved
-        return n - 1
 
 
 # One core per log per store, held weakly: gone with the last machine object on the log.

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from corelog import Log
-from corelog.errors import LengthMismatch, NotWritable, OutOfRange
+from corelog.errors import NotWritable, OutOfRange
 
 from ._charts import (
     _impl_key,
@@ -35,7 +35,7 @@ from ._charts import (
     frozen_definition,
     missing_implementations,
 )
-from ._core import RETRIES, LogCore, Recorded, _Moved, core_for, fleet_append, frozen_entry
+from ._core import RETRIES, LogCore, Recorded, _Moved, core_for, frozen_entry
 from ._entries import HistoryEntry, decode, encode_header, encode_transition, packed_definition
 from ._frozen import _SCALARS, FrozenDict, freeze
 from ._history import History
@@ -347,18 +347,14 @@ class _Face:
 
     def send_locked(self, etype: str, edata: Any) -> Snapshot:
         """prepare, compare-and-append, commit (lock held); on a moved log catch up and run again."""
-        log = self.log
-        fleet = self.core.fleet  # a Fleet may write the log too: its compare-and-append reads the stored head
+        append = self.core.append_locked  # compare-and-append (on a fleet's log, against its stored head)
         for attempt in range(RETRIES):
             h, new, entry, extras = self.prepare_locked(etype, edata, attempt > 0)
-            try:  # compare-and-append (``LogCore.append_locked``, inlined)
-                if fleet:
-                    n = fleet_append(log, entry, h.index + 1)
-                else:
-                    n = log.append(entry, expected_length=h.index + 1)
-            except LengthMismatch:
+            try:
+                index = append(entry, h.index + 1)
+            except _Moved:
                 continue
-            self.commit_locked(h, new, n - 1, extras)
+            self.commit_locked(h, new, index, extras)
             return new
         raise HeadMoved(
             f"the log grew under the machine {RETRIES} times in a row (something appends to it without "
